@@ -1,0 +1,142 @@
+"""Validation of a workflow config: the JSON schema, then rules across keys.
+
+Runs when the Snakefile is read, before any job starts; every problem is reported
+with the dotted path of the key it is about (``experiments.digits_cnn.pretrain.lr``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from . import plan
+from .models import model_options
+
+# Training samples of the datasets whose size is known before they are prepared.
+KNOWN_TRAIN_SIZES = {"digits": 1797, "cifar10": 50000, "cifar100": 50000}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message lists every problem found."""
+
+
+def _key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _allowed_keys(schema: dict, root: dict) -> list[str]:
+    """Property names a (sub)schema declares, following a local $ref."""
+    keys = set(schema.get("properties", {}))
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/"):
+        target = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        keys |= set(_allowed_keys(target, root))
+    return sorted(keys)
+
+
+def _describe(error: jsonschema.ValidationError, root: dict) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        allowed = _allowed_keys(error.schema, root)
+        extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+        hints = []
+        for key in extra:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"{where}.{key}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if hints:
+            return f"unknown key {', '.join(hints)}; allowed here: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not valid; valid names: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "oneOf" and where.startswith("datasets"):
+        return f"{where}: give exactly one of 'variances' or 'spectrum'"
+    return f"{where}: {error.message}"
+
+
+def schema_errors(config: dict, schema_path: str | Path) -> list[str]:
+    """Messages for every schema violation, deepest (most specific) first per key."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema)
+    messages = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        # if/then and allOf wrap the real error: report the innermost ones.
+        leaves = _leaf_errors(error)
+        messages.extend(_describe(leaf, schema) for leaf in leaves)
+    return list(dict.fromkeys(messages))
+
+
+def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    if error.context and error.validator != "oneOf":
+        leaves = []
+        for sub in error.context:
+            leaves.extend(_leaf_errors(sub))
+        return leaves
+    return [error]
+
+
+def semantic_errors(config: dict) -> list[str]:
+    """Rules the schema cannot express: references, sizes, and combinations."""
+    problems = []
+    datasets = config["datasets"]
+    for exp, entry in config["experiments"].items():
+        where = f"experiments.{exp}"
+        if entry["dataset"] not in datasets:
+            problems.append(
+                f"{where}.dataset: {entry['dataset']!r} is not defined under datasets "
+                f"(defined: {', '.join(datasets)})"
+            )
+            continue
+        source = datasets[entry["dataset"]]["source"]
+        try:
+            model_options(entry["model"])
+        except ValueError as err:
+            problems.append(f"{where}.model: {err}")
+        arch = entry["model"]["arch"]
+        if source == "gaussian" and arch != "fc":
+            problems.append(f"{where}.model.arch: {arch!r} needs images; dataset {entry['dataset']!r} is vector data (use 'fc')")
+        if arch in ("vgg16", "vgg16_bn") and source == "digits":
+            problems.append(f"{where}.model.arch: vgg16 needs images of at least 32×32; digits are 8×8")
+        if arch == "cnn2" and entry["model"].get("kernel_size", 3) % 2 == 0:
+            problems.append(f"{where}.model.kernel_size: must be odd ('same' padding)")
+        split = plan.split_settings(config, exp)
+        size = KNOWN_TRAIN_SIZES.get(source)
+        if source == "gaussian":
+            size = datasets[entry["dataset"]]["n_samples"]
+        from_pool = source in ("digits", "gaussian")  # no official test set: test comes from the pool
+        need = split["upstream"] + split["downstream"] + ((split["test"] or 0) if from_pool else 0)
+        if size is not None and need > size:
+            problems.append(
+                f"{where}.split: upstream + downstream (+ test) = {need} exceeds the {size} training samples of {entry['dataset']!r}"
+            )
+        if from_pool and split["test"] is None and size is not None and need >= size:
+            problems.append(f"{where}.split: no samples left for the test set")
+        pretrain = entry["pretrain"]
+        late = [e for e in pretrain.get("checkpoints", []) if e > pretrain["epochs"]]
+        if late:
+            problems.append(f"{where}.pretrain.checkpoints: {late} lie after the last epoch ({pretrain['epochs']})")
+        finetune = entry.get("finetune")
+        if finetune is not None:
+            settings = plan.finetune_settings(config, exp)
+            if settings["from_labels"] not in pretrain["labels"]:
+                problems.append(
+                    f"{where}.finetune.from_labels: {settings['from_labels']!r} is not among pretrain.labels {pretrain['labels']}"
+                )
+            if not settings["reset_head"] and settings["labels"] == "random" and split["upstream_classes"] != split["downstream_classes"]:
+                problems.append(f"{where}.finetune.reset_head: must be true when up- and downstream class counts differ")
+        elif "sample" in entry:
+            problems.append(f"{where}.sample: only used by finetune variant 'gaussian', but there is no finetune section")
+    return problems
+
+
+def check_config(config: dict, schema_path: str | Path) -> None:
+    """Raise :class:`ConfigError` naming every problem, or return silently."""
+    problems = schema_errors(config, schema_path)
+    if not problems:
+        problems = semantic_errors(config)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

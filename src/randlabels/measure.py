@@ -1,0 +1,139 @@
+"""Statistics of one checkpoint set: per epoch and per layer, Σx, Σw, misalignment, f(σ).
+
+This is the glue between a model, its checkpoints and the pure numerics of
+:mod:`randlabels.stats`; the HDF5 layout lives in :mod:`randlabels.statsfile`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .models import resolve_layer, weight_layers
+from .probes import activation_statistics, layer_input_covariance
+from .seeding import stream_seed
+from .stats import (
+    UndefinedStatistic,
+    eigh_descending,
+    misalignment,
+    random_orthonormal_basis,
+    transfer_function,
+    weight_statistics,
+    weight_vectors,
+)
+
+
+@dataclass
+class LayerRecord:
+    """Everything measured for one layer at one checkpoint (arrays are float64)."""
+
+    layer: str
+    weight_shape: tuple[int, ...]
+    weights: np.ndarray  # (units, d)
+    cov_x: np.ndarray
+    mean_x: np.ndarray
+    eigval_x: np.ndarray
+    eigvec_x: np.ndarray
+    mean_w: np.ndarray
+    cov_w: np.ndarray
+    eigval_w: np.ndarray
+    eigvec_w: np.ndarray
+    sigma: np.ndarray
+    f: np.ndarray
+    misalignment_data: float
+    misalignment_random: float
+    undefined_reason: str = ""
+
+
+@dataclass
+class CheckpointRecord:
+    epoch: int
+    layers: list[LayerRecord] = field(default_factory=list)
+    activations: pd.DataFrame | None = None
+
+
+def measure_layer(
+    cov_x: np.ndarray, mean_x: np.ndarray, weight: torch.Tensor, layer: str, basis: np.ndarray
+) -> LayerRecord:
+    """Weight statistics of ``weight`` against the data covariance ``cov_x``."""
+    mean_w, cov_w = weight_statistics(weight)
+    eigval_x, eigvec_x = eigh_descending(cov_x)
+    eigval_w, eigvec_w = eigh_descending(cov_w)
+    sigma, f = transfer_function(cov_x, cov_w)
+    reason = ""
+    try:
+        m_data = misalignment(cov_x, cov_w)
+        m_random = misalignment(cov_x, cov_w, basis=basis)
+    except UndefinedStatistic as err:
+        m_data = m_random = math.nan
+        reason = err.reason
+    return LayerRecord(
+        layer=layer,
+        weight_shape=tuple(weight.shape),
+        weights=weight_vectors(weight),
+        cov_x=cov_x,
+        mean_x=mean_x,
+        eigval_x=eigval_x,
+        eigvec_x=eigvec_x,
+        mean_w=mean_w,
+        cov_w=cov_w,
+        eigval_w=eigval_w,
+        eigvec_w=eigvec_w,
+        sigma=sigma,
+        f=f,
+        misalignment_data=m_data,
+        misalignment_random=m_random,
+        undefined_reason=reason,
+    )
+
+
+def measure_checkpoints(
+    model: nn.Module,
+    states: dict[int, dict],
+    layers: Iterable[str],
+    batches: Callable[[], Iterable[torch.Tensor]],
+    seed: int,
+    load: Callable[[nn.Module, dict], None],
+    log: logging.Logger | None = None,
+) -> list[CheckpointRecord]:
+    """Measure every checkpoint in ``states`` (epoch → state dict).
+
+    ``batches()`` yields the normalized upstream inputs afresh for each pass. The
+    first layer's Σx does not depend on the weights and is computed once; deeper
+    layers see the data through the checkpoint's own lower layers.
+    """
+    log = log or logging.getLogger("randlabels")
+    names = [resolve_layer(model, layer) for layer in layers]
+    first = weight_layers(model)[0]
+    cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    records = []
+    for epoch in sorted(states):
+        load(model, states[epoch])
+        record = CheckpointRecord(epoch=epoch)
+        for name in names:
+            if name in cached:
+                cov_x, mean_x = cached[name]
+            else:
+                accumulator = layer_input_covariance(model, name, batches())
+                cov_x, mean_x = accumulator.covariance(), accumulator.mean
+                if name == first:
+                    cached[name] = (cov_x, mean_x)
+            weight = dict(model.named_modules())[name].weight.detach().cpu()
+            basis = random_orthonormal_basis(weight[0].numel(), stream_seed(seed, "random-basis", name))
+            layer_record = measure_layer(cov_x, mean_x, weight, name, basis)
+            record.layers.append(layer_record)
+            log.info(
+                "epoch %d  layer %s  misalignment %.4g (random basis %.4g)%s",
+                epoch, name, layer_record.misalignment_data, layer_record.misalignment_random,
+                f"  undefined: {layer_record.undefined_reason}" if layer_record.undefined_reason else "",
+            )
+        record.activations = activation_statistics(model, batches())
+        records.append(record)
+    return records

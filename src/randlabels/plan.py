@@ -1,0 +1,198 @@
+"""What the workflow builds for a config: file paths, targets and per-stage settings.
+
+The Snakefile asks this module which files to make and which settings each stage
+gets, so the logic is plain, testable Python. Settings are returned with every default
+filled in; they are what a rule passes as ``params:``, so Snakemake reruns a stage
+exactly when one of *its* settings changes.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+
+RESULTS = "results"
+
+# Defaults of optional keys (the schema documents the same values; a test checks it).
+TRAINING_DEFAULTS = {
+    "batch_size": 128,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "constant",
+    "eval_batch_size": 2048,
+}
+SPLIT_DEFAULTS = {"test": None, "upstream_classes": 10, "downstream_classes": 10}
+STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512}
+SAMPLE_DEFAULTS = {"layer": "first", "pool_seeds": False, "zero_mean": False}
+FINETUNE_DEFAULTS = {
+    "labels": "real",
+    "from_labels": "random",
+    "eval_every": 10,
+    "target_accuracy": 0.9,
+    "reset_head": True,
+}
+RESOURCE_DEFAULTS = {
+    "training": {"mem_mb": 4000, "runtime": 120, "cpus_per_task": 2, "gpu": 0},
+    "light": {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1},
+}
+DATASET_DEFAULTS = {
+    "gaussian": {"seed": 0, "num_classes": 10},
+    "cifar10": {"root": "data/cifar10", "download": True},
+    "cifar100": {"root": "data/cifar100", "download": True},
+}
+
+PATHS = {
+    "dataset": RESULTS + "/data/{dataset}.h5",
+    "split": RESULTS + "/{exp}/splits/seed{seed}.h5",
+    "checkpoints": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/seed{seed}/checkpoints.pt",
+    "pretrain_metrics": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/seed{seed}/metrics.tsv",
+    "stats": RESULTS + "/{exp}/stats/{labels}/scale{scale}/seed{seed}.h5",
+    "gaussian_init": RESULTS + "/{exp}/init/gaussian/scale{scale}/seed{seed}.pt",
+    "finetune": RESULTS + "/{exp}/finetune/{variant}/scale{scale}/seed{seed}.tsv",
+    "table": RESULTS + "/{exp}/tables/{table}.tsv",
+    "figure": RESULTS + "/{exp}/figures/{figure}.png",
+}
+
+
+def path(kind: str, **wildcards) -> str:
+    """A concrete path of ``kind`` (see PATHS)."""
+    return PATHS[kind].format(**wildcards)
+
+
+def scale_label(scale: float) -> str:
+    """How an init scale appears in paths: 1.0 → '1', 0.5 → '0.5'."""
+    return f"{float(scale):g}"
+
+
+def scale_value(config: dict, exp: str, label: str) -> float:
+    """The configured init scale whose label is ``label``."""
+    for scale in config["experiments"][exp]["init_scales"]:
+        if scale_label(scale) == label:
+            return float(scale)
+    raise ValueError(f"experiment {exp!r} has no init scale {label!r}")
+
+
+def experiment(config: dict, exp: str) -> dict:
+    return config["experiments"][exp]
+
+
+def dataset_settings(config: dict, name: str) -> dict:
+    """A dataset's entry with defaults filled in."""
+    entry = config["datasets"][name]
+    return {**DATASET_DEFAULTS.get(entry["source"], {}), **deepcopy(entry)}
+
+
+def split_settings(config: dict, exp: str) -> dict:
+    return {**SPLIT_DEFAULTS, **deepcopy(experiment(config, exp)["split"])}
+
+
+def pretrain_settings(config: dict, exp: str) -> dict:
+    """Training settings plus the checkpoint epochs (always including 0 and the last)."""
+    section = {**TRAINING_DEFAULTS, **deepcopy(experiment(config, exp)["pretrain"])}
+    epochs = int(section["epochs"])
+    wanted = set(section.get("checkpoints", [])) | {0, epochs}
+    section["checkpoints"] = sorted(e for e in wanted if e <= epochs)
+    return section
+
+
+def stats_settings(config: dict, exp: str) -> dict:
+    return {**STATS_DEFAULTS, **deepcopy(experiment(config, exp).get("stats", {}))}
+
+
+def sample_settings(config: dict, exp: str) -> dict:
+    return {**SAMPLE_DEFAULTS, **deepcopy(experiment(config, exp).get("sample", {}))}
+
+
+def finetune_settings(config: dict, exp: str) -> dict:
+    return {**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **deepcopy(experiment(config, exp)["finetune"])}
+
+
+def resources(config: dict, kind: str) -> dict:
+    """Resources of a job kind ('training' or 'light'), config over defaults."""
+    return {**RESOURCE_DEFAULTS[kind], **config.get("resources", {}).get(kind, {})}
+
+
+def has_finetune(config: dict, exp: str) -> bool:
+    return "finetune" in experiment(config, exp)
+
+
+def is_conv(config: dict, exp: str) -> bool:
+    """Whether the measured first layer is a convolution (eigen-filters are images)."""
+    return experiment(config, exp)["model"]["arch"] != "fc"
+
+
+def seeds(config: dict) -> list[int]:
+    return [int(s) for s in config["seeds"]]
+
+
+def scale_labels(config: dict, exp: str) -> list[str]:
+    return [scale_label(s) for s in experiment(config, exp)["init_scales"]]
+
+
+def pretrain_runs(config: dict, exp: str, labels: list[str] | None = None) -> list[dict]:
+    """Wildcards of every pre-training run of ``exp`` (optionally of some label kinds)."""
+    kinds = labels if labels is not None else experiment(config, exp)["pretrain"]["labels"]
+    return [
+        {"exp": exp, "labels": kind, "scale": scale, "seed": seed}
+        for kind in kinds
+        for scale in scale_labels(config, exp)
+        for seed in seeds(config)
+    ]
+
+
+def stats_files(config: dict, exp: str) -> list[str]:
+    return [path("stats", **run) for run in pretrain_runs(config, exp)]
+
+
+def pretrain_metric_files(config: dict, exp: str) -> list[str]:
+    return [path("pretrain_metrics", **run) for run in pretrain_runs(config, exp)]
+
+
+def finetune_files(config: dict, exp: str) -> list[str]:
+    settings = finetune_settings(config, exp)
+    return [
+        path("finetune", exp=exp, variant=variant, scale=scale, seed=seed)
+        for variant in settings["variants"]
+        for scale in scale_labels(config, exp)
+        for seed in seeds(config)
+    ]
+
+
+def sample_sources(config: dict, exp: str, scale: str, seed: int) -> list[str]:
+    """Checkpoint sets a Gaussian initialization is fitted to (one seed, or all)."""
+    labels = finetune_settings(config, exp)["from_labels"]
+    chosen = seeds(config) if sample_settings(config, exp)["pool_seeds"] else [int(seed)]
+    return [path("checkpoints", exp=exp, labels=labels, scale=scale, seed=s) for s in chosen]
+
+
+def figures(config: dict, exp: str) -> list[str]:
+    names = ["misalignment", "transfer_function"]
+    if is_conv(config, exp):
+        names.append("eigenfilters")
+    if has_finetune(config, exp):
+        names += ["learning_curves", "transfer_summary"]
+    return [path("figure", exp=exp, figure=name) for name in names]
+
+
+def tables(config: dict, exp: str) -> list[str]:
+    names = ["pretrain_metrics", "misalignment", "transfer_function", "activations"]
+    if has_finetune(config, exp):
+        names += ["finetune_curves", "transfer_summary"]
+    return [path("table", exp=exp, table=name) for name in names]
+
+
+def all_targets(config: dict) -> list[str]:
+    """Every table and figure of every experiment: what `rule all` asks for."""
+    targets = []
+    for exp in config["experiments"]:
+        targets += tables(config, exp) + figures(config, exp)
+    return targets
+
+
+def eigenfilter_sources(config: dict, exp: str) -> list[str]:
+    """Statistics files pooled for the eigen-filter figure: every seed of the first
+    init scale, pre-trained on random labels when there are any."""
+    kinds = experiment(config, exp)["pretrain"]["labels"]
+    kind = "random" if "random" in kinds else kinds[0]
+    scale = scale_labels(config, exp)[0]
+    return [path("stats", exp=exp, labels=kind, scale=scale, seed=seed) for seed in seeds(config)]

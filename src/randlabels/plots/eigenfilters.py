@@ -1,0 +1,110 @@
+"""Figure: first-layer filters beside the top eigenvectors of Σw and of Σx.
+
+If training on random labels aligns Σw with Σx (claim 1), the leading eigenvectors of
+the filter covariance look like those of the image-patch covariance (smooth, low
+frequency, colour-opponent), even though single filters look like noise. Three rows
+of small images make that visible: sampled filters, eigenvectors of Σw, of Σx.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from randlabels.plots import style
+
+ROW_LABELS = ("filters\n(sample)", "eigvecs\nof Σw", "eigvecs\nof Σx")
+
+
+def _to_image(vector: np.ndarray, kernel_shape: Sequence[int]) -> tuple[np.ndarray, dict]:
+    """One flattened (C_in, k, k) vector to an image and its ``imshow`` keywords.
+
+    Values are scaled symmetrically around 0.5 (zero = mid grey) because the sign of an
+    eigenvector is arbitrary and a filter's zero level matters more than its range.
+    """
+    c_in, kh, kw = kernel_shape
+    kernel = np.asarray(vector, dtype=float).reshape(c_in, kh, kw)
+    if c_in == 3:
+        image = kernel.transpose(1, 2, 0)
+        peak = np.abs(image).max()
+        image = image / (2 * peak) + 0.5 if peak > 0 else np.full_like(image, 0.5)
+        return np.clip(image, 0.0, 1.0), {}
+    image = kernel[0]  # grayscale; for C_in other than 1 and 3, the first channel
+    peak = float(np.abs(image).max()) or 1.0
+    return image, {"cmap": "gray", "vmin": -peak, "vmax": peak}
+
+
+def _top_columns(eigvec: np.ndarray, eigval: np.ndarray | None,
+                 count: int) -> tuple[np.ndarray, list[str]]:
+    """The ``count`` leading eigenvectors and their titles.
+
+    Without eigenvalues the columns are taken to be sorted by decreasing eigenvalue
+    already (rank 0 = largest, as in the transfer-function table); with them, they are
+    sorted here, so ``numpy.linalg.eigh`` output (ascending) can be passed directly.
+    """
+    if eigval is None:
+        order = np.arange(count)
+        titles = [f"#{i + 1}" for i in order]
+    else:
+        eigval = np.asarray(eigval, dtype=float)
+        order = np.argsort(eigval)[::-1][:count]
+        titles = [f"#{r + 1}  λ={eigval[i]:.2g}" for r, i in enumerate(order)]
+    return eigvec[:, order], titles
+
+
+def plot(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
+         kernel_shape: Sequence[int], out_path: str | os.PathLike, n_show: int = 8,
+         title: str = "", eigval_w: np.ndarray | None = None,
+         eigval_x: np.ndarray | None = None) -> None:
+    """Draw sampled filters and top eigenvectors of Σw and Σx; write ``out_path``.
+
+    ``filters`` is (n, d); ``eigvec_w`` and ``eigvec_x`` hold unit eigenvectors as
+    columns (d, m); ``kernel_shape`` = (C_in, k, k) with d = C_in·k·k in the conv weight's
+    flatten order. C_in = 1 is shown in grayscale, C_in = 3 as RGB, otherwise the first
+    channel. Filters are a fixed-seed random sample so the figure is reproducible.
+    """
+    filters = np.atleast_2d(np.asarray(filters, dtype=float))
+    eigvec_w = np.asarray(eigvec_w, dtype=float)
+    eigvec_x = np.asarray(eigvec_x, dtype=float)
+    if len(kernel_shape) != 3:
+        raise ValueError(f"eigenfilters: kernel_shape must be (C_in, k, k), got {kernel_shape}")
+    d = int(np.prod(kernel_shape))
+    for name, array, axis in (("filters", filters, 1), ("eigvec_w", eigvec_w, 0),
+                              ("eigvec_x", eigvec_x, 0)):
+        if array.ndim != 2 or array.shape[axis] != d:
+            raise ValueError(f"eigenfilters: {name} has shape {array.shape}, expected "
+                             f"dimension {d} = prod{tuple(kernel_shape)} on axis {axis}")
+    n_cols = int(min(n_show, filters.shape[0], eigvec_w.shape[1], eigvec_x.shape[1]))
+    if n_cols < 1:
+        raise ValueError("eigenfilters: nothing to show (n_show or an input is empty)")
+    style.apply_theme()
+
+    pick = np.sort(np.random.default_rng(0).choice(filters.shape[0], n_cols, replace=False))
+    top_w, titles_w = _top_columns(eigvec_w, eigval_w, n_cols)
+    top_x, titles_x = _top_columns(eigvec_x, eigval_x, n_cols)
+    rows = [([filters[i] for i in pick], [f"filter {i}" for i in pick]),
+            (list(top_w.T), titles_w), (list(top_x.T), titles_x)]
+
+    fig, axes = plt.subplots(3, n_cols, squeeze=False,
+                             figsize=(1.15 * n_cols + 1.2, 3 * 1.3 + 0.6))
+    for r, (vectors, titles) in enumerate(rows):
+        for c, (vector, label) in enumerate(zip(vectors, titles)):
+            ax = axes[r, c]
+            image, kws = _to_image(vector, kernel_shape)
+            ax.imshow(image, interpolation="nearest", **kws)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            ax.set_title(label, fontsize="x-small", pad=2)
+        axes[r, 0].set_ylabel(ROW_LABELS[r], rotation=0, ha="right", va="center",
+                              fontsize="small", labelpad=8)
+    c_in, kh, kw = kernel_shape
+    shown = {1: "grayscale", 3: "RGB"}.get(c_in, f"channel 1 of {c_in}")
+    heading = title or "First-layer filters and eigenvectors of their covariance"
+    fig.suptitle(f"{heading}\n({kh}×{kw} kernels, {shown}; mid grey = 0, "
+                 "eigenvector sign arbitrary)", fontsize="medium")
+    fig.tight_layout()
+    style.save_figure(fig, out_path)

@@ -1,0 +1,133 @@
+"""Shared look of every figure: backend, theme, fixed palettes and an atomic save.
+
+Colours are fixed *per name* (variant, label kind) rather than per position so that
+"pretrained" is the same blue in the learning curves and in the transfer summary,
+whatever subset of variants a figure happens to show.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the workflow renders on cluster nodes without a display
+
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from randlabels.io import atomic_output  # noqa: E402
+
+DPI = 150
+#: Height of one facet in inches; figures grow with the number of facets instead.
+FACET_HEIGHT = 3.2
+FACET_ASPECT = 1.35
+
+#: Seaborn ``errorbar`` for bands over seeds: the full range (min to max) of the
+#: seeds. With 3-5 seeds a bootstrap CI is unstable and slow; the range shows the
+#: actual spread and is deterministic.
+SEED_BAND: tuple[str, int] = ("pi", 100)
+SEED_BAND_TEXT = "line: mean over seeds, band: min-max over seeds"
+
+_COLORBLIND = sns.color_palette("colorblind", 10)
+
+#: Fixed colours of the fine-tuning variants named in the workflow.
+VARIANT_COLORS: dict[str, tuple[float, float, float]] = {
+    "scratch": (0.35, 0.35, 0.35),
+    "pretrained": _COLORBLIND[0],
+    "pretrained_norescale": _COLORBLIND[1],
+    "gaussian": _COLORBLIND[2],
+    "gaussian_zero_mean": _COLORBLIND[8],
+    "constructed": _COLORBLIND[4],
+    "covariance": _COLORBLIND[4],
+    "last_layers": _COLORBLIND[5],
+}
+#: Colours for unknown variant names, chosen by a stable hash of the name.
+_FALLBACK_COLORS = [c for c in _COLORBLIND if c not in VARIANT_COLORS.values()] + list(
+    sns.color_palette("dark", 10)
+)
+
+#: Random labels vs real labels.
+LABEL_COLORS: dict[str, tuple[float, float, float]] = {
+    "random": _COLORBLIND[3],
+    "real": _COLORBLIND[0],
+}
+#: Line dashes for the misalignment basis: the data eigenbasis solid, the Haar control dashed.
+BASIS_DASHES: dict[str, tuple | str] = {"data": "", "random": (4, 2)}
+BASIS_MARKERS: dict[str, str] = {"data": "o", "random": "X"}
+
+
+def apply_theme() -> None:
+    """Set the common seaborn theme; called by every ``plot`` so figures look alike."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.85,
+                  rc={"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": "medium",
+                      "legend.frameon": False})
+
+
+def variant_color(name: str) -> tuple[float, float, float]:
+    """Colour of a variant: fixed for known names, hash-stable for others."""
+    if name in VARIANT_COLORS:
+        return VARIANT_COLORS[name]
+    # crc32, not hash(): Python's str hash is salted per process.
+    return _FALLBACK_COLORS[zlib.crc32(name.encode()) % len(_FALLBACK_COLORS)]
+
+
+def variant_palette(names: Iterable[str]) -> dict[str, tuple[float, float, float]]:
+    """Palette dict for the given variant names (seaborn ``palette=``)."""
+    return {name: variant_color(name) for name in names}
+
+
+def label_palette(names: Iterable[str]) -> dict[str, tuple[float, float, float]]:
+    """Palette dict for label kinds; unknown kinds fall back like variants."""
+    return {name: LABEL_COLORS.get(name, variant_color(name)) for name in names}
+
+
+def sequential_palette(values: Sequence, name: str = "viridis", low: float = 0.05,
+                       high: float = 0.85) -> dict:
+    """Ordered values (epochs, init scales) to colours of a sequential colormap.
+
+    Only the [low, high] part of the colormap is used so that no colour is too pale
+    to see on a white background.
+    """
+    ordered = sorted(set(values))
+    cmap = matplotlib.colormaps[name]
+    if len(ordered) == 1:
+        return {ordered[0]: cmap(low + 0.4 * (high - low))[:3]}
+    return {v: cmap(x)[:3] for v, x in zip(ordered, np.linspace(low, high, len(ordered)))}
+
+
+def variant_order(names: Iterable[str]) -> list[str]:
+    """Known variants in their canonical order (baseline first), unknown ones after, sorted."""
+    names = list(dict.fromkeys(names))
+    known = [v for v in VARIANT_COLORS if v in names]
+    return known + sorted(n for n in names if n not in VARIANT_COLORS)
+
+
+def format_scale(value: float) -> str:
+    """Short label for an init scale, e.g. ``0.5`` -> ``"init scale 0.5"``."""
+    return f"init scale {float(value):g}"
+
+
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
+    """Refuse an empty or malformed table with a message naming the figure."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{figure}: missing column(s) {missing}; have {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{figure}: the table is empty, nothing to plot")
+
+
+def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG at :data:`DPI` atomically, then close it to free memory.
+
+    The temporary file has no ``.png`` suffix, hence the explicit ``format``.
+    """
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)

@@ -1,0 +1,100 @@
+"""Figure: speed-up (steps to target, scratch ÷ variant) per variant and init scale.
+
+One number per claim: above the "no transfer" line at 1 the variant trains faster
+than scratch. Points are means over seeds with 95 % Student-t intervals (see
+:func:`randlabels.summary.mean_and_ci`), individual seeds are drawn faintly behind
+them, and each point says how many of its runs gave a defined speed-up (the others
+diverged or never reached the target), so missing runs stay visible.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from randlabels.plots import style
+from randlabels.summary import mean_and_ci
+
+COLUMNS = ["experiment", "init_scale", "variant", "seed", "speedup"]
+
+
+def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
+         baseline: str = "scratch") -> None:
+    """Draw mean speed-up per variant (x) and init scale (colour); write ``out_path``.
+
+    ``summary`` is the output of :func:`randlabels.summary.transfer_summary`; the
+    ``baseline`` rows (speed-up 1 by construction) are left out.
+    """
+    style.require_columns(summary, COLUMNS, "transfer-summary figure")
+    style.apply_theme()
+    data = summary[summary["variant"] != baseline]
+    if data.empty:
+        raise ValueError(f"transfer-summary figure: only the baseline {baseline!r} is present")
+    stats = mean_and_ci(data, ["experiment", "variant", "init_scale"], "speedup")
+    totals = data.groupby(["experiment", "variant", "init_scale"]).size().rename("total")
+    stats = stats.join(totals, on=["experiment", "variant", "init_scale"])
+
+    experiments = sorted(data["experiment"].unique())
+    variants = style.variant_order(data["variant"])
+    scales = sorted(data["init_scale"].unique())
+    palette = style.sequential_palette(scales, "plasma", low=0.0, high=0.7)
+    width = 0.7
+    step = width / len(scales)
+    offsets = (np.arange(len(scales)) - (len(scales) - 1) / 2) * step
+    seed_shift = 0.25 * step
+
+    fig, axes = plt.subplots(1, len(experiments), squeeze=False, sharey=True,
+                             figsize=(max(3.8, 1.1 * len(variants) * (1 + 0.2 * len(scales))
+                                          ) * len(experiments) + 1.5, 4.2))
+    for ax, experiment in zip(axes[0], experiments):
+        ax.axhline(1.0, color="0.25", linestyle="--", linewidth=1.0, label="no transfer (= 1)")
+        for j, scale in enumerate(scales):
+            for i, variant in enumerate(variants):
+                x = i + offsets[j]
+                runs = data[(data["experiment"] == experiment) & (data["variant"] == variant)
+                            & (data["init_scale"] == scale)]
+                row = stats[(stats["experiment"] == experiment) & (stats["variant"] == variant)
+                            & (stats["init_scale"] == scale)]
+                if row.empty:
+                    continue
+                row = row.iloc[0]
+                seeds = runs["speedup"][np.isfinite(runs["speedup"])]
+                # Single seeds just right of the mean so the error bar does not hide them.
+                ax.scatter(np.full(len(seeds), x + seed_shift), seeds, s=12,
+                           color=palette[scale], alpha=0.35, linewidths=0, zorder=2)
+                if row["n"] > 0:
+                    ax.errorbar(x, row["mean"], yerr=[[row["mean"] - row["ci_low"]],
+                                                      [row["ci_high"] - row["mean"]]],
+                                fmt="o", color=palette[scale], markersize=6, capsize=3,
+                                linewidth=1.5, zorder=3)
+                    label_y = row["ci_high"]
+                else:
+                    label_y = 1.0
+                if row["n"] < row["total"]:
+                    ax.annotate(f"{int(row['n'])}/{int(row['total'])}", (x, label_y),
+                                xytext=(0, 4), textcoords="offset points", ha="center",
+                                va="bottom", fontsize="x-small", color="0.2")
+        ax.set_xticks(range(len(variants)), [v.replace("_", "\n") for v in variants])
+        ax.set_xlim(-0.6, len(variants) - 0.4)
+        ax.set_title(experiment)
+        ax.set_xlabel("initialization variant")
+        ax.grid(False, axis="x")
+    axes[0, 0].set_ylabel(f"speed-up = steps_{baseline} ÷ steps_variant")
+    low, high = axes[0, 0].get_ylim()
+    axes[0, 0].set_ylim(min(0.0, low), max(high, 1.2))
+
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[s],
+                          label=f"{s:g}") for s in scales]
+    handles.append(plt.Line2D([], [], color="0.25", linestyle="--", label="no transfer (= 1)"))
+    fig.legend(handles=handles, title="init scale", loc="center left", bbox_to_anchor=(1.0, 0.5),
+               frameon=False)
+    fig.suptitle(f"Transfer speed-up to reach {target:.0%} downstream train accuracy\n"
+                 f"(steps to target, {baseline} ÷ variant; > 1 = faster than {baseline})")
+    fig.text(0.01, 0.0, "points: mean over seeds with 95% t-interval; faint dots: single seeds\n"
+             "k/n: runs with a defined speed-up (others diverged or never reached the target)",
+             ha="left", va="top", fontsize="small", color="0.3")
+    fig.tight_layout()
+    style.save_figure(fig, out_path)

@@ -1,0 +1,104 @@
+"""Disjoint upstream / downstream / test subsets and the fixed random labels of each.
+
+A split is drawn once per seed and saved, so every stage that trains or measures on
+"the upstream data of seed 3" sees exactly the same samples and labels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from .io import atomic_output
+from .seeding import stream_rng
+
+LABEL_KINDS = ("random", "real")
+
+
+@dataclass
+class Split:
+    """Index sets into a dataset file, and the random labels drawn for each part."""
+
+    upstream: np.ndarray
+    downstream: np.ndarray
+    test: np.ndarray
+    upstream_random: np.ndarray
+    downstream_random: np.ndarray
+    upstream_classes: int
+    downstream_classes: int
+    seed: int
+
+    def labels(self, part: str, kind: str, real_labels: np.ndarray) -> np.ndarray:
+        """Training labels of ``part`` ('upstream' | 'downstream'): real or the saved random ones."""
+        if kind not in LABEL_KINDS:
+            raise ValueError(f"unknown label kind {kind!r}; valid: {', '.join(LABEL_KINDS)}")
+        index = getattr(self, part)
+        if kind == "real":
+            return real_labels[index]
+        return getattr(self, f"{part}_random")
+
+
+def make_split(
+    is_test: np.ndarray,
+    *,
+    upstream: int,
+    downstream: int,
+    test: int | None,
+    upstream_classes: int,
+    downstream_classes: int,
+    seed: int,
+) -> Split:
+    """Draw disjoint subsets; the test part is the official test set when there is one.
+
+    Without an official test set (``is_test`` all False) the test part is drawn from the
+    remaining samples. ``test=None`` means "all that is available".
+    """
+    is_test = np.asarray(is_test, dtype=bool)
+    pool = np.flatnonzero(~is_test)
+    official = np.flatnonzero(is_test)
+    rng = stream_rng(seed, "split")
+    pool = rng.permutation(pool)
+    if upstream + downstream > len(pool):
+        raise ValueError(
+            f"split.upstream ({upstream}) + split.downstream ({downstream}) exceeds the "
+            f"{len(pool)} training samples of the dataset"
+        )
+    up, down = pool[:upstream], pool[upstream : upstream + downstream]
+    rest = official if len(official) else pool[upstream + downstream :]
+    if test is not None and test > len(rest):
+        raise ValueError(f"split.test ({test}) exceeds the {len(rest)} samples left for testing")
+    test_index = np.sort(rng.permutation(rest)[: len(rest) if test is None else test])
+    return Split(
+        upstream=np.sort(up),
+        downstream=np.sort(down),
+        test=test_index,
+        upstream_random=stream_rng(seed, "labels", "upstream").integers(0, upstream_classes, upstream),
+        downstream_random=stream_rng(seed, "labels", "downstream").integers(0, downstream_classes, downstream),
+        upstream_classes=upstream_classes,
+        downstream_classes=downstream_classes,
+        seed=seed,
+    )
+
+
+def write_split(split: Split, path: str | os.PathLike) -> None:
+    """Save a split as HDF5 (index arrays, random labels, class counts as attributes)."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for name in ("upstream", "downstream", "test", "upstream_random", "downstream_random"):
+            f.create_dataset(name, data=np.asarray(getattr(split, name), dtype=np.int64))
+        f.attrs["upstream_classes"] = split.upstream_classes
+        f.attrs["downstream_classes"] = split.downstream_classes
+        f.attrs["seed"] = split.seed
+
+
+def read_split(path: str | os.PathLike) -> Split:
+    """Load a split written by :func:`write_split`, naming the file if it is unusable."""
+    try:
+        with h5py.File(path, "r") as f:
+            arrays = {name: f[name][()] for name in ("upstream", "downstream", "test", "upstream_random", "downstream_random")}
+            attrs = {k: int(f.attrs[k]) for k in ("upstream_classes", "downstream_classes", "seed")}
+    except (OSError, KeyError) as err:
+        raise ValueError(f"{path}: not a readable split file ({err})") from err
+    return Split(**arrays, **attrs)

@@ -1,0 +1,174 @@
+"""Summaries of downstream learning curves: how much faster does a variant train?
+
+The paper's claim 2 is about *speed*: a network pre-trained on random labels reaches
+a given downstream accuracy in fewer steps than one trained from scratch. This module
+turns the tidy fine-tuning curves table into per-run numbers that test the claim:
+
+* ``steps_to_target`` -- first step at which training accuracy reaches a target;
+* ``area_under_curve`` -- mean training accuracy over the run (insensitive to the
+  arbitrary choice of target);
+* ``transfer_summary`` -- both of the above for every run, plus the ratio and gap
+  against the from-scratch baseline of the same experiment, init scale and seed;
+* ``mean_and_ci`` -- mean and 95 % Student-t confidence interval over seeds.
+
+Everything here is plain pandas/numpy so that tables and figures can be rebuilt
+without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+#: Columns that identify one downstream training run in the curves table.
+RUN_KEYS: list[str] = ["experiment", "init_scale", "variant", "seed"]
+#: Columns that pair a variant run with its baseline run.
+PAIR_KEYS: list[str] = ["experiment", "init_scale", "seed"]
+
+SUMMARY_COLUMNS: list[str] = [
+    *RUN_KEYS,
+    "target",
+    "diverged",
+    "reached",
+    "steps_to_target",
+    "auc",
+    "speedup",
+    "auc_gap",
+]
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Fail early with the missing column names rather than with a KeyError later."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; have {list(frame.columns)}")
+
+
+def _as_bool(column: pd.Series) -> pd.Series:
+    """Coerce a diverged flag to bool, accepting the strings a TSV round trip may give.
+
+    ``astype(bool)`` alone would turn the string ``"False"`` into True.
+    """
+    if column.dtype == bool:
+        return column
+    words = {"true": True, "1": True, "false": False, "0": False, "": False, "nan": False}
+
+    def convert(value: object) -> bool:
+        if isinstance(value, str):
+            if value.strip().lower() not in words:
+                raise ValueError(f"diverged: cannot read {value!r} as a boolean")
+            return words[value.strip().lower()]
+        return bool(value) if pd.notna(value) else False
+
+    return column.map(convert).astype(bool)
+
+
+def steps_to_target(curve: pd.DataFrame, target: float) -> float:
+    """First ``step`` at which ``train_acc >= target``; NaN if the run never gets there.
+
+    The curve is sorted by step first, so row order in the table does not matter.
+    NaN accuracies never count as reaching the target.
+    """
+    _require(curve, ["step", "train_acc"], "steps_to_target")
+    ordered = curve.sort_values("step", kind="stable")
+    hit = ordered["train_acc"].to_numpy(dtype=float) >= target
+    if not hit.any():
+        return float("nan")
+    return float(ordered["step"].to_numpy()[np.argmax(hit)])
+
+
+def area_under_curve(curve: pd.DataFrame) -> float:
+    """Trapezoid area of ``train_acc`` over ``step`` divided by the step range.
+
+    Normalising by the range makes this the time-averaged accuracy in [0, 1], so runs
+    logged over different numbers of steps stay comparable. A single-point curve
+    returns its accuracy; any NaN accuracy returns NaN (a gap is not silently bridged).
+    """
+    _require(curve, ["step", "train_acc"], "area_under_curve")
+    ordered = curve.sort_values("step", kind="stable")
+    steps = ordered["step"].to_numpy(dtype=float)
+    acc = ordered["train_acc"].to_numpy(dtype=float)
+    if acc.size == 0 or np.isnan(acc).any():
+        return float("nan")
+    span = steps[-1] - steps[0]
+    if acc.size == 1 or span == 0:
+        return float(acc.mean())
+    area = float(np.sum(0.5 * (acc[1:] + acc[:-1]) * np.diff(steps)))
+    return area / span
+
+
+def transfer_summary(curves: pd.DataFrame, target: float,
+                     baseline: str = "scratch") -> pd.DataFrame:
+    """One row per run (experiment, init_scale, variant, seed) with transfer metrics.
+
+    Columns: the run keys, ``target``, ``diverged`` (any step flagged), ``reached``
+    (the run's accuracy got to ``target``), ``steps_to_target``, ``auc``, and against
+    the ``baseline`` run of the same experiment, init scale and seed:
+
+    * ``speedup`` = steps_to_target(baseline) / steps_to_target(variant); > 1 means
+      positive transfer. NaN when either run did not reach the target or diverged.
+    * ``auc_gap`` = auc(variant) - auc(baseline); > 0 means positive transfer.
+
+    Diverged runs keep their row (diverged True, metrics NaN) so that they are counted,
+    not silently lost. A run without a matching baseline raises ``ValueError``.
+    """
+    _require(curves, [*RUN_KEYS, "step", "train_acc", "diverged"], "transfer_summary")
+    frame = curves.copy()
+    frame["diverged"] = _as_bool(frame["diverged"])
+
+    rows = []
+    for key, run in frame.groupby(RUN_KEYS, sort=True, dropna=False):
+        diverged = bool(run["diverged"].any())
+        steps = float("nan") if diverged else steps_to_target(run, target)
+        auc = float("nan") if diverged else area_under_curve(run)
+        rows.append({**dict(zip(RUN_KEYS, key)), "target": float(target), "diverged": diverged,
+                     "reached": bool(np.isfinite(steps)), "steps_to_target": steps, "auc": auc})
+    table = pd.DataFrame(rows, columns=[*RUN_KEYS, "target", "diverged", "reached",
+                                        "steps_to_target", "auc"])
+
+    base = table.loc[table["variant"] == baseline, [*PAIR_KEYS, "steps_to_target", "auc"]]
+    base = base.rename(columns={"steps_to_target": "_base_steps", "auc": "_base_auc"})
+    merged = table.merge(base, on=PAIR_KEYS, how="left", indicator=True)
+    orphans = merged.loc[merged["_merge"] == "left_only", PAIR_KEYS].drop_duplicates()
+    if not orphans.empty:
+        where = "; ".join(f"experiment={r.experiment!r} init_scale={r.init_scale} seed={r.seed}"
+                          for r in orphans.itertuples(index=False))
+        raise ValueError(f"transfer_summary: no {baseline!r} baseline run for {where}")
+
+    # NaN propagates through both operations, which is exactly the intended semantics.
+    merged["speedup"] = merged["_base_steps"] / merged["steps_to_target"]
+    merged["auc_gap"] = merged["auc"] - merged["_base_auc"]
+    return merged[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def mean_and_ci(frame: pd.DataFrame, by: list[str], value: str,
+                level: float = 0.95) -> pd.DataFrame:
+    """Mean of ``value`` per group with a two-sided Student-t confidence interval.
+
+    The interval is mean +/- t_{(1+level)/2, n-1} * s / sqrt(n) with s the sample
+    standard deviation: with 3-5 seeds the normal approximation would be far too
+    narrow. Non-finite values (NaN, inf) are left out and ``n`` counts only the finite
+    ones; n = 1 gives an interval equal to the mean (no spread can be estimated), and
+    a group with n = 0 keeps its row with NaN mean so that it stays visible.
+    """
+    _require(frame, [*by, value], "mean_and_ci")
+    columns = [*by, "mean", "ci_low", "ci_high", "n"]
+    rows = []
+    for key, group in frame.groupby(by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        vals = group[value].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        n = int(vals.size)
+        if n == 0:
+            mean = low = high = float("nan")
+        elif n == 1:
+            mean = low = high = float(vals[0])
+        else:
+            mean = float(vals.mean())
+            half = float(stats.t.ppf(0.5 + level / 2, df=n - 1) * vals.std(ddof=1) / np.sqrt(n))
+            low, high = mean - half, mean + half
+        rows.append({**dict(zip(by, key)), "mean": mean, "ci_low": low, "ci_high": high, "n": n})
+    return pd.DataFrame(rows, columns=columns)

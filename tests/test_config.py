@@ -1,0 +1,166 @@
+"""Config validation: the schema, the cross-key rules, and the defaults."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from randlabels import plan
+from randlabels.config import ConfigError, check_config, schema_errors, semantic_errors
+from workflow_helpers import ROOT
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml")), *sorted((ROOT / "tests" / "configs").glob("*.yaml"))]
+
+
+def load(path=ROOT / "config.yaml"):
+    return yaml.safe_load(path.read_text())
+
+
+def problems(config):
+    try:
+        check_config(config, SCHEMA)
+    except ConfigError as err:
+        return str(err)
+    return ""
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    assert problems(load(path)) == ""
+
+
+def mutate(change):
+    config = load()
+    change(config)
+    return problems(config)
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["finetune"].update(learning_rate=0.1))
+    assert "experiments.digits_cnn.finetune.learning_rate" in message
+    assert "lr" in message
+
+
+def test_unknown_top_level_key():
+    message = mutate(lambda c: c.update(seed=3))
+    assert "seed" in message and "did you mean 'seeds'" in message
+
+
+def test_wrong_type_names_the_key():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["pretrain"].update(epochs="many"))
+    assert "experiments.digits_cnn.pretrain.epochs" in message and "integer" in message
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("experiments", "digits_cnn", "pretrain", "lr"), 0),
+        (("experiments", "digits_cnn", "pretrain", "momentum"), 1.5),
+        (("experiments", "digits_cnn", "finetune", "target_accuracy"), 1.2),
+        (("experiments", "digits_cnn", "split", "upstream"), 0),
+        (("datasets", "gaussian", "dim"), 0),
+    ],
+)
+def test_out_of_range_values_are_refused(path, value):
+    def change(config):
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    message = mutate(change)
+    assert ".".join(path) in message
+
+
+def test_unknown_dataset_source_lists_valid_names():
+    message = mutate(lambda c: c["datasets"]["digits"].update(source="mnist"))
+    assert "datasets.digits.source" in message
+    assert "digits, gaussian, cifar10, cifar100" in message
+
+
+def test_unknown_architecture_lists_valid_names():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["model"].update(arch="vgg19"))
+    assert "cnn2, fc, vgg16, vgg16_bn, resnet18" in message
+
+
+def test_empty_and_duplicate_grids_are_refused():
+    assert "seeds" in mutate(lambda c: c.update(seeds=[]))
+    assert "seeds" in mutate(lambda c: c.update(seeds=[1, 1]))
+    assert "init_scales" in mutate(lambda c: c["experiments"]["digits_cnn"].update(init_scales=[]))
+
+
+def test_undefined_dataset_reference_lists_defined_ones():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"].update(dataset="cifar10"))
+    assert "experiments.digits_cnn.dataset" in message and "digits, gaussian" in message
+
+
+def test_split_larger_than_the_dataset():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["split"].update(upstream=1500))
+    assert "experiments.digits_cnn.split" in message and "1797" in message
+
+
+def test_transfer_source_must_be_pretrained():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["finetune"].update(from_labels="real") or c["experiments"]["digits_cnn"]["pretrain"].update(labels=["random"]))
+    assert "experiments.digits_cnn.finetune.from_labels" in message
+
+
+def test_checkpoints_after_the_last_epoch():
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["pretrain"].update(checkpoints=[0, 500]))
+    assert "experiments.digits_cnn.pretrain.checkpoints" in message
+
+
+def test_image_model_on_vector_data():
+    message = mutate(lambda c: c["experiments"]["gaussian_fc"]["model"].update(arch="cnn2"))
+    assert "experiments.gaussian_fc.model.arch" in message
+
+
+def test_gaussian_needs_exactly_one_spectrum_description():
+    message = mutate(lambda c: c["datasets"]["gaussian"].pop("spectrum"))
+    assert "datasets.gaussian" in message and "variances" in message
+
+
+def _schema_default(*path):
+    node = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    for key in path:
+        node = node[key]
+    return node["default"]
+
+
+def test_schema_documents_the_defaults_the_code_uses():
+    for key, value in plan.TRAINING_DEFAULTS.items():
+        assert _schema_default("training", "properties", key) == value, key
+    finetune = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]["finetune"]["properties"]
+    for key, value in plan.FINETUNE_DEFAULTS.items():
+        assert finetune[key]["default"] == value, key
+    experiment = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]
+    for key, value in plan.SPLIT_DEFAULTS.items():
+        assert experiment["split"]["properties"][key]["default"] == value, key
+    for key, value in plan.STATS_DEFAULTS.items():
+        assert experiment["stats"]["properties"][key]["default"] == value, key
+    for key, value in plan.SAMPLE_DEFAULTS.items():
+        assert experiment["sample"]["properties"][key]["default"] == value, key
+
+
+def test_settings_fill_defaults_and_always_keep_first_and_last_checkpoint():
+    config = load()
+    config["experiments"]["digits_cnn"]["pretrain"]["checkpoints"] = [10]
+    settings = plan.pretrain_settings(config, "digits_cnn")
+    assert settings["checkpoints"] == [0, 10, config["experiments"]["digits_cnn"]["pretrain"]["epochs"]]
+    assert settings["weight_decay"] == 0.0 and settings["schedule"] == "constant"
+
+
+def test_scale_labels_round_trip():
+    config = load()
+    for scale in config["experiments"]["digits_cnn"]["init_scales"]:
+        assert plan.scale_value(config, "digits_cnn", plan.scale_label(scale)) == scale
+    with pytest.raises(ValueError, match="no init scale"):
+        plan.scale_value(config, "digits_cnn", "7")
+
+
+def test_semantic_rules_are_skipped_only_when_the_schema_fails():
+    config = load()
+    assert semantic_errors(copy.deepcopy(config)) == []
+    assert schema_errors(config, SCHEMA) == []

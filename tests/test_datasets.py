@@ -1,0 +1,552 @@
+"""Tests of randlabels.datasets: file layout, synthetic statistics, CIFAR ingestion.
+
+CIFAR cannot be downloaded in the test environment, so the tests write small
+archives in CIFAR's own format (a .tar.gz of pickled batches) and run the real code
+path on them, including the download through a file:// URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import struct
+import tarfile
+from importlib import resources
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from randlabels import datasets as ds
+from randlabels.datasets import ChecksumError, DatasetFileError
+
+PAPER_SPECTRUM = {"kind": "linear", "low": 0.1, "high": 3.0}
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _entries(folder: Path) -> list[str]:
+    """Everything in a folder, hidden temporary files included."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --------------------------------------------------------------------------- CIFAR-format archives
+
+
+def _py2_pickle(obj) -> bytes:
+    """Pickle ``obj`` the way Python 2's cPickle (protocol 2) wrote the CIFAR batches.
+
+    Python 2 ``str`` (here: ``bytes``) becomes BINSTRING, which Python 3 reads back
+    as bytes under ``encoding="bytes"``; uint8 arrays refer to
+    ``numpy.core.multiarray._reconstruct`` as numpy 1.x did. Python 3's pickler
+    cannot produce this, so the opcodes are written by hand.
+    """
+    out = bytearray(b"\x80\x02")  # PROTO 2
+
+    def string(data: bytes) -> None:
+        if len(data) < 256:
+            out.extend(b"U" + bytes([len(data)]) + data)  # SHORT_BINSTRING
+        else:
+            out.extend(b"T" + struct.pack("<i", len(data)) + data)  # BINSTRING
+
+    def emit(value) -> None:
+        if value is None:
+            out.extend(b"N")
+        elif isinstance(value, bool):
+            out.extend(b"\x88" if value else b"\x89")
+        elif isinstance(value, int):
+            out.extend(b"J" + struct.pack("<i", value))
+        elif isinstance(value, bytes):
+            string(value)
+        elif isinstance(value, tuple):
+            out.extend(b"(")
+            for item in value:
+                emit(item)
+            out.extend(b"t")
+        elif isinstance(value, list):
+            out.extend(b"](")
+            for item in value:
+                emit(item)
+            out.extend(b"e")
+        elif isinstance(value, dict):
+            out.extend(b"}(")
+            for key, item in value.items():
+                emit(key)
+                emit(item)
+            out.extend(b"u")
+        elif isinstance(value, np.ndarray):
+            assert value.dtype == np.uint8
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\n")
+            out.extend(b"cnumpy\nndarray\n")
+            emit((0,))
+            string(b"b")
+            out.extend(b"\x87R")  # TUPLE3, REDUCE
+            out.extend(b"(")  # state: (version, shape, dtype, fortran, raw bytes)
+            emit(1)
+            emit(tuple(value.shape))
+            out.extend(b"cnumpy\ndtype\n")
+            string(b"u1")
+            emit(0)
+            emit(1)
+            out.extend(b"\x87R")
+            emit((3, b"|", None, None, None, -1, -1, 0))
+            out.extend(b"b")  # BUILD (dtype state)
+            emit(False)
+            string(np.ascontiguousarray(value).tobytes())
+            out.extend(b"tb")  # close the state tuple, BUILD (array state)
+        else:
+            raise TypeError(type(value))
+
+    emit(obj)
+    out.extend(b".")
+    return bytes(out)
+
+
+def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def _cifar10_members(rng: np.random.Generator, per_batch: int = 4, n_test: int = 3):
+    """Members of a small CIFAR-10 archive (Python 2 pickles) and the arrays in it."""
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    members, rows, labels = {}, [], []
+    batches = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+    for batch in batches:
+        n = n_test if batch == "test_batch" else per_batch
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        batch_labels = [int(v) for v in rng.integers(0, 10, size=n)]
+        members[f"cifar-10-batches-py/{batch}"] = _py2_pickle(
+            {
+                b"batch_label": batch.encode(),
+                b"labels": batch_labels,
+                b"data": data,
+                b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            }
+        )
+        rows.append(data)
+        labels.extend(batch_labels)
+    members["cifar-10-batches-py/batches.meta"] = _py2_pickle(
+        {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}
+    )
+    members["cifar-10-batches-py/readme.html"] = b"<html></html>"
+    return members, np.concatenate(rows), np.asarray(labels), [n.decode() for n in names]
+
+
+def _cifar100_members(rng: np.random.Generator, n_train: int = 7, n_test: int = 3):
+    """Members of a small CIFAR-100 archive, pickled by Python 3 (str keys)."""
+    fine = [f"fine_{k}" for k in range(100)]
+    members, rows, labels = {}, [], []
+    for part, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine_labels = [int(v) for v in rng.integers(0, 100, size=n)]
+        members[f"cifar-100-python/{part}"] = pickle.dumps(
+            {
+                "data": data,
+                "fine_labels": fine_labels,
+                "coarse_labels": [v // 5 for v in fine_labels],
+            },
+            protocol=2,
+        )
+        rows.append(data)
+        labels.extend(fine_labels)
+    members["cifar-100-python/meta"] = pickle.dumps(
+        {"fine_label_names": fine, "coarse_label_names": [f"coarse_{k}" for k in range(20)]}
+    )
+    return members, np.concatenate(rows), np.asarray(labels), fine
+
+
+@pytest.fixture
+def cifar10_archive(tmp_path):
+    """A small CIFAR-10 archive under its official file name, plus what it holds."""
+    members, rows, labels, names = _cifar10_members(np.random.default_rng(1))
+    path = _tar_gz(tmp_path / "src" / "cifar-10-python.tar.gz", members)
+    return path, rows, labels, names
+
+
+def _check_cifar(data: ds.Dataset, rows: np.ndarray, labels: np.ndarray, n_test: int) -> None:
+    """Images are the CHW rows in NHWC order, train first, test last."""
+    n = len(rows)
+    assert data.images.shape == (n, 32, 32, 3) and data.images.dtype == np.uint8
+    np.testing.assert_array_equal(data.images, rows.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
+    # One pixel by hand: channel c, row h, column w sits at c*1024 + h*32 + w.
+    assert data.images[2, 5, 7, 1] == rows[2, 1 * 1024 + 5 * 32 + 7]
+    assert data.images[-1, 31, 0, 2] == rows[-1, 2 * 1024 + 31 * 32 + 0]
+    np.testing.assert_array_equal(data.labels, labels)
+    assert data.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.is_test, np.arange(n) >= n - n_test)
+    train = rows[: n - n_test].reshape(-1, 3, 1024) / 255.0
+    np.testing.assert_allclose(data.norm_mean, train.mean(axis=(0, 2)), rtol=1e-12)
+    np.testing.assert_allclose(data.norm_std, train.std(axis=(0, 2)), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_file(tmp_path):
+    out = tmp_path / "digits.h5"
+    ds.prepare_digits(out)
+    data = ds.read_dataset(out)
+
+    assert data.images.shape == (1797, 8, 8, 1) and data.images.dtype == np.uint8
+    assert data.images.max() == 255 and data.images.min() == 0
+    assert data.labels.dtype == np.int64 and set(np.unique(data.labels)) == set(range(10))
+    assert not data.is_test.any()
+    assert data.class_names == [str(k) for k in range(10)]
+    assert data.kind == "image" and data.num_classes == 10 and data.path == out
+    assert data.attrs["name"] == "digits" and "scikit-learn" in data.attrs["source"]
+
+    from sklearn.datasets import load_digits
+
+    np.testing.assert_array_equal(data.images[..., 0], np.rint(load_digits().images * 255 / 16))
+    sklearn_file = resources.files("sklearn.datasets.data").joinpath("digits.csv.gz")
+    expected = hashlib.sha256(sklearn_file.read_bytes()).hexdigest()
+    assert data.attrs["checksum"] == f"sha256:{expected}"
+
+    # Digits are mostly dark background: mean well below 1/2, std of the same order.
+    assert data.norm_mean.shape == data.norm_std.shape == (1,)
+    np.testing.assert_allclose(data.norm_mean, [(data.images / 255.0).mean()], rtol=1e-12)
+    np.testing.assert_allclose(data.norm_std, [(data.images / 255.0).std()], rtol=1e-12)
+    assert 0.1 < data.norm_mean[0] < 0.5 and 0.1 < data.norm_std[0] < 0.5
+    assert _entries(tmp_path) == ["digits.h5"]
+
+
+# --------------------------------------------------------------------------- gaussian
+
+
+def test_gaussian_paper_covariance(tmp_path):
+    """The empirical covariance matches diag(linspace(0.1, 3, 30)).
+
+    With known zero mean, the estimate C_ij = mean(x_i x_j) has standard error
+    sqrt((S_ii S_jj + S_ij^2) / n). Allowing 5 standard errors per entry keeps the
+    chance of a false alarm over all 900 entries below 1e-3 for any seed (the draw
+    is seeded, so the test is deterministic anyway), while a wrong spectrum (e.g. std
+    instead of variance, off by up to 0.9 per entry) fails by hundreds of errors.
+    """
+    n, dim = 200_000, 30
+    ds.prepare_gaussian(tmp_path / "g.h5", dim=dim, spectrum=PAPER_SPECTRUM, n_samples=n, seed=0)
+    data = ds.read_dataset(tmp_path / "g.h5")
+
+    assert data.images.shape == (n, dim) and data.images.dtype == np.float32
+    assert data.kind == "vector" and data.num_classes == 10
+    assert data.class_names == [f"class {k}" for k in range(10)]
+    assert data.labels.min() >= 0 and data.labels.max() <= 9 and not data.is_test.any()
+    target = np.diag(np.linspace(0.1, 3.0, dim))
+    np.testing.assert_allclose(data.attrs["variances"], np.diag(target))
+    assert (data.attrs["dim"], data.attrs["n_samples"], data.attrs["seed"]) == (dim, n, 0)
+    assert data.attrs["checksum"] == ""
+    np.testing.assert_array_equal(data.norm_mean, np.zeros(dim))
+    np.testing.assert_array_equal(data.norm_std, np.ones(dim))
+
+    x = data.images.astype(np.float64)
+    cov = x.T @ x / n
+    var = np.diag(target)
+    stderr = np.sqrt((np.outer(var, var) + target**2) / n)
+    assert np.all(np.abs(cov - target) <= 5 * stderr), np.abs(cov - target).max()
+    # Labels are uniform and carry nothing about x.
+    counts = np.bincount(data.labels, minlength=10)
+    assert np.all(np.abs(counts - n / 10) < 5 * np.sqrt(n * 0.1 * 0.9))
+
+
+def test_gaussian_seeds_and_variances(tmp_path):
+    common = dict(dim=30, n_samples=100)
+    ds.prepare_gaussian(tmp_path / "a.h5", spectrum=PAPER_SPECTRUM, seed=3, **common)
+    ds.prepare_gaussian(tmp_path / "b.h5", spectrum=PAPER_SPECTRUM, seed=3, **common)
+    ds.prepare_gaussian(tmp_path / "c.h5", spectrum=PAPER_SPECTRUM, seed=4, **common)
+    explicit = list(np.linspace(0.1, 3.0, 30))
+    ds.prepare_gaussian(tmp_path / "d.h5", variances=explicit, seed=3, **common)
+    a, b, c, d = (ds.read_dataset(tmp_path / f"{k}.h5") for k in "abcd")
+
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.images, c.images)
+    assert not np.array_equal(a.labels, c.labels)
+    # An explicit list equal to the spectrum gives the same draw.
+    np.testing.assert_array_equal(a.images, d.images)
+    np.testing.assert_array_equal(a.labels, d.labels)
+
+
+def test_gaussian_num_classes(tmp_path):
+    ds.prepare_gaussian(
+        tmp_path / "g.h5", dim=2, variances=[1.0, 2.0], n_samples=50, seed=0, num_classes=3
+    )
+    data = ds.read_dataset(tmp_path / "g.h5")
+    assert data.num_classes == 3 and data.class_names == ["class 0", "class 1", "class 2"]
+    assert data.labels.max() <= 2
+
+
+@pytest.mark.parametrize(
+    "params, word",
+    [
+        (dict(dim=0, spectrum=PAPER_SPECTRUM, n_samples=10), "dim"),
+        (dict(dim=3, spectrum=PAPER_SPECTRUM, n_samples=1), "n_samples"),
+        (dict(dim=3, variances=[1.0, 2.0], n_samples=10), "variances"),
+        (dict(dim=2, variances=[1.0, -2.0], n_samples=10), "variances"),
+        (dict(dim=2, variances=[1.0, 0.0], n_samples=10), "variances"),
+        (dict(dim=2, n_samples=10), "variances"),
+        (dict(dim=2, variances=[1.0, 2.0], spectrum=PAPER_SPECTRUM, n_samples=10), "spectrum"),
+        (dict(dim=2, spectrum={"kind": "log", "low": 1, "high": 2}, n_samples=10), "spectrum"),
+        (dict(dim=2, spectrum={"kind": "linear", "low": 0.0, "high": 2}, n_samples=10), "spectrum"),
+        (dict(dim=2, variances=[1.0, 2.0], n_samples=10, num_classes=1), "num_classes"),
+    ],
+)
+def test_gaussian_bad_params(tmp_path, params, word):
+    with pytest.raises(ValueError, match=word):
+        ds.prepare_gaussian(tmp_path / "g.h5", seed=0, **params)
+    assert _entries(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+def test_cifar10_archive_on_disk(tmp_path, cifar10_archive):
+    archive, rows, labels, names = cifar10_archive
+    out = tmp_path / "out" / "cifar10.h5"
+    ds.prepare_cifar(out, name="cifar10", root=archive.parent, download=False, md5=_md5(archive))
+    data = ds.read_dataset(out)
+
+    _check_cifar(data, rows, labels, n_test=3)
+    assert len(data) == 23
+    assert data.class_names == names and data.num_classes == 10
+    assert data.attrs["name"] == "cifar10"
+    assert "archive on disk" in data.attrs["source"]
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert data.attrs["checksum"] == f"sha256:{sha}"
+    assert _entries(out.parent) == ["cifar10.h5"]
+
+
+def test_cifar10_download_file_url(tmp_path, cifar10_archive):
+    archive, rows, labels, _ = cifar10_archive
+    root = tmp_path / "empty_root"
+    out = tmp_path / "out" / "cifar10.h5"
+    url = archive.as_uri()
+    ds.prepare_dataset(out, "cifar10", root=str(root), url=url, md5=_md5(archive))
+
+    assert _entries(root) == ["cifar-10-python.tar.gz"]
+    assert (root / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
+    data = ds.read_dataset(out)
+    _check_cifar(data, rows, labels, n_test=3)
+    assert url in data.attrs["source"]
+    assert _entries(out.parent) == ["cifar10.h5"]
+
+
+def test_cifar100_download_file_url(tmp_path):
+    members, rows, labels, fine = _cifar100_members(np.random.default_rng(2))
+    archive = _tar_gz(tmp_path / "src" / "cifar-100-python.tar.gz", members)
+    root, out = tmp_path / "root", tmp_path / "out" / "c100.h5"
+    ds.prepare_dataset(out, "cifar100", root=root, url=archive.as_uri(), md5=_md5(archive))
+    data = ds.read_dataset(out)
+
+    _check_cifar(data, rows, labels, n_test=3)
+    assert data.num_classes == 100 and data.class_names == fine
+    assert data.attrs["name"] == "cifar100"
+    # A second run finds the archive on disk and gives the same data.
+    ds.prepare_dataset(out, "cifar100", root=root, download=False, md5=_md5(archive))
+    np.testing.assert_array_equal(ds.read_dataset(out).images, data.images)
+    assert _entries(out.parent) == ["c100.h5"]
+
+
+def test_cifar_defaults_are_torchvisions():
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    assert ds._torchvision_defaults("cifar10") == (CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5)
+    assert ds._torchvision_defaults("cifar100") == (
+        CIFAR100.url,
+        CIFAR100.filename,
+        CIFAR100.tgz_md5,
+    )
+
+
+def test_cifar_md5_mismatch_on_disk(tmp_path, cifar10_archive):
+    archive, *_ = cifar10_archive
+    out_dir = tmp_path / "out"
+    # Without an md5 the archive is checked against torchvision's md5 of the real one.
+    with pytest.raises(ChecksumError, match="cifar-10-python.tar.gz") as err:
+        ds.prepare_cifar(out_dir / "c.h5", name="cifar10", root=archive.parent, download=False)
+    assert _md5(archive) in str(err.value) and "elete" in str(err.value)
+    assert not out_dir.exists() or _entries(out_dir) == []
+
+
+def test_cifar_md5_mismatch_on_download(tmp_path, cifar10_archive):
+    archive, *_ = cifar10_archive
+    root, out_dir = tmp_path / "root", tmp_path / "out"
+    with pytest.raises(ChecksumError, match="cifar-10-python.tar.gz"):
+        ds.prepare_cifar(
+            out_dir / "c.h5", name="cifar10", root=root, url=archive.as_uri(), md5="0" * 32
+        )
+    assert _entries(root) == []  # the refused download leaves nothing behind
+    assert not out_dir.exists() or _entries(out_dir) == []
+
+
+def test_cifar_missing_archive_without_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download: true") as err:
+        ds.prepare_cifar(tmp_path / "c.h5", name="cifar100", root=tmp_path / "none", download=False)
+    assert str(tmp_path / "none" / "cifar-100-python.tar.gz") in str(err.value)
+
+
+def test_cifar_download_unreachable(tmp_path):
+    root = tmp_path / "root"
+    with pytest.raises(ConnectionError, match="by hand"):
+        ds.prepare_cifar(
+            tmp_path / "c.h5",
+            name="cifar10",
+            root=root,
+            url=(tmp_path / "nowhere.tar.gz").as_uri(),
+            md5="0" * 32,
+        )
+    assert _entries(root) == []
+
+
+def test_cifar_truncated_archive(tmp_path, cifar10_archive):
+    archive, *_ = cifar10_archive
+    root = tmp_path / "root"
+    root.mkdir()
+    truncated = root / archive.name
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    out_dir = tmp_path / "out"
+    with pytest.raises(DatasetFileError, match="cifar-10-python.tar.gz"):
+        ds.prepare_cifar(out_dir / "c.h5", name="cifar10", root=root, md5=_md5(truncated))
+    assert not out_dir.exists() or _entries(out_dir) == []
+
+
+def test_cifar_archive_missing_member(tmp_path):
+    members, *_ = _cifar10_members(np.random.default_rng(0))
+    del members["cifar-10-batches-py/data_batch_3"]
+    archive = _tar_gz(tmp_path / "root" / "cifar-10-python.tar.gz", members)
+    with pytest.raises(DatasetFileError, match="data_batch_3"):
+        ds.prepare_cifar(tmp_path / "c.h5", name="cifar10", root=archive.parent, md5=_md5(archive))
+
+
+def test_cifar_refuses_foreign_pickle_globals(tmp_path):
+    """A batch whose pickle calls anything but numpy's array rebuilders is refused."""
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    members, *_ = _cifar10_members(np.random.default_rng(0))
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({"label_names": Evil()})
+    archive = _tar_gz(tmp_path / "root" / "cifar-10-python.tar.gz", members)
+    with pytest.raises(DatasetFileError, match="refusing to load global builtins.print"):
+        ds.prepare_cifar(tmp_path / "c.h5", name="cifar10", root=archive.parent, md5=_md5(archive))
+
+
+# --------------------------------------------------------------------------- read_dataset
+
+
+@pytest.fixture
+def small_file(tmp_path) -> Path:
+    out = tmp_path / "g.h5"
+    ds.prepare_gaussian(out, dim=4, variances=[1, 2, 3, 4], n_samples=500, seed=0)
+    return out
+
+
+def test_read_truncated_file(tmp_path, small_file):
+    broken = tmp_path / "truncated.h5"
+    broken.write_bytes(small_file.read_bytes()[: small_file.stat().st_size // 2])
+    with pytest.raises(DatasetFileError, match="truncated.h5"):
+        ds.read_dataset(broken)
+
+
+def test_read_missing_file(tmp_path):
+    with pytest.raises(DatasetFileError, match="absent.h5"):
+        ds.read_dataset(tmp_path / "absent.h5")
+
+
+def test_read_not_hdf5(tmp_path):
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DatasetFileError, match="text.h5"):
+        ds.read_dataset(tmp_path / "text.h5")
+
+
+def test_read_missing_labels(small_file):
+    with h5py.File(small_file, "a") as h5:
+        del h5["labels"]
+    with pytest.raises(DatasetFileError, match=r"g\.h5.*/labels"):
+        ds.read_dataset(small_file)
+
+
+def test_read_missing_attribute(small_file):
+    with h5py.File(small_file, "a") as h5:
+        del h5.attrs["norm_std"]
+    with pytest.raises(DatasetFileError, match="norm_std"):
+        ds.read_dataset(small_file)
+
+
+def _replace(h5: h5py.File, name: str, data: np.ndarray) -> None:
+    del h5[name]
+    h5.create_dataset(name, data=data)
+
+
+_EDITS = {
+    "label out of range": (lambda h5: h5["labels"].__setitem__(0, 10), "labels outside"),
+    "nan input": (lambda h5: h5["images"].__setitem__((0, 0), np.nan), "NaN"),
+    "short is_test": (lambda h5: _replace(h5, "is_test", np.zeros(3, bool)), "lengths disagree"),
+    "class names": (lambda h5: _replace(h5, "class_names", np.array([b"a"])), "class names"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_EDITS))
+def test_read_inconsistent(small_file, case):
+    edit, word = _EDITS[case]
+    with h5py.File(small_file, "a") as h5:
+        edit(h5)
+    with pytest.raises(DatasetFileError, match=word):
+        ds.read_dataset(small_file)
+
+
+# --------------------------------------------------------------------------- dispatch, atomicity
+
+
+def test_unknown_source(tmp_path):
+    with pytest.raises(ValueError, match="digits, gaussian, cifar10, cifar100"):
+        ds.prepare_dataset(tmp_path / "x.h5", "mnist")
+    assert ds.SOURCES == ("digits", "gaussian", "cifar10", "cifar100")
+
+
+def test_prepare_dataset_dispatch(tmp_path):
+    ds.prepare_dataset(
+        tmp_path / "g.h5", "gaussian", dim=3, spectrum=PAPER_SPECTRUM, n_samples=20, seed=1
+    )
+    data = ds.read_dataset(tmp_path / "g.h5")
+    np.testing.assert_allclose(data.attrs["variances"], [0.1, 1.55, 3.0])
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    """An error in the middle of writing the HDF5 file leaves no file of any name."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ds.prepare_gaussian(tmp_path / "g.h5", dim=2, variances=[1, 1], n_samples=10, seed=0)
+    assert _entries(tmp_path) == []
+
+
+def test_rewrite_replaces_file(tmp_path):
+    out = tmp_path / "g.h5"
+    ds.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=10, seed=0)
+    ds.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=12, seed=0)
+    assert len(ds.read_dataset(out)) == 12
+    assert _entries(tmp_path) == ["g.h5"]

@@ -1,0 +1,43 @@
+"""Atomic outputs: a failed write leaves nothing a rerun could take as done."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from randlabels.io import atomic_output, load_torch, read_table, save_torch, write_table
+
+
+def test_success_renames_into_place(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_output(target) as tmp:
+        tmp.write_text("done")
+        assert not target.exists()
+    assert target.read_text() == "done"
+    assert list(target.parent.iterdir()) == [target]
+
+
+def test_failure_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_table_and_checkpoint_round_trip(tmp_path):
+    frame = pd.DataFrame({"a": [1, 2], "b": [0.5, float("nan")]})
+    write_table(frame, tmp_path / "t.tsv")
+    pd.testing.assert_frame_equal(read_table(tmp_path / "t.tsv"), frame)
+    save_torch({"x": [1, 2]}, tmp_path / "c.pt")
+    assert load_torch(tmp_path / "c.pt") == {"x": [1, 2]}
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_torch(bad)

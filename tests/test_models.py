@@ -1,0 +1,267 @@
+"""Tests of randlabels.models: architectures, option checking, He × init_scale initialization."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from randlabels.models import (
+    ARCHITECTURES,
+    build_model,
+    head_prefix,
+    initialize,
+    model_options,
+    resolve_layer,
+    weight_layers,
+)
+
+
+def _forward(model: nn.Module, shape, batch: int = 2) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0)))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def test_cnn2_layers_and_output_shape():
+    spec = {"arch": "cnn2", "filters": 5, "kernel_size": 3, "hidden": 7}
+    model = build_model(spec, (3, 6, 6), 4)
+    assert weight_layers(model) == ["conv1", "fc1", "classifier"]
+    conv = model.conv1
+    assert isinstance(conv, nn.Conv2d)
+    assert conv.in_channels == 3 and conv.out_channels == 5
+    assert conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.stride == (1, 1)
+    # 'same' padding, no pool: the hidden layer sees all 5 * 6 * 6 conv outputs.
+    assert model.fc1.in_features == 5 * 6 * 6 and model.fc1.out_features == 7
+    assert model.classifier.in_features == 7 and model.classifier.out_features == 4
+    assert _forward(model, (3, 6, 6)).shape == (2, 4)
+
+
+def test_cnn2_pool_and_kernel_5():
+    model = build_model({"arch": "cnn2", "filters": 3, "kernel_size": 5, "hidden": 2, "pool": 2}, (1, 8, 8), 3)
+    assert model.conv1.padding == (2, 2)
+    assert isinstance(model.pool1, nn.MaxPool2d)
+    assert model.fc1.in_features == 3 * 4 * 4
+    assert _forward(model, (1, 8, 8)).shape == (2, 3)
+
+
+def test_cnn2_defaults_are_the_papers_network():
+    assert model_options({"arch": "cnn2"}) == {
+        "arch": "cnn2", "filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1,
+    }
+
+
+def test_cnn2_even_kernel_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        build_model({"arch": "cnn2", "kernel_size": 4}, (1, 8, 8), 2)
+
+
+def test_fc_on_vectors_and_images():
+    model = build_model({"arch": "fc", "widths": [6, 5]}, (4,), 3)
+    assert weight_layers(model) == ["fc1", "fc2", "classifier"]
+    assert [model.fc1.in_features, model.fc1.out_features] == [4, 6]
+    assert [model.fc2.in_features, model.fc2.out_features] == [6, 5]
+    assert [model.classifier.in_features, model.classifier.out_features] == [5, 3]
+    assert _forward(model, (4,)).shape == (2, 3)
+    # On images it flattens (C, H, W).
+    image_model = build_model({"arch": "fc", "widths": [6]}, (2, 3, 3), 5)
+    assert image_model.fc1.in_features == 18
+    assert _forward(image_model, (2, 3, 3)).shape == (2, 5)
+
+
+def test_fc_without_hidden_layers_is_a_linear_classifier():
+    model = build_model({"arch": "fc", "widths": []}, (4,), 3)
+    assert weight_layers(model) == ["classifier"]
+    assert model.classifier.in_features == 4
+
+
+@pytest.mark.parametrize("arch", ["cnn2", "vgg16", "vgg16_bn", "resnet18"])
+def test_image_architectures_refuse_vector_inputs(arch):
+    with pytest.raises(ValueError, match="fc"):
+        build_model({"arch": arch}, (10,), 2)
+
+
+# torchvision builds VGG16 with its 25088×4096 classifier before it is replaced, which
+# takes about a second: build each variant once per module.
+@pytest.fixture(scope="module")
+def vgg16():
+    return build_model({"arch": "vgg16"}, (3, 32, 32), 10)
+
+
+@pytest.fixture(scope="module")
+def vgg16_bn_gray():
+    return build_model({"arch": "vgg16_bn"}, (1, 64, 32), 3)
+
+
+def test_vgg16_cifar_variant(vgg16):
+    model = vgg16
+    assert isinstance(model.avgpool, nn.Identity)
+    assert isinstance(model.classifier, nn.Linear)
+    assert model.classifier.in_features == 512 and model.classifier.out_features == 10
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13  # VGG16 = 13 conv + (here) 1 linear
+    assert len(weight_layers(model)) == 14
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert _forward(model, (3, 32, 32)).shape == (2, 10)
+
+
+def test_vgg16_bn_one_channel_and_non_square_image(vgg16_bn_gray):
+    model = vgg16_bn_gray
+    assert isinstance(model.avgpool, nn.Identity)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 13
+    assert model.features[0].in_channels == 1
+    # 64×32 halved five times is 2×1: 512·2 features reach the single classifier layer.
+    assert isinstance(model.classifier, nn.Linear)
+    assert model.classifier.in_features == 1024 and model.classifier.out_features == 3
+    assert _forward(model, (1, 64, 32)).shape == (2, 3)
+
+
+def test_vgg16_rejects_8x8():
+    with pytest.raises(ValueError, match="32"):
+        build_model({"arch": "vgg16"}, (1, 8, 8), 10)
+
+
+def test_resnet18_cifar_stem():
+    model = build_model({"arch": "resnet18"}, (1, 32, 32), 7)
+    stem = model.conv1
+    assert stem.in_channels == 1 and stem.out_channels == 64
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and stem.padding == (1, 1)
+    assert stem.bias is None
+    assert isinstance(model.maxpool, nn.Identity)
+    assert weight_layers(model)[0] == "conv1"
+    assert head_prefix(model) == "fc"
+    assert model.fc.out_features == 7
+    assert _forward(model, (1, 32, 32)).shape == (2, 7)
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def test_unknown_architecture_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        build_model({"arch": "alexnet"}, (3, 32, 32), 10)
+    message = str(err.value)
+    assert "alexnet" in message
+    for name in ARCHITECTURES:
+        assert name in message
+
+
+def test_missing_architecture_refused():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        model_options({"filters": 3})
+
+
+@pytest.mark.parametrize(
+    "spec", [{"arch": "vgg16", "filters": 3}, {"arch": "fc", "hidden": 3}, {"arch": "cnn2", "widths": [3]}]
+)
+def test_option_not_for_arch_refused(spec):
+    with pytest.raises(ValueError) as err:
+        build_model(spec, (3, 32, 32), 10)
+    assert "do not apply" in str(err.value)
+    assert spec["arch"] in str(err.value)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_weight_layers_resolve_and_head():
+    model = build_model({"arch": "cnn2", "filters": 2, "hidden": 3}, (1, 4, 4), 2)
+    assert resolve_layer(model, "first") == "conv1"
+    assert resolve_layer(model, "last") == "classifier"
+    assert resolve_layer(model, "fc1") == "fc1"
+    assert head_prefix(model) == "classifier"
+    with pytest.raises(ValueError) as err:
+        resolve_layer(model, "relu1")  # a module, but not a conv/linear layer
+    assert "relu1" in str(err.value) and "conv1" in str(err.value)
+    with pytest.raises(ValueError, match="nope"):
+        resolve_layer(model, "nope")
+
+
+def test_vgg_head_prefix(vgg16):
+    model = vgg16
+    assert head_prefix(model) == "classifier"
+    assert resolve_layer(model, "first") == "features.0"
+
+
+# --------------------------------------------------------------------------- initialization
+
+
+def test_he_normal_std_times_scale():
+    # fan_in = 1000; 1000 × 1000 = 1e6 weights. The sample std of N i.i.d. normals has
+    # relative standard error 1/sqrt(2N) ≈ 7e-4, so 1 % is a > 10-sigma tolerance.
+    fan_in = 1000
+    for scale in (1.0, 0.5):
+        model = initialize(build_model({"arch": "fc", "widths": [1000]}, (fan_in,), 2), scale, seed=3)
+        w = model.fc1.weight.detach().double()
+        expected = scale * math.sqrt(2.0 / fan_in)
+        assert w.std().item() == pytest.approx(expected, rel=0.01)
+        # mean 0: its standard error is expected/sqrt(N) = expected·1e-3
+        assert abs(w.mean().item()) < 5e-3 * expected
+        assert torch.all(model.fc1.bias == 0)
+        assert torch.all(model.classifier.bias == 0)
+
+
+def test_he_normal_conv_uses_fan_in():
+    # conv fan_in = C_in·k·k = 16·3·3 = 144; 512 filters × 144 = 73 728 weights,
+    # relative SE of the std ≈ 1/sqrt(2·73728) ≈ 2.6e-3: 2 % is > 7 sigma.
+    model = initialize(build_model({"arch": "cnn2", "filters": 512, "hidden": 2}, (16, 1, 1), 2), 1.0, seed=0)
+    w = model.conv1.weight.detach().double()
+    assert w.std().item() == pytest.approx(math.sqrt(2.0 / 144), rel=0.02)
+
+
+def test_initialize_zeroes_biases_and_resets_batchnorm():
+    model = build_model({"arch": "resnet18"}, (3, 32, 32), 10)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.3)
+    initialize(model, 1.0, seed=0)
+    checked_bn = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            assert module.bias is None or torch.all(module.bias == 0)
+            assert not torch.all(module.weight == 0.3)
+        if isinstance(module, nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+            checked_bn += 1
+    assert checked_bn > 0
+    assert torch.all(model.fc.bias == 0)
+
+
+def _init_state(seed, scale=1.0):
+    model = build_model({"arch": "cnn2", "filters": 4, "hidden": 5}, (2, 4, 4), 3)
+    return {k: v.clone() for k, v in initialize(model, scale, seed).state_dict().items()}
+
+
+def test_initialize_is_deterministic_per_seed():
+    a, b, c = _init_state(1), _init_state(1), _init_state(2)
+    assert a.keys() == b.keys() == c.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for key in ("conv1.weight", "fc1.weight", "classifier.weight"):
+        assert not torch.equal(a[key], c[key]), key
+
+
+def test_initialize_does_not_depend_on_global_rng():
+    torch.manual_seed(0)
+    a = _init_state(5)
+    torch.manual_seed(123)
+    torch.randn(10)
+    b = _init_state(5)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_init_scale_is_an_exact_multiple():
+    one, two, tiny = _init_state(7, 1.0), _init_state(7, 2.0), _init_state(7, 0.25)
+    for key in one:
+        if key.endswith("weight"):
+            # multiplying by a power of two is exact in floating point
+            assert torch.equal(two[key], 2.0 * one[key]), key
+            assert torch.equal(tiny[key], 0.25 * one[key]), key
+        else:
+            assert torch.all(two[key] == 0), key

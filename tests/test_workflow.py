@@ -1,0 +1,176 @@
+"""The workflow as a researcher runs it: dry runs, lint, a tiny full run, reruns, report."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import ROOT, BIN, copy_project, job_counts, snakemake
+import subprocess
+
+CONFIG_DIR = ROOT / "tests" / "configs"
+
+
+def test_lint_is_clean():
+    result = snakemake(ROOT, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    result = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_of_the_default_config(tmp_path):
+    project = copy_project(tmp_path / "project")
+    counts = job_counts(snakemake(project, "-n").stdout)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    seeds = len(config["seeds"])
+    expected_pretrain = sum(
+        len(e["pretrain"]["labels"]) * len(e["init_scales"]) * seeds for e in config["experiments"].values()
+    )
+    assert counts["pretrain"] == expected_pretrain
+    assert counts["statistics"] == expected_pretrain
+    assert counts["prepare_dataset"] == len(config["datasets"])
+    digits = config["experiments"]["digits_cnn"]
+    assert counts["finetune"] == len(digits["finetune"]["variants"]) * len(digits["init_scales"]) * seeds
+    assert counts["gaussian_init"] == len(digits["init_scales"]) * seeds
+    for rule in ("plot_misalignment", "plot_transfer_function", "plot_eigenfilters", "plot_learning_curves", "plot_transfer_summary"):
+        assert counts[rule] >= 1, rule
+
+
+def test_dry_run_of_the_cifar10_config(tmp_path):
+    project = copy_project(tmp_path / "project")
+    output = snakemake(project, "-n", "--configfile", "configs/cifar10.yaml").stdout
+    counts = job_counts(output)
+    assert counts["prepare_dataset"] == 1
+    assert "results/data/cifar10.h5" in output
+    assert counts["pretrain"] == 5 * 2 + 5 * 3  # cnn2: 2 label kinds × 1 scale; vgg16: 1 kind × 3 scales
+    assert counts["finetune"] == 4 * 3 * 5
+
+
+def test_invalid_config_stops_before_any_job(tmp_path):
+    project = copy_project(tmp_path / "project")
+    config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    config["experiments"]["tiny"]["pretrain"]["epoch"] = 3
+    (project / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(project, "--cores", "1", "--configfile", "bad.yaml", check=False)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "experiments.tiny.pretrain.epoch" in message
+    assert "did you mean 'epochs'" in message
+    assert not (project / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One full run of the tiny config on a copy of the project."""
+    project = copy_project(tmp_path_factory.mktemp("tiny") / "project")
+    (project / "config.yaml").write_text((CONFIG_DIR / "tiny.yaml").read_text())
+    snakemake(project, "--cores", "2")
+    return project
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_stage(tiny_run):
+    results = tiny_run / "results"
+    with h5py.File(results / "data" / "digits.h5") as f:
+        assert f["images"].shape == (1797, 8, 8, 1) and f["images"].dtype == np.uint8
+        assert f.attrs["checksum"].startswith("sha256:")
+    with h5py.File(results / "tiny" / "splits" / "seed0.h5") as f:
+        upstream, downstream, test = f["upstream"][()], f["downstream"][()], f["test"][()]
+    assert len(upstream) == 200 and len(downstream) == 200 and len(test) == 100
+    assert not set(upstream) & set(downstream) and not set(test) & (set(upstream) | set(downstream))
+
+    metrics = pd.read_csv(results / "tiny" / "tables" / "pretrain_metrics.tsv", sep="\t")
+    assert set(metrics["epoch"]) == {0, 1, 2}
+    assert len(metrics) == 2 * 2 * 3  # label kinds × seeds × (epoch 0 + 2 epochs)
+    assert metrics.query("labels == 'random'")["test_acc"].isna().all()
+    assert metrics.query("labels == 'real'")["test_acc"].notna().all()
+
+    stats = results / "tiny" / "stats" / "random" / "scale0.5" / "seed1.h5"
+    with h5py.File(stats) as f:
+        assert sorted(f) == ["epoch_0000", "epoch_0001", "epoch_0002"]
+        conv = f["epoch_0002"]["conv1"]
+        assert conv["cov_x"].shape == (9, 9) and conv["cov_w"].shape == (9, 9)
+        assert np.isfinite(conv.attrs["misalignment_data"]) and conv.attrs["misalignment_data"] >= 0
+        fc = f["epoch_0002"]["fc1"]  # 32 units in 1024 dimensions: Σw is singular
+        assert np.isnan(fc.attrs["misalignment_data"])
+        assert "singular" in fc.attrs["undefined_reason"]
+
+    misalignment = pd.read_csv(results / "tiny" / "tables" / "misalignment.tsv", sep="\t")
+    assert set(misalignment["basis"]) == {"data", "random"}
+    assert misalignment.query("layer == 'fc1'")["misalignment"].isna().all()
+    curves = pd.read_csv(results / "tiny" / "tables" / "finetune_curves.tsv", sep="\t")
+    assert set(curves["variant"]) == {"scratch", "pretrained", "pretrained_norescale", "gaussian"}
+    summary = pd.read_csv(results / "tiny" / "tables" / "transfer_summary.tsv", sep="\t")
+    assert {"speedup", "steps_to_target", "auc_gap"} <= set(summary.columns)
+    for figure in ("misalignment", "transfer_function", "eigenfilters", "learning_curves", "transfer_summary"):
+        png = results / "tiny" / "figures" / f"{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    logs = list((results / "logs" / "pretrain").rglob("*.log"))
+    assert logs and all("epoch 2/2" in log.read_text() for log in logs)
+    assert not list(results.rglob(".*.tmp-*")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_after_a_full_run_nothing_is_scheduled(tiny_run):
+    result = snakemake(tiny_run, "-n")
+    assert job_counts(result.stdout) == {}
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_finetune_setting_reruns_only_finetuning(tiny_run):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    config["experiments"]["tiny"]["finetune"]["lr"] = 0.02
+    (tiny_run / "changed.yaml").write_text(yaml.safe_dump(config))
+    counts = job_counts(snakemake(tiny_run, "-n", "--configfile", "changed.yaml").stdout)
+    assert counts.get("finetune") == 4 * 2
+    assert {"pretrain", "statistics", "make_split", "prepare_dataset", "gaussian_init"}.isdisjoint(counts)
+
+
+def _edited(path):
+    """Append a comment to ``path``; return a function that restores text and mtime."""
+    original, stat = path.read_text(), path.stat()
+    path.write_text(original + "\n# edited\n")
+
+    def restore():
+        path.write_text(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    return restore
+
+
+@pytest.mark.slow
+def test_a_code_edit_reruns_what_depends_on_it(tiny_run):
+    restore = _edited(tiny_run / "src" / "randlabels" / "plots" / "misalignment.py")
+    try:
+        counts = job_counts(snakemake(tiny_run, "-n").stdout)
+        assert set(counts) == {"plot_misalignment", "all"}
+    finally:
+        restore()
+    restore = _edited(tiny_run / "src" / "randlabels" / "engine.py")
+    try:
+        counts = job_counts(snakemake(tiny_run, "-n").stdout)
+        assert counts["pretrain"] == 4 and counts["finetune"] == 8 and counts["statistics"] == 4
+        assert "prepare_dataset" not in counts and "make_split" not in counts
+    finally:
+        restore()
+
+
+@pytest.mark.slow
+def test_report_is_written(tiny_run):
+    snakemake(tiny_run, "--report", "report.html")
+    html = (tiny_run / "report.html").read_text(errors="replace")
+    assert len(html) > 50_000
+    for name in ("misalignment.png", "learning_curves.png", "transfer_summary.tsv"):
+        assert name in html, name

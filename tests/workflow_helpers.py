@@ -1,0 +1,58 @@
+"""Running the Snakemake workflow from tests, on a throwaway copy of the project."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_PARTS = ("Snakefile", "config.yaml", "workflow", "src", "profiles", "envs", "configs")
+
+
+def copy_project(destination: Path) -> Path:
+    """Copy what the workflow needs (not results/, not .venv) to ``destination``."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for part in PROJECT_PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, destination / part)
+    return destination
+
+
+def snakemake(project: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake in ``project``; on failure show its output."""
+    result = subprocess.run(
+        [str(BIN / "snakemake"), *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run as {rule: count}; empty if nothing to do."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in output.splitlines():
+        if re.match(r"^job\s+count\s*$", line.strip()):
+            in_table = True
+            continue
+        if in_table:
+            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+            if match:
+                if match.group(1) == "total":
+                    break
+                counts[match.group(1)] = int(match.group(2))
+    return counts

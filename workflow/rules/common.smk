@@ -1,0 +1,71 @@
+# Helpers shared by the rule files (functions only; rules live in the other .smk files).
+import os
+import sys
+
+# The Snakefile plans with the library of this checkout (rule scripts do the same
+# through workflow/scripts/_bootstrap.py).
+SRC = os.path.join(workflow.basedir, "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+from randlabels import plan
+from randlabels.config import ConfigError, check_config
+
+try:
+    check_config(
+        config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+    )
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+ENV = "../../envs/randlabels.yaml"
+RESOURCES_TRAINING = plan.resources(config, "training")
+RESOURCES_LIGHT = plan.resources(config, "light")
+
+
+wildcard_constraints:
+    exp="|".join(config["experiments"]),
+    dataset="|".join(config["datasets"]),
+    labels="random|real",
+    scale=r"[0-9][0-9.e-]*",
+    seed=r"\d+",
+    variant="scratch|pretrained|pretrained_norescale|gaussian",
+
+
+def lib(*modules):
+    """Library files a rule's result depends on: edits to them rerun the rule."""
+    return [os.path.join(SRC, "randlabels", f"{m}.py") for m in modules]
+
+
+def logs(name):
+    return f"results/logs/{name}.log"
+
+
+def benchmarks(name):
+    return f"results/benchmarks/{name}.tsv"
+
+
+def exp_dataset_file(wildcards):
+    return plan.path("dataset", dataset=config["experiments"][wildcards.exp]["dataset"])
+
+
+def scale_of(wildcards):
+    return plan.scale_value(config, wildcards.exp, wildcards.scale)
+
+
+def finetune_source(wildcards):
+    """The file a fine-tuning variant starts from (none for scratch)."""
+    settings = plan.finetune_settings(config, wildcards.exp)
+    if wildcards.variant in ("pretrained", "pretrained_norescale"):
+        return {
+            "source": plan.path(
+                "checkpoints",
+                exp=wildcards.exp,
+                labels=settings["from_labels"],
+                scale=wildcards.scale,
+                seed=wildcards.seed,
+            )
+        }
+    if wildcards.variant == "gaussian":
+        return {"source": plan.path("gaussian_init", **wildcards)}
+    return {}

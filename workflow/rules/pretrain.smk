@@ -1,0 +1,27 @@
+rule pretrain:
+    input:
+        dataset=exp_dataset_file,
+        split=plan.PATHS["split"],
+        code=lib("engine", "models", "transfer", "datasets", "splits", "seeding", "io"),
+    output:
+        checkpoints=plan.PATHS["checkpoints"],
+        metrics=plan.PATHS["pretrain_metrics"],
+    log:
+        logs("pretrain/{exp}/{labels}/scale{scale}/seed{seed}"),
+    benchmark:
+        benchmarks("pretrain/{exp}/{labels}/scale{scale}/seed{seed}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **RESOURCES_TRAINING,
+    params:
+        model=lambda w: config["experiments"][w.exp]["model"],
+        training=lambda w: plan.pretrain_settings(config, w.exp),
+        init_scale=scale_of,
+        seed=lambda w: int(w.seed),
+        device=config.get("device", "auto"),
+    message:
+        "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seed {wildcards.seed}"
+    script:
+        "../scripts/pretrain.py"

@@ -1,0 +1,217 @@
+rule aggregate_pretraining:
+    input:
+        metrics=lambda w: plan.pretrain_metric_files(config, w.exp),
+        code=lib("io"),
+    output:
+        report(
+            plan.path("table", exp="{exp}", table="pretrain_metrics"),
+            caption="../report/pretrain_metrics.rst",
+            category="{exp}",
+            subcategory="Tables",
+        ),
+    log:
+        logs("aggregate_pretraining/{exp}"),
+    benchmark:
+        benchmarks("aggregate_pretraining/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    message:
+        "Collecting pre-training metrics of {wildcards.exp}"
+    script:
+        "../scripts/concat_tables.py"
+
+
+rule aggregate_statistics:
+    input:
+        stats=lambda w: plan.stats_files(config, w.exp),
+        code=lib("statsfile", "io"),
+    output:
+        misalignment=report(
+            plan.path("table", exp="{exp}", table="misalignment"),
+            caption="../report/misalignment_table.rst",
+            category="{exp}",
+            subcategory="Tables",
+        ),
+        transfer_function=plan.path("table", exp="{exp}", table="transfer_function"),
+        activations=plan.path("table", exp="{exp}", table="activations"),
+    log:
+        logs("aggregate_statistics/{exp}"),
+    benchmark:
+        benchmarks("aggregate_statistics/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    message:
+        "Collecting statistics of {wildcards.exp}"
+    script:
+        "../scripts/aggregate_statistics.py"
+
+
+rule aggregate_finetuning:
+    input:
+        curves=lambda w: plan.finetune_files(config, w.exp),
+        code=lib("summary", "io"),
+    output:
+        curves=plan.path("table", exp="{exp}", table="finetune_curves"),
+        summary=report(
+            plan.path("table", exp="{exp}", table="transfer_summary"),
+            caption="../report/transfer_summary_table.rst",
+            category="{exp}",
+            subcategory="Tables",
+        ),
+    log:
+        logs("aggregate_finetuning/{exp}"),
+    benchmark:
+        benchmarks("aggregate_finetuning/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        target=lambda w: plan.finetune_settings(config, w.exp)["target_accuracy"],
+    message:
+        "Collecting learning curves and the transfer summary of {wildcards.exp}"
+    script:
+        "../scripts/aggregate_finetuning.py"
+
+
+rule plot_misalignment:
+    input:
+        table=plan.path("table", exp="{exp}", table="misalignment"),
+        code=lib("plots/misalignment", "plots/style", "io"),
+    output:
+        report(
+            plan.path("figure", exp="{exp}", figure="misalignment"),
+            caption="../report/misalignment.rst",
+            category="{exp}",
+            subcategory="Figures",
+        ),
+    log:
+        logs("plot_misalignment/{exp}"),
+    benchmark:
+        benchmarks("plot_misalignment/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        module="randlabels.plots.misalignment",
+        options={},
+    message:
+        "Plotting misalignment of {wildcards.exp}"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule plot_transfer_function:
+    input:
+        table=plan.path("table", exp="{exp}", table="transfer_function"),
+        code=lib("plots/transfer_function", "plots/style", "io"),
+    output:
+        report(
+            plan.path("figure", exp="{exp}", figure="transfer_function"),
+            caption="../report/transfer_function.rst",
+            category="{exp}",
+            subcategory="Figures",
+        ),
+    log:
+        logs("plot_transfer_function/{exp}"),
+    benchmark:
+        benchmarks("plot_transfer_function/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        module="randlabels.plots.transfer_function",
+        options={},
+    message:
+        "Plotting f(σ) of {wildcards.exp}"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule plot_learning_curves:
+    input:
+        table=plan.path("table", exp="{exp}", table="finetune_curves"),
+        code=lib("plots/learning_curves", "plots/style", "io"),
+    output:
+        report(
+            plan.path("figure", exp="{exp}", figure="learning_curves"),
+            caption="../report/learning_curves.rst",
+            category="{exp}",
+            subcategory="Figures",
+        ),
+    log:
+        logs("plot_learning_curves/{exp}"),
+    benchmark:
+        benchmarks("plot_learning_curves/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        module="randlabels.plots.learning_curves",
+        options={},
+    message:
+        "Plotting downstream learning curves of {wildcards.exp}"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule plot_transfer_summary:
+    input:
+        table=plan.path("table", exp="{exp}", table="transfer_summary"),
+        code=lib("plots/transfer_summary", "plots/style", "io"),
+    output:
+        report(
+            plan.path("figure", exp="{exp}", figure="transfer_summary"),
+            caption="../report/transfer_summary.rst",
+            category="{exp}",
+            subcategory="Figures",
+        ),
+    log:
+        logs("plot_transfer_summary/{exp}"),
+    benchmark:
+        benchmarks("plot_transfer_summary/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        module="randlabels.plots.transfer_summary",
+        options=lambda w: {
+            "target": plan.finetune_settings(config, w.exp)["target_accuracy"]
+        },
+    message:
+        "Plotting the transfer summary of {wildcards.exp}"
+    script:
+        "../scripts/plot_table.py"
+
+
+rule plot_eigenfilters:
+    input:
+        stats=lambda w: plan.eigenfilter_sources(config, w.exp),
+        code=lib("plots/eigenfilters", "plots/style", "statsfile", "stats", "io"),
+    output:
+        report(
+            plan.path("figure", exp="{exp}", figure="eigenfilters"),
+            caption="../report/eigenfilters.rst",
+            category="{exp}",
+            subcategory="Figures",
+        ),
+    log:
+        logs("plot_eigenfilters/{exp}"),
+    benchmark:
+        benchmarks("plot_eigenfilters/{exp}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    message:
+        "Drawing filters and eigenvectors of {wildcards.exp}"
+    script:
+        "../scripts/plot_eigenfilters.py"

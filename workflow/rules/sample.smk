@@ -1,0 +1,34 @@
+rule gaussian_init:
+    input:
+        sources=lambda w: plan.sample_sources(config, w.exp, w.scale, w.seed),
+        dataset=exp_dataset_file,
+        split=plan.PATHS["split"],
+        code=lib(
+            "sampling",
+            "stats",
+            "transfer",
+            "models",
+            "datasets",
+            "splits",
+            "seeding",
+            "io",
+        ),
+    output:
+        plan.PATHS["gaussian_init"],
+    log:
+        logs("gaussian_init/{exp}/scale{scale}/seed{seed}"),
+    benchmark:
+        benchmarks("gaussian_init/{exp}/scale{scale}/seed{seed}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        sample=lambda w: plan.sample_settings(config, w.exp),
+        finetune_labels=lambda w: plan.finetune_settings(config, w.exp)["labels"],
+        init_scale=scale_of,
+        seed=lambda w: int(w.seed),
+    message:
+        "Sampling a Gaussian-approximation initialization of {wildcards.exp}, scale {wildcards.scale}, seed {wildcards.seed}"
+    script:
+        "../scripts/gaussian_init.py"

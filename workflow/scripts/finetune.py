@@ -1,0 +1,64 @@
+"""Rule finetune: downstream training from one initialization variant."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+import torch
+
+from randlabels import runlog
+from randlabels.datasets import read_dataset
+from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
+from randlabels.io import write_table
+from randlabels.models import head_prefix
+from randlabels.seeding import stream_seed
+from randlabels.splits import read_split
+from randlabels.transfer import (
+    clone_state,
+    fresh_model,
+    load_into,
+    read_checkpoints,
+    read_init,
+    transferred_state,
+)
+
+log = runlog.start(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+params = snakemake.params
+settings = params.training
+variant = params.variant
+device = resolve_device(params.device)
+
+dataset = read_dataset(snakemake.input.dataset)
+split = read_split(snakemake.input.split)
+labels = split.labels("downstream", settings["labels"], dataset.labels)
+num_classes = dataset.num_classes if settings["labels"] == "real" else split.downstream_classes
+train = DeviceData(dataset.images[split.downstream], labels, dataset.norm_mean, dataset.norm_std, device)
+test = None
+if settings["labels"] == "real":
+    test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
+
+model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
+if variant in ("pretrained", "pretrained_norescale"):
+    source = read_checkpoints(snakemake.input.source)
+    if source["diverged"]:
+        log.warning("%s: pre-training diverged; transferring its last finite checkpoint", snakemake.input.source)
+    state = transferred_state(
+        init_state=source["states"][0],
+        trained_state=source["states"][max(source["states"])],
+        fresh_state=clone_state(model),
+        head=head_prefix(model),
+        rescale=variant == "pretrained",
+        reset_head=settings["reset_head"],
+    )
+    load_into(model, state, snakemake.input.source)
+elif variant == "gaussian":
+    load_into(model, read_init(snakemake.input.source)["state"], snakemake.input.source)
+
+config = TrainConfig.from_dict(settings)
+log.info("fine-tuning from %s on %d samples (%s labels), init scale %g, seed %d, on %s: %s",
+         variant, len(train), settings["labels"], params.init_scale, params.seed, device, config)
+trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "finetune"), test_data=test, log=log)
+result = trainer.fit(eval_every=settings["eval_every"])
+curve = result.curve.assign(
+    experiment=params.experiment, variant=variant, init_scale=params.init_scale, seed=params.seed
+)
+write_table(curve, snakemake.output[0])

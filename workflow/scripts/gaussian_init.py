@@ -1,0 +1,48 @@
+"""Rule gaussian_init: new first-layer filters drawn from N(μw, Σw) of pre-trained ones."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+import numpy as np
+import torch
+
+from randlabels import runlog
+from randlabels.datasets import read_dataset
+from randlabels.models import resolve_layer
+from randlabels.sampling import fit_gaussian, sample_gaussian
+from randlabels.seeding import stream_rng, stream_seed
+from randlabels.splits import read_split
+from randlabels.stats import weight_vectors
+from randlabels.transfer import clone_state, fresh_model, read_checkpoints, save_init
+
+log = runlog.start(snakemake.log[0])
+params = snakemake.params
+sources = [read_checkpoints(path) for path in snakemake.input.sources]
+for path, source in zip(snakemake.input.sources, sources):
+    if source["diverged"]:
+        raise ValueError(f"{path}: pre-training diverged; no Gaussian can be fitted to its filters")
+first = sources[0]
+dataset = read_dataset(snakemake.input.dataset)
+split = read_split(snakemake.input.split)
+num_classes = dataset.num_classes if params.finetune_labels == "real" else split.downstream_classes
+
+fresh = fresh_model(first["spec"], first["input_shape"], num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
+layer = resolve_layer(fresh, params.sample["layer"])
+key = layer + ".weight"
+vectors = np.concatenate([weight_vectors(s["states"][max(s["states"])][key]) for s in sources])
+mean, cov = fit_gaussian(vectors, zero_mean=params.sample["zero_mean"])
+shape = fresh.state_dict()[key].shape
+samples = sample_gaussian(mean, cov, shape[0], stream_rng(params.seed, "gaussian-sample"))
+state = clone_state(fresh)
+state[key] = torch.as_tensor(samples, dtype=state[key].dtype).reshape(shape)
+log.info(
+    "fitted N(μw, Σw) to %d filters of layer %s from %d run(s); drew %d new filters",
+    len(vectors), layer, len(sources), shape[0],
+)
+save_init(
+    snakemake.output[0],
+    spec=first["spec"],
+    input_shape=first["input_shape"],
+    num_classes=num_classes,
+    state=state,
+    description=f"Gaussian approximation of {layer} ({len(sources)} run(s), zero_mean={params.sample['zero_mean']})",
+)

@@ -1,0 +1,25 @@
+"""Rule make_split: disjoint upstream/downstream/test subsets and random labels of one seed."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+from randlabels import runlog
+from randlabels.datasets import read_dataset
+from randlabels.splits import make_split, write_split
+
+log = runlog.start(snakemake.log[0])
+settings = snakemake.params.split
+dataset = read_dataset(snakemake.input.dataset)
+split = make_split(
+    dataset.is_test,
+    upstream=settings["upstream"],
+    downstream=settings["downstream"],
+    test=settings["test"],
+    upstream_classes=settings["upstream_classes"],
+    downstream_classes=settings["downstream_classes"],
+    seed=snakemake.params.seed,
+)
+write_split(split, snakemake.output[0])
+log.info(
+    "upstream %d, downstream %d, test %d samples; wrote %s",
+    len(split.upstream), len(split.downstream), len(split.test), snakemake.output[0],
+)

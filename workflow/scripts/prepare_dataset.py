@@ -1,0 +1,13 @@
+"""Rule prepare_dataset: one named dataset → results/data/NAME.h5."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+from randlabels import runlog
+from randlabels.datasets import prepare_dataset
+
+log = runlog.start(snakemake.log[0])
+settings = dict(snakemake.params.settings)
+source = settings.pop("source")
+log.info("preparing dataset %s from source %s %s", snakemake.wildcards.dataset, source, settings)
+prepare_dataset(snakemake.output[0], source, **settings)
+log.info("wrote %s", snakemake.output[0])

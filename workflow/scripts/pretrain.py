@@ -1,0 +1,54 @@
+"""Rule pretrain: train one network on real or random labels, keep checkpoints."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+import torch
+
+from randlabels import runlog
+from randlabels.datasets import read_dataset
+from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
+from randlabels.io import write_table
+from randlabels.seeding import stream_seed
+from randlabels.splits import read_split
+from randlabels.transfer import fresh_model, save_checkpoints
+
+log = runlog.start(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+params = snakemake.params
+labels_kind = snakemake.wildcards.labels
+device = resolve_device(params.device)
+
+dataset = read_dataset(snakemake.input.dataset)
+split = read_split(snakemake.input.split)
+labels = split.labels("upstream", labels_kind, dataset.labels)
+num_classes = dataset.num_classes if labels_kind == "real" else split.upstream_classes
+train = DeviceData(dataset.images[split.upstream], labels, dataset.norm_mean, dataset.norm_std, device)
+test = None
+if labels_kind == "real":
+    test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
+
+model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init"))
+config = TrainConfig.from_dict(params.training)
+log.info(
+    "pre-training %s on %d samples with %s labels (%d classes), init scale %g, seed %d, on %s: %s",
+    params.model, len(train), labels_kind, num_classes, params.init_scale, params.seed, device, config,
+)
+trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "pretrain"), test_data=test, log=log)
+result = trainer.fit(checkpoint_epochs=params.training["checkpoints"])
+
+save_checkpoints(
+    snakemake.output.checkpoints,
+    spec=params.model,
+    input_shape=train.input_shape,
+    num_classes=num_classes,
+    init_scale=params.init_scale,
+    seed=params.seed,
+    labels=labels_kind,
+    states=result.checkpoints,
+    diverged=result.diverged,
+)
+metrics = result.metrics.assign(
+    experiment=snakemake.wildcards.exp, labels=labels_kind, init_scale=params.init_scale, seed=params.seed
+)
+write_table(metrics, snakemake.output.metrics)
+log.info("kept checkpoints at epochs %s", sorted(result.checkpoints))

@@ -1,0 +1,50 @@
+"""Rule statistics: Σx, Σw, misalignment, f(σ) and activations at every checkpoint."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+import torch
+
+from randlabels import runlog
+from randlabels.datasets import read_dataset
+from randlabels.engine import DeviceData, resolve_device
+from randlabels.measure import measure_checkpoints
+from randlabels.models import build_model
+from randlabels.splits import read_split
+from randlabels.statsfile import write_stats
+from randlabels.transfer import load_into, read_checkpoints
+
+log = runlog.start(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+params = snakemake.params
+device = resolve_device(params.device)
+checkpoints = read_checkpoints(snakemake.input.checkpoints)
+dataset = read_dataset(snakemake.input.dataset)
+split = read_split(snakemake.input.split)
+data = DeviceData(
+    dataset.images[split.upstream], split.upstream_random, dataset.norm_mean, dataset.norm_std, device
+)
+model = build_model(checkpoints["spec"], checkpoints["input_shape"], checkpoints["num_classes"]).to(device)
+batch_size = params.stats["batch_size"]
+records = measure_checkpoints(
+    model,
+    checkpoints["states"],
+    params.stats["layers"],
+    batches=lambda: (inputs for inputs, _ in data.batches(batch_size)),
+    seed=params.seed,
+    load=lambda m, state: load_into(m, state, snakemake.input.checkpoints),
+    log=log,
+)
+write_stats(
+    snakemake.output[0],
+    records,
+    {
+        "experiment": params.experiment,
+        "labels": checkpoints["labels"],
+        "init_scale": checkpoints["init_scale"],
+        "seed": checkpoints["seed"],
+        "arch": checkpoints["spec"]["arch"],
+        "diverged": checkpoints["diverged"],
+        "source": str(snakemake.input.checkpoints),
+    },
+)
+log.info("wrote %s (%d checkpoints)", snakemake.output[0], len(records))
