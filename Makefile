@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: venv run test lint report clean
+.PHONY: venv run test test-gpu lint clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+test-gpu: venv
+	$(BIN)/python -m pytest -m gpu
 
 lint: venv
 	$(BIN)/snakemake --lint

@@ -113,7 +113,7 @@ def test_checkpoints_after_the_last_epoch():
 
 
 def test_image_model_on_vector_data():
-    message = mutate(lambda c: c["experiments"]["gaussian_fc"]["model"].update(arch="cnn2"))
+    message = mutate(lambda c: c["experiments"]["gaussian_fc"].update(model={"arch": "cnn2"}))
     assert "experiments.gaussian_fc.model.arch" in message
 
 

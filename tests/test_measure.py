@@ -101,7 +101,8 @@ def test_fewer_filters_than_dimensions_is_undefined():
 
 SPEC = {"arch": "cnn2", "filters": 12, "kernel_size": 3, "hidden": 4}
 SHAPE = (1, 4, 4)
-ATTRS = {"experiment": "toy", "labels": "random", "init_scale": 0.5, "seed": 3, "arch": "cnn2"}
+ATTRS = {"experiment": "toy", "labels": "random", "init_scale": 0.5, "seed": 3, "arch": "cnn2",
+         "diverged": False, "source": "pretrain/toy.pt"}  # as the statistics rule writes them
 
 
 def _inputs():

@@ -136,10 +136,11 @@ def test_activation_statistics_exact_on_identity_linear():
     assert row["mean_activation"] == pytest.approx(8 / 12)
 
 
-def test_unit_active_in_one_batch_only_is_not_dead():
-    x = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 1.0, 0.0]])
-    table = activation_statistics(_identity_model(), [x[:1], x[1:]])
-    # unit 0 never positive, unit 1 positive in the second batch only, unit 2 never
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_unit_active_in_one_batch_only_is_not_dead(order):
+    x = torch.tensor([[-2.0, 1.0, 0.0], [-1.0, -1.0, 0.0]])
+    # unit 0 never positive, unit 1 positive in one batch only (first or last), unit 2 never
+    table = activation_statistics(_identity_model(), [x[order[0]:order[0] + 1], x[order[1]:order[1] + 1]])
     assert table.iloc[0]["frac_dead"] == pytest.approx(2 / 3)
     assert table.iloc[0]["frac_active"] == pytest.approx(1 / 6)
 
@@ -147,24 +148,41 @@ def test_unit_active_in_one_batch_only_is_not_dead():
 def test_activation_statistics_conv_units_are_channels():
     conv = nn.Conv2d(1, 2, kernel_size=1)
     with torch.no_grad():
-        conv.weight.copy_(torch.tensor([1.0, 1.0]).view(2, 1, 1, 1))
-        conv.bias.copy_(torch.tensor([0.0, -100.0]))  # channel 1 dead on |x| < 100
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, 0.0]))
     lin = nn.Linear(8, 1)
     with torch.no_grad():
         lin.weight.fill_(1.0)
-        lin.bias.fill_(0.0)
+        lin.bias.fill_(-4.0)
     model = nn.Sequential(OrderedDict(conv=conv, r1=nn.ReLU(), flat=nn.Flatten(), fc=lin, r2=nn.ReLU()))
-    x = torch.tensor([[1.0, -1.0], [2.0, 0.0]]).view(1, 1, 2, 2)
+    # two 1-channel 2×2 images; channel 0 = ReLU(x), channel 1 = ReLU(−x)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, -1.0]]).view(2, 1, 2, 2)
     table = activation_statistics(model, [x]).set_index("module")
     assert table.index.tolist() == ["r1", "r2"]
-    # r1: 2 channels × 4 positions = 8 values; channel 0 positive at 2 positions (1, 2)
-    assert table.loc["r1", "frac_active"] == pytest.approx(2 / 8)
-    assert table.loc["r1", "frac_dead"] == pytest.approx(0.5)
-    assert table.loc["r1", "mean_activation"] == pytest.approx(3 / 8)
-    # r2: the single unit sums the 8 ReLU outputs = 3 > 0
+    # r1: 2 images × 2 channels × 4 positions = 16 values; channel 0 positive at 7 of its
+    # 8 values, channel 1 at 1 (the −1): 8 of 16, no dead channel (a unit is a channel)
+    assert table.loc["r1", "frac_active"] == pytest.approx(8 / 16)
+    assert table.loc["r1", "frac_dead"] == 0.0
+    assert table.loc["r1", "mean_activation"] == pytest.approx((10 + 18 + 1) / 16)
+    # r2: one unit = ReLU(sum of the 8 ReLU outputs − 4): image 1 → 10 − 4 = 6, image 2 → 19 − 4 = 15
     assert table.loc["r2", "frac_active"] == 1.0
     assert table.loc["r2", "frac_dead"] == 0.0
-    assert table.loc["r2", "mean_activation"] == pytest.approx(3.0)
+    assert table.loc["r2", "mean_activation"] == pytest.approx((6 + 15) / 2)
+
+
+def test_activation_statistics_conv_dead_channel():
+    conv = nn.Conv2d(2, 2, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, -100.0]))  # channel 1 dead on |x| < 100
+    model = nn.Sequential(OrderedDict(conv=conv, act=nn.ReLU()))
+    # three images, channel 0 positive everywhere in each (1, 2, 3), channel 1 never:
+    # every image has active values, but one of the two channels (units) is dead
+    x = torch.stack([torch.full((2, 3, 3), v) for v in (1.0, 2.0, 3.0)])
+    row = activation_statistics(model, [x]).iloc[0]
+    assert row["frac_dead"] == pytest.approx(0.5)
+    assert row["frac_active"] == pytest.approx(27 / 54)
+    assert row["mean_activation"] == pytest.approx(9 * (1 + 2 + 3) / 54)
 
 
 def test_activation_statistics_restores_mode_and_hooks():

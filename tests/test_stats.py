@@ -498,7 +498,7 @@ def test_patch_covariance_validation():
         patch_covariance([np.ones((1, 1, 4, 4)), np.ones((1, 2, 4, 4))], 3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # deselected by default; `make test-gpu` runs it on a CUDA machine
 def test_cuda_accumulation_matches_cpu():
     rng = _rng(51)
     batches = [rng.standard_normal((4, 3, 16, 16)).astype(np.float32) for _ in range(3)]

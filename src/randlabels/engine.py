@@ -78,6 +78,8 @@ class DeviceData:
     ):
         if len(inputs) != len(labels):
             raise ValueError(f"{len(inputs)} inputs but {len(labels)} labels")
+        if inputs.ndim == 4 and inputs.dtype != np.uint8:
+            raise ValueError(f"image inputs must be uint8 (N, H, W, C), got {inputs.dtype}")
         self.device = torch.device(device)
         self.is_image = inputs.ndim == 4
         self.inputs = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)

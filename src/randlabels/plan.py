@@ -8,8 +8,6 @@ exactly when one of *its* settings changes.
 
 from __future__ import annotations
 
-from copy import deepcopy
-
 RESULTS = "results"
 
 # Defaults of optional keys (the schema documents the same values; a test checks it).
@@ -54,6 +52,19 @@ PATHS = {
 }
 
 
+def canonical(value):
+    """A copy with dict keys sorted at every level.
+
+    Snakemake compares ``params`` by their printed form, so key order would count
+    as a change; reformatting a config file must not rerun anything.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
 def path(kind: str, **wildcards) -> str:
     """A concrete path of ``kind`` (see PATHS)."""
     return PATHS[kind].format(**wildcards)
@@ -79,32 +90,36 @@ def experiment(config: dict, exp: str) -> dict:
 def dataset_settings(config: dict, name: str) -> dict:
     """A dataset's entry with defaults filled in."""
     entry = config["datasets"][name]
-    return {**DATASET_DEFAULTS.get(entry["source"], {}), **deepcopy(entry)}
+    return canonical({**DATASET_DEFAULTS.get(entry["source"], {}), **entry})
+
+
+def model_settings(config: dict, exp: str) -> dict:
+    return canonical(experiment(config, exp)["model"])
 
 
 def split_settings(config: dict, exp: str) -> dict:
-    return {**SPLIT_DEFAULTS, **deepcopy(experiment(config, exp)["split"])}
+    return canonical({**SPLIT_DEFAULTS, **experiment(config, exp)["split"]})
 
 
 def pretrain_settings(config: dict, exp: str) -> dict:
     """Training settings plus the checkpoint epochs (always including 0 and the last)."""
-    section = {**TRAINING_DEFAULTS, **deepcopy(experiment(config, exp)["pretrain"])}
+    section = {**TRAINING_DEFAULTS, **experiment(config, exp)["pretrain"]}
     epochs = int(section["epochs"])
     wanted = set(section.get("checkpoints", [])) | {0, epochs}
     section["checkpoints"] = sorted(e for e in wanted if e <= epochs)
-    return section
+    return canonical(section)
 
 
 def stats_settings(config: dict, exp: str) -> dict:
-    return {**STATS_DEFAULTS, **deepcopy(experiment(config, exp).get("stats", {}))}
+    return canonical({**STATS_DEFAULTS, **experiment(config, exp).get("stats", {})})
 
 
 def sample_settings(config: dict, exp: str) -> dict:
-    return {**SAMPLE_DEFAULTS, **deepcopy(experiment(config, exp).get("sample", {}))}
+    return canonical({**SAMPLE_DEFAULTS, **experiment(config, exp).get("sample", {})})
 
 
 def finetune_settings(config: dict, exp: str) -> dict:
-    return {**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **deepcopy(experiment(config, exp)["finetune"])}
+    return canonical({**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]})
 
 
 def resources(config: dict, kind: str) -> dict:

@@ -29,6 +29,8 @@ def sample_gaussian(mean: np.ndarray, cov: np.ndarray, count: int, rng: np.rando
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
         raise ValueError("cannot sample: non-finite entries in the fitted mean or covariance")
     eigval, eigvec = np.linalg.eigh((cov + cov.T) / 2)
+    if eigval.min() < -1e-9 * max(np.abs(eigval).max(), 1e-300):
+        raise ValueError(f"cannot sample: covariance is not positive semi-definite (eigenvalue {eigval.min():.3g})")
     root = eigvec * np.sqrt(np.clip(eigval, 0.0, None))
     noise = rng.standard_normal((count, len(mean)))
     return mean + noise @ root.T

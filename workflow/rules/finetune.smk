@@ -16,7 +16,7 @@ rule finetune:
     resources:
         **RESOURCES_TRAINING,
     params:
-        model=lambda w: config["experiments"][w.exp]["model"],
+        model=lambda w: plan.model_settings(config, w.exp),
         training=lambda w: plan.finetune_settings(config, w.exp),
         experiment=lambda w: w.exp,
         variant=lambda w: w.variant,

@@ -16,7 +16,7 @@ rule pretrain:
     resources:
         **RESOURCES_TRAINING,
     params:
-        model=lambda w: config["experiments"][w.exp]["model"],
+        model=lambda w: plan.model_settings(config, w.exp),
         training=lambda w: plan.pretrain_settings(config, w.exp),
         init_scale=scale_of,
         seed=lambda w: int(w.seed),

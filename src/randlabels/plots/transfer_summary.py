@@ -1,4 +1,5 @@
-"""Figure: speed-up (steps to target, scratch ÷ variant) per variant and init scale.
+"""Figure: speed-up (steps to target, scratch ÷ variant) and area-under-curve gap
+per variant and init scale.
 
 One number per claim: above the "no transfer" line at 1 the variant trains faster
 than scratch. Points are means over seeds with 95 % Student-t intervals (see
@@ -18,24 +19,63 @@ import pandas as pd
 from randlabels.plots import style
 from randlabels.summary import mean_and_ci
 
-COLUMNS = ["experiment", "init_scale", "variant", "seed", "speedup"]
+COLUMNS = ["experiment", "init_scale", "variant", "seed", "speedup", "auc_gap"]
+
+# (column, reference value meaning "no transfer", y label)
+METRICS = (
+    ("speedup", 1.0, "speed-up\n(steps of {baseline} ÷ variant)"),
+    ("auc_gap", 0.0, "gain in area under curve\n(variant − {baseline})"),
+)
+
+
+def _draw_metric(ax, data, stats, metric, reference, variants, scales, palette, offsets, seed_shift):
+    """Means with intervals (and faint single seeds) of one metric in one panel."""
+    ax.axhline(reference, color="0.25", linestyle="--", linewidth=1.0)
+    for j, scale in enumerate(scales):
+        for i, variant in enumerate(variants):
+            x = i + offsets[j]
+            runs = data[(data["variant"] == variant) & (data["init_scale"] == scale)]
+            row = stats[(stats["variant"] == variant) & (stats["init_scale"] == scale)]
+            if row.empty:
+                continue
+            row = row.iloc[0]
+            seeds = runs[metric][np.isfinite(runs[metric])]
+            # Single seeds just right of the mean so the error bar does not hide them.
+            ax.scatter(np.full(len(seeds), x + seed_shift), seeds, s=12,
+                       color=palette[scale], alpha=0.35, linewidths=0, zorder=2)
+            if row["n"] > 0:
+                ax.errorbar(x, row["mean"], yerr=[[row["mean"] - row["ci_low"]],
+                                                  [row["ci_high"] - row["mean"]]],
+                            fmt="o", color=palette[scale], markersize=6, capsize=3,
+                            linewidth=1.5, zorder=3)
+                label_y = row["ci_high"]
+            else:
+                label_y = reference
+            if row["n"] < row["total"]:
+                ax.annotate(f"{int(row['n'])}/{int(row['total'])}", (x, label_y),
+                            xytext=(0, 4), textcoords="offset points", ha="center",
+                            va="bottom", fontsize="x-small", color=palette[scale])
+    ax.set_xticks(range(len(variants)), [v.replace("_", "\n") for v in variants])
+    ax.set_xlim(-0.6, len(variants) - 0.4)
+    ax.grid(False, axis="x")
 
 
 def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
          baseline: str = "scratch") -> None:
-    """Draw mean speed-up per variant (x) and init scale (colour); write ``out_path``.
+    """Draw speed-up (top) and area-under-curve gap (bottom) per variant and init scale.
 
     ``summary`` is the output of :func:`randlabels.summary.transfer_summary`; the
-    ``baseline`` rows (speed-up 1 by construction) are left out.
+    ``baseline`` rows (speed-up 1 and gap 0 by construction) are left out. The gap is
+    defined even where scratch never reaches the target, so both rows together show
+    every init scale.
     """
     style.require_columns(summary, COLUMNS, "transfer-summary figure")
     style.apply_theme()
     data = summary[summary["variant"] != baseline]
     if data.empty:
         raise ValueError(f"transfer-summary figure: only the baseline {baseline!r} is present")
-    stats = mean_and_ci(data, ["experiment", "variant", "init_scale"], "speedup")
-    totals = data.groupby(["experiment", "variant", "init_scale"]).size().rename("total")
-    stats = stats.join(totals, on=["experiment", "variant", "init_scale"])
+    keys = ["experiment", "variant", "init_scale"]
+    totals = data.groupby(keys).size().rename("total")
 
     experiments = sorted(data["experiment"].unique())
     variants = style.variant_order(data["variant"])
@@ -44,57 +84,34 @@ def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
     width = 0.7
     step = width / len(scales)
     offsets = (np.arange(len(scales)) - (len(scales) - 1) / 2) * step
-    seed_shift = 0.25 * step
 
-    fig, axes = plt.subplots(1, len(experiments), squeeze=False, sharey=True,
+    fig, axes = plt.subplots(len(METRICS), len(experiments), squeeze=False, sharex=True,
                              figsize=(max(3.8, 1.1 * len(variants) * (1 + 0.2 * len(scales))
-                                          ) * len(experiments) + 1.5, 4.2))
-    for ax, experiment in zip(axes[0], experiments):
-        ax.axhline(1.0, color="0.25", linestyle="--", linewidth=1.0, label="no transfer (= 1)")
-        for j, scale in enumerate(scales):
-            for i, variant in enumerate(variants):
-                x = i + offsets[j]
-                runs = data[(data["experiment"] == experiment) & (data["variant"] == variant)
-                            & (data["init_scale"] == scale)]
-                row = stats[(stats["experiment"] == experiment) & (stats["variant"] == variant)
-                            & (stats["init_scale"] == scale)]
-                if row.empty:
-                    continue
-                row = row.iloc[0]
-                seeds = runs["speedup"][np.isfinite(runs["speedup"])]
-                # Single seeds just right of the mean so the error bar does not hide them.
-                ax.scatter(np.full(len(seeds), x + seed_shift), seeds, s=12,
-                           color=palette[scale], alpha=0.35, linewidths=0, zorder=2)
-                if row["n"] > 0:
-                    ax.errorbar(x, row["mean"], yerr=[[row["mean"] - row["ci_low"]],
-                                                      [row["ci_high"] - row["mean"]]],
-                                fmt="o", color=palette[scale], markersize=6, capsize=3,
-                                linewidth=1.5, zorder=3)
-                    label_y = row["ci_high"]
-                else:
-                    label_y = 1.0
-                if row["n"] < row["total"]:
-                    ax.annotate(f"{int(row['n'])}/{int(row['total'])}", (x, label_y),
-                                xytext=(0, 4), textcoords="offset points", ha="center",
-                                va="bottom", fontsize="x-small", color="0.2")
-        ax.set_xticks(range(len(variants)), [v.replace("_", "\n") for v in variants])
-        ax.set_xlim(-0.6, len(variants) - 0.4)
-        ax.set_title(experiment)
-        ax.set_xlabel("initialization variant")
-        ax.grid(False, axis="x")
-    axes[0, 0].set_ylabel(f"speed-up = steps_{baseline} ÷ steps_variant")
+                                          ) * len(experiments) + 1.5, 7.0))
+    for row_index, (metric, reference, ylabel) in enumerate(METRICS):
+        stats = mean_and_ci(data, keys, metric).join(totals, on=keys)
+        for col, experiment in enumerate(experiments):
+            ax = axes[row_index, col]
+            _draw_metric(ax, data[data["experiment"] == experiment],
+                         stats[stats["experiment"] == experiment], metric, reference,
+                         variants, scales, palette, offsets, 0.25 * step)
+            if row_index == 0:
+                ax.set_title(experiment)
+            if row_index == len(METRICS) - 1:
+                ax.set_xlabel("initialization variant")
+        axes[row_index, 0].set_ylabel(ylabel.format(baseline=baseline))
     low, high = axes[0, 0].get_ylim()
     axes[0, 0].set_ylim(min(0.0, low), max(high, 1.2))
 
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[s],
                           label=f"{s:g}") for s in scales]
-    handles.append(plt.Line2D([], [], color="0.25", linestyle="--", label="no transfer (= 1)"))
+    handles.append(plt.Line2D([], [], color="0.25", linestyle="--", label="no transfer"))
     fig.legend(handles=handles, title="init scale", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
-    fig.suptitle(f"Transfer speed-up to reach {target:.0%} downstream train accuracy\n"
-                 f"(steps to target, {baseline} ÷ variant; > 1 = faster than {baseline})")
+    fig.suptitle(f"Transfer from pre-training: speed-up to {target:.0%} downstream train accuracy\n"
+                 f"and gain in area under the learning curve (above the dashed line = better than {baseline})")
     fig.text(0.01, 0.0, "points: mean over seeds with 95% t-interval; faint dots: single seeds\n"
-             "k/n: runs with a defined speed-up (others diverged or never reached the target)",
+             "k/n: runs with a defined value (others diverged or never reached the target)",
              ha="left", va="top", fontsize="small", color="0.3")
     fig.tight_layout()
     style.save_figure(fig, out_path)
