@@ -72,10 +72,18 @@ def test_invalid_config_stops_before_any_job(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One full run of the tiny config on a copy of the project."""
-    project = copy_project(tmp_path_factory.mktemp("tiny") / "project")
-    (project / "config.yaml").write_text((CONFIG_DIR / "tiny.yaml").read_text())
-    snakemake(project, "--cores", "2")
+    """One full run of the tiny config on a copy of the project.
+
+    Training jobs ask for a GPU each, on a machine faked to have two: every one is
+    bound to a device, and at most two run at once.
+    """
+    root = tmp_path_factory.mktemp("tiny")
+    project = copy_project(root / "project")
+    config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    config["resources"] = {"training": {"gpu": 1}}
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    fake_gpus = {"RANDLABELS_FAKE_GPUS": "0,1", "RANDLABELS_GPU_LOCK_DIR": str(root / "locks")}
+    snakemake(project, "--cores", "2", "--resources", "gpu=2", env=fake_gpus)
     return project
 
 
@@ -122,6 +130,16 @@ def test_tiny_run_writes_every_stage(tiny_run):
 
 
 @pytest.mark.slow
+def test_every_training_job_was_bound_to_a_gpu(tiny_run):
+    logs = tiny_run / "results" / "logs"
+    training = list(logs.glob("pretrain/**/*.log")) + list(logs.glob("finetune/**/*.log"))
+    assert len(training) == 2 * 2 + 4 * 2  # pre-training runs + fine-tuning runs
+    for log in training:
+        text = log.read_text()
+        assert "bound to GPU 0" in text or "bound to GPU 1" in text, log
+
+
+@pytest.mark.slow
 def test_after_a_full_run_nothing_is_scheduled(tiny_run):
     result = snakemake(tiny_run, "-n")
     assert job_counts(result.stdout) == {}
@@ -136,6 +154,43 @@ def test_a_finetune_setting_reruns_only_finetuning(tiny_run):
     counts = job_counts(snakemake(tiny_run, "-n", "--configfile", "changed.yaml").stdout)
     assert counts.get("finetune") == 4 * 2
     assert {"pretrain", "statistics", "make_split", "prepare_dataset", "gaussian_init"}.isdisjoint(counts)
+
+
+def _changed_config(project, section, key, value) -> str:
+    config = yaml.safe_load((project / "config.yaml").read_text())
+    config["experiments"]["tiny"].setdefault(section, {})[key] = value
+    (project / "changed.yaml").write_text(yaml.safe_dump(config))
+    return "changed.yaml"
+
+
+@pytest.mark.slow
+def test_a_sample_setting_reruns_the_gaussian_branch_only(tiny_run):
+    changed = _changed_config(tiny_run, "sample", "zero_mean", True)
+    counts = job_counts(snakemake(tiny_run, "-n", "--configfile", changed).stdout)
+    assert counts["gaussian_init"] == 2 and counts["finetune"] == 2  # one Gaussian run per seed
+    assert {"pretrain", "statistics", "make_split"}.isdisjoint(counts)
+
+
+@pytest.mark.slow
+def test_a_stats_setting_reruns_statistics_not_training(tiny_run):
+    changed = _changed_config(tiny_run, "stats", "batch_size", 64)
+    counts = job_counts(snakemake(tiny_run, "-n", "--configfile", changed).stdout)
+    assert counts["statistics"] == 4 and "plot_misalignment" in counts
+    assert {"pretrain", "make_split"}.isdisjoint(counts)
+
+
+@pytest.mark.slow
+def test_forcerun_redoes_one_stage_and_what_follows(tiny_run):
+    counts = job_counts(snakemake(tiny_run, "-n", "--forcerun", "statistics").stdout)
+    readers = ("aggregate_statistics", "plot_eigenfilters", "plot_misalignment", "plot_transfer_function")
+    assert counts == {"statistics": 4, **dict.fromkeys(readers, 1), "all": 1}
+
+
+def test_until_stops_after_one_stage(tmp_path):
+    project = copy_project(tmp_path / "project")
+    (project / "config.yaml").write_text((CONFIG_DIR / "tiny.yaml").read_text())
+    counts = job_counts(snakemake(project, "-n", "--until", "pretrain").stdout)
+    assert counts == {"prepare_dataset": 1, "make_split": 2, "pretrain": 4}
 
 
 def _edited(path):

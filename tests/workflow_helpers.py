@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -25,11 +26,14 @@ def copy_project(destination: Path) -> Path:
     return destination
 
 
-def snakemake(project: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the venv's snakemake in ``project``; on failure show its output."""
+def snakemake(
+    project: Path, *args: str, check: bool = True, timeout: int = 900, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the venv's snakemake in ``project`` (``env`` adds variables); on failure show its output."""
     result = subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=project,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
+
 SCHEDULES = ("constant", "cosine")
 
 
@@ -110,14 +112,21 @@ class DeviceData:
             return batch.sub_(self.mean).div_(self.std).contiguous(memory_format=self.memory_format)
         return (batch.float() - self.mean) / self.std
 
+    def permutation(self, generator: torch.Generator) -> torch.Tensor:
+        """A seeded random order of the samples, made on the device."""
+        return torch.randperm(len(self), generator=generator, device=self.device)
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized inputs and labels of the samples at ``index``."""
+        return self.normalized(index), self.labels[index]
+
     def shuffled_batches(
         self, batch_size: int, generator: torch.Generator
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of batches in a seeded random order (last batch may be smaller)."""
-        order = torch.randperm(len(self), generator=generator, device=self.device)
+        order = self.permutation(generator)
         for start in range(0, len(self), batch_size):
-            index = order[start : start + batch_size]
-            yield self.normalized(index), self.labels[index]
+            yield self.batch(order[start : start + batch_size])
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in storage order, for evaluation and statistics."""
@@ -217,11 +226,35 @@ class Trainer:
             "diverged": not math.isfinite(loss),
         }
 
+    def _snapshot(self, progress: dict) -> dict:
+        """Everything a rerun needs to continue exactly where this run is now."""
+        return {
+            "progress": progress,
+            "model": self.state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step_count": self.step_count,
+        }
+
+    def _restore(self, saved: dict) -> dict:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.step_count = saved["step_count"]
+        return saved["progress"]
+
     def fit(
         self,
         checkpoint_epochs: Sequence[int] = (),
         eval_every: int | None = None,
         on_epoch_end: Callable[[int], None] | None = None,
+        resume: ResumeStore | None = None,
+        stop: StopSignals | None = None,
+        save_every: int = 1,
     ) -> FitResult:
         """Train for ``config.epochs`` epochs.
 
@@ -229,31 +262,65 @@ class Trainer:
         learning-curve row every ``eval_every`` steps (if given), and a state copy at
         each epoch in ``checkpoint_epochs``. Stops early, flagged as diverged, when the
         loss becomes NaN or infinite.
+
+        With ``resume``, the run continues from the state saved there (if it belongs
+        to this run) and saves its state every ``save_every`` epochs; with ``stop``, a
+        stop signal saves the state after the current step and raises
+        :class:`TrainingInterrupted`. A resumed run gives the same numbers as an
+        uninterrupted one (on CPU, bit for bit).
         """
         wanted = set(int(e) for e in checkpoint_epochs)
-        checkpoints: dict[int, dict] = {}
-        metrics, curve = [], []
-        start = time.perf_counter()
-        first = self._record(0, math.nan)
-        metrics.append({**first, "seconds": 0.0})
-        if eval_every:
-            curve.append(first)
-        if 0 in wanted:
-            checkpoints[0] = self.state()
+        saved = resume.load() if resume is not None else None
+        if saved is not None:
+            progress = self._restore(saved)
+            self.log.info(
+                "resuming from %s: epoch %d, step %d", resume.path, progress["epoch"], self.step_count
+            )
+        else:
+            first = self._record(0, math.nan)
+            progress = {
+                "epoch": 1,  # the epoch to run next
+                "batch": 0,  # batches of that epoch already done
+                "order": None,  # that epoch's sample order, once drawn
+                "loss_sum": 0.0,
+                "metrics": [{**first, "seconds": 0.0}],
+                "curve": [first] if eval_every else [],
+                "checkpoints": {0: self.state()} if 0 in wanted else {},
+                "seconds": 0.0,
+            }
+        metrics, curve, checkpoints = progress["metrics"], progress["curve"], progress["checkpoints"]
+        start = time.perf_counter() - progress["seconds"]
+        batch_size = self.config.batch_size
         diverged = False
-        for epoch in range(1, self.config.epochs + 1):
-            loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-            batches = 0
-            for inputs, labels in self.data.shuffled_batches(self.config.batch_size, self.generator):
-                loss_sum += self.train_step(inputs, labels)
-                batches += 1
+
+        def save(**position) -> None:
+            if resume is not None:
+                progress.update(position, seconds=time.perf_counter() - start)
+                resume.save(self._snapshot(progress))
+
+        for epoch in range(progress["epoch"], self.config.epochs + 1):
+            if progress["epoch"] == epoch and progress["order"] is not None:
+                order, first_batch = progress["order"].to(self.device), progress["batch"]
+            else:
+                order, first_batch = self.data.permutation(self.generator), 0
+                progress["loss_sum"] = 0.0
+            loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
+            done = first_batch
+            for b in range(first_batch, self.steps_per_epoch):
+                done = b + 1
+                loss_sum += self.train_step(*self.data.batch(order[b * batch_size : (b + 1) * batch_size]))
                 if eval_every and self.step_count % eval_every == 0:
                     row = self._record(self.step_count / self.steps_per_epoch, math.nan)
                     curve.append(row)
                     if row["diverged"]:
                         diverged = True
                         break
-            row = self._record(epoch, loss_sum.item() / max(batches, 1))
+                if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
+                    save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.item())
+                    raise TrainingInterrupted(
+                        stop.received, epoch, self.step_count, str(resume.path) if resume else None
+                    )
+            row = self._record(epoch, loss_sum.item() / max(done, 1))
             row["seconds"] = time.perf_counter() - start
             metrics.append(row)
             diverged = diverged or row["diverged"]
@@ -269,6 +336,15 @@ class Trainer:
             if diverged:
                 self.log.warning("loss is %s at epoch %d: run diverged, stopping", row["loss"], epoch)
                 break
+            if epoch == self.config.epochs:
+                break
+            interrupted = stop is not None and stop.received
+            if interrupted or epoch % save_every == 0:
+                save(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0)
+            if interrupted:
+                raise TrainingInterrupted(
+                    stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
+                )
         return FitResult(
             metrics=pd.DataFrame(metrics),
             curve=pd.DataFrame(curve),

@@ -18,6 +18,7 @@ TRAINING_DEFAULTS = {
     "weight_decay": 0.0,
     "schedule": "constant",
     "eval_batch_size": 2048,
+    "resume_every": 1,
 }
 SPLIT_DEFAULTS = {"test": None, "upstream_classes": 10, "downstream_classes": 10}
 STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512}
@@ -47,6 +48,10 @@ PATHS = {
     "stats": RESULTS + "/{exp}/stats/{labels}/scale{scale}/seed{seed}.h5",
     "gaussian_init": RESULTS + "/{exp}/init/gaussian/scale{scale}/seed{seed}.pt",
     "finetune": RESULTS + "/{exp}/finetune/{variant}/scale{scale}/seed{seed}.tsv",
+    # Resumable training state: beside the outputs, never one of them (Snakemake
+    # deletes a job's outputs before rerunning it).
+    "pretrain_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.pt",
+    "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{variant}/scale{scale}/seed{seed}.pt",
     "table": RESULTS + "/{exp}/tables/{table}.tsv",
     "figure": RESULTS + "/{exp}/figures/{figure}.png",
 }

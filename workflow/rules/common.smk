@@ -37,6 +37,12 @@ def lib(*modules):
     return [os.path.join(SRC, "randlabels", f"{m}.py") for m in modules]
 
 
+# The library a training job runs: an edit to any of these reruns training.
+TRAINING_CODE = lib(
+    "engine", "resume", "models", "transfer", "datasets", "splits", "seeding", "io"
+)
+
+
 def logs(name):
     return f"results/logs/{name}.log"
 

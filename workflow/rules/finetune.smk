@@ -3,7 +3,7 @@ rule finetune:
         unpack(finetune_source),
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
-        code=lib("engine", "models", "transfer", "datasets", "splits", "seeding", "io"),
+        code=TRAINING_CODE,
     output:
         plan.PATHS["finetune"],
     log:
@@ -23,6 +23,8 @@ rule finetune:
         init_scale=scale_of,
         seed=lambda w: int(w.seed),
         device=config.get("device", "auto"),
+        jobs_per_gpu=config.get("jobs_per_gpu", 1),
+        resume=lambda w: plan.path("finetune_resume", **w),
     message:
         "Fine-tuning {wildcards.exp} from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:

@@ -2,7 +2,7 @@ rule pretrain:
     input:
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
-        code=lib("engine", "models", "transfer", "datasets", "splits", "seeding", "io"),
+        code=TRAINING_CODE,
     output:
         checkpoints=plan.PATHS["checkpoints"],
         metrics=plan.PATHS["pretrain_metrics"],
@@ -21,6 +21,8 @@ rule pretrain:
         init_scale=scale_of,
         seed=lambda w: int(w.seed),
         device=config.get("device", "auto"),
+        jobs_per_gpu=config.get("jobs_per_gpu", 1),
+        resume=lambda w: plan.path("pretrain_resume", **w),
     message:
         "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:

@@ -5,9 +5,11 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import torch
 
 from randlabels import runlog
+from randlabels.gpus import bind_gpus
 from randlabels.datasets import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
+from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
 from randlabels.models import head_prefix
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
@@ -25,6 +27,7 @@ torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 settings = params.training
 variant = params.variant
+bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
 device = resolve_device(params.device)
 
 dataset = read_dataset(snakemake.input.dataset)
@@ -57,8 +60,20 @@ config = TrainConfig.from_dict(settings)
 log.info("fine-tuning from %s on %d samples (%s labels), init scale %g, seed %d, on %s: %s",
          variant, len(train), settings["labels"], params.init_scale, params.seed, device, config)
 trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "finetune"), test_data=test, log=log)
-result = trainer.fit(eval_every=settings["eval_every"])
+# Everything the numbers depend on; the save interval is not among them.
+run_settings = {key: params[key] for key in ("model", "init_scale", "seed", "variant")}
+run_settings["training"] = {k: v for k, v in settings.items() if k != "resume_every"}
+store = ResumeStore(params.resume, fingerprint(run_settings, snakemake.input))
+with StopSignals() as stop:
+    try:
+        result = trainer.fit(
+            eval_every=settings["eval_every"], resume=store, stop=stop, save_every=settings["resume_every"]
+        )
+    except TrainingInterrupted as stopped:
+        log.error("%s", stopped)
+        raise SystemExit(75) from None  # EX_TEMPFAIL: try again
 curve = result.curve.assign(
     experiment=params.experiment, variant=variant, init_scale=params.init_scale, seed=params.seed
 )
 write_table(curve, snakemake.output[0])
+store.clear()

@@ -5,9 +5,11 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import torch
 
 from randlabels import runlog
+from randlabels.gpus import bind_gpus
 from randlabels.datasets import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
+from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
 from randlabels.transfer import fresh_model, save_checkpoints
@@ -16,6 +18,7 @@ log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 labels_kind = snakemake.wildcards.labels
+bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
 device = resolve_device(params.device)
 
 dataset = read_dataset(snakemake.input.dataset)
@@ -34,7 +37,22 @@ log.info(
     params.model, len(train), labels_kind, num_classes, params.init_scale, params.seed, device, config,
 )
 trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "pretrain"), test_data=test, log=log)
-result = trainer.fit(checkpoint_epochs=params.training["checkpoints"])
+# Everything the numbers depend on; the save interval is not among them.
+run_settings = {key: params[key] for key in ("model", "init_scale", "seed")}
+run_settings["training"] = {k: v for k, v in params.training.items() if k != "resume_every"}
+run_settings["labels"] = labels_kind
+store = ResumeStore(params.resume, fingerprint(run_settings, snakemake.input))
+with StopSignals() as stop:
+    try:
+        result = trainer.fit(
+            checkpoint_epochs=params.training["checkpoints"],
+            resume=store,
+            stop=stop,
+            save_every=params.training["resume_every"],
+        )
+    except TrainingInterrupted as stopped:
+        log.error("%s", stopped)
+        raise SystemExit(75) from None  # EX_TEMPFAIL: try again
 
 save_checkpoints(
     snakemake.output.checkpoints,
@@ -51,4 +69,5 @@ metrics = result.metrics.assign(
     experiment=snakemake.wildcards.exp, labels=labels_kind, init_scale=params.init_scale, seed=params.seed
 )
 write_table(metrics, snakemake.output.metrics)
+store.clear()
 log.info("kept checkpoints at epochs %s", sorted(result.checkpoints))
