@@ -209,7 +209,7 @@ def test_stats_file_layout_with_h5py(stats_file, measured):
 def test_misalignment_table(stats_file, measured):
     _, _, records = measured
     table = misalignment_table([stats_file])
-    assert list(table.columns) == ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "basis",
+    assert list(table.columns) == ["experiment", "labels", "init_scale", "seed", "diverged", "epoch", "layer", "basis",
                                    "misalignment", "reason"]
     assert len(table) == 2 * 2 * 2  # epochs × layers × bases
     assert (table["experiment"] == "toy").all() and (table["seed"] == 3).all() and (table["init_scale"] == 0.5).all()
@@ -230,7 +230,7 @@ def test_misalignment_table(stats_file, measured):
 def test_transfer_function_table(stats_file, measured):
     _, _, records = measured
     table = transfer_function_table([stats_file])
-    assert list(table.columns) == ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "index", "sigma", "f"]
+    assert list(table.columns) == ["experiment", "labels", "init_scale", "seed", "diverged", "epoch", "layer", "index", "sigma", "f"]
     assert len(table) == 2 * (9 + 192)
     conv = table.query("epoch == 2 and layer == 'conv1'")
     assert conv["index"].tolist() == list(range(9))

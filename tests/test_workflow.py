@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -10,8 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import ROOT, BIN, copy_project, job_counts, snakemake
-import subprocess
+from workflow_helpers import BIN, ROOT, copy_project, job_counts, snakemake
 
 CONFIG_DIR = ROOT / "tests" / "configs"
 
@@ -220,6 +224,62 @@ def test_a_code_edit_reruns_what_depends_on_it(tiny_run):
         assert "prepare_dataset" not in counts and "make_split" not in counts
     finally:
         restore()
+
+
+STAGES = (
+    "prepare_dataset", "make_split", "pretrain", "statistics", "gaussian_init", "finetune",
+    "aggregate_pretraining", "aggregate_statistics", "aggregate_finetuning",
+    "plot_misalignment", "plot_transfer_function", "plot_learning_curves", "plot_transfer_summary",
+    "plot_eigenfilters",
+)
+
+
+def _kill_during(project: Path, stage: str, env: dict, rng: random.Random, force: bool = False) -> bool:
+    """Start the workflow, ``kill -9`` all of it at a random moment while a job of
+    ``stage`` runs; False if the run ended before such a job started."""
+    started = time.time()
+    command = [str(BIN / "snakemake"), "--cores", "2", "--resources", "gpu=2"]
+    if force:  # the stage already ran (before the stage killed last): make it run again
+        command += ["--forcerun", stage]
+    run = subprocess.Popen(command, cwd=project,
+                           env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    logs = project / "results" / "logs" / stage
+    while run.poll() is None:
+        if logs.is_dir() and any(log.stat().st_mtime >= started for log in logs.rglob("*.log")):
+            time.sleep(rng.uniform(0.0, 0.8))  # somewhere inside the job
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            snakemake(project, "--unlock")
+            return True
+        time.sleep(0.02)
+    assert run.returncode == 0
+    return False
+
+
+def _tables(project: Path) -> dict[str, pd.DataFrame]:
+    return {
+        path.name: pd.read_csv(path, sep="\t").drop(columns="seconds", errors="ignore")
+        for path in sorted((project / "results" / "tiny" / "tables").glob("*.tsv"))
+    }
+
+
+@pytest.mark.slow
+def test_killed_in_every_stage_a_rerun_completes_with_the_same_tables(tiny_run, tmp_path):
+    """kill -9 of the whole workflow inside a job of each stage in turn, then a plain rerun."""
+    project = copy_project(tmp_path / "project")
+    (project / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    env = {"RANDLABELS_FAKE_GPUS": "0,1", "RANDLABELS_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    rng = random.Random(20201123)
+    for stage in STAGES:
+        assert _kill_during(project, stage, env, rng) or _kill_during(project, stage, env, rng, force=True), stage
+    snakemake(project, "--cores", "2", "--resources", "gpu=2", env=env)
+    assert not list((project / "results").rglob(".*.tmp-*")), "temporary files left behind"
+    got, want = _tables(project), _tables(tiny_run)
+    assert got.keys() == want.keys()
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name], obj=name)
+    assert job_counts(snakemake(project, "-n").stdout) == {}
 
 
 @pytest.mark.slow

@@ -13,13 +13,14 @@ import jsonschema
 import yaml
 
 from . import plan
+from .errors import RandlabelsError
 from .models import model_options
 
 # Training samples of the datasets whose size is known before they are prepared.
 KNOWN_TRAIN_SIZES = {"digits": 1797, "cifar10": 50000, "cifar100": 50000}
 
 
-class ConfigError(ValueError):
+class ConfigError(RandlabelsError, ValueError):
     """A config that cannot be run; the message lists every problem found."""
 
 
@@ -115,6 +116,13 @@ def semantic_errors(config: dict) -> list[str]:
             )
         if from_pool and split["test"] is None and size is not None and need >= size:
             problems.append(f"{where}.split: no samples left for the test set")
+        labels = [plan.scale_label(scale) for scale in entry["init_scales"]]
+        clashing = sorted({label for label in labels if labels.count(label) > 1})
+        if clashing:
+            problems.append(
+                f"{where}.init_scales: {entry['init_scales']} give the same path label {clashing} "
+                "(scales are written with 6 significant digits)"
+            )
         pretrain = entry["pretrain"]
         late = [e for e in pretrain.get("checkpoints", []) if e > pretrain["epochs"]]
         if late:
@@ -133,9 +141,44 @@ def semantic_errors(config: dict) -> list[str]:
     return problems
 
 
-def check_config(config: dict, schema_path: str | Path) -> None:
-    """Raise :class:`ConfigError` naming every problem, or return silently."""
-    problems = schema_errors(config, schema_path)
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping.
+
+    Plain YAML loading keeps the last of two equal keys: two experiments written under
+    one name would silently become one.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"key {key!r} given twice (first on line {seen[key] + 1})",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def duplicate_key_errors(paths) -> list[str]:
+    """Messages for keys given twice in the YAML config files ``paths``."""
+    problems = []
+    for path in paths:
+        try:
+            yaml.load(Path(path).read_text(), Loader=_StrictLoader)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            problems.append(f"{path}, line {mark.line + 1}: {err.problem}")
+    return problems
+
+
+def check_config(config: dict, schema_path: str | Path, files=()) -> None:
+    """Raise :class:`ConfigError` naming every problem, or return silently.
+
+    ``files``: the YAML files the config was read from, checked for duplicate keys.
+    """
+    problems = duplicate_key_errors(files) + schema_errors(config, schema_path)
     if not problems:
         problems = semantic_errors(config)
     if problems:

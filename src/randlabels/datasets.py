@@ -44,6 +44,7 @@ import h5py
 import numpy as np
 
 from randlabels import __version__
+from randlabels.errors import InputFileError
 from randlabels.io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -57,21 +58,22 @@ _CHUNK = 1 << 20  # bytes per read when hashing or downloading
 _USER_AGENT = f"randlabels/{__version__} (+python urllib)"
 
 
-class ChecksumError(ValueError):
+class ChecksumError(InputFileError):
     """A raw file whose checksum differs from the expected one."""
 
     def __init__(self, path: str | os.PathLike, expected: str, actual: str, hint: str = ""):
-        self.path, self.expected, self.actual = Path(path), expected, actual
-        message = f"{path}: checksum mismatch: expected {expected}, got {actual}"
-        super().__init__(f"{message}. {hint}" if hint else message)
+        self.expected, self.actual = expected, actual
+        message = f"checksum mismatch: expected {expected}, got {actual}"
+        super().__init__(path, f"{message}. {hint}" if hint else message)
+        self.path = Path(path)
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(InputFileError):
     """A dataset or raw archive that is missing, unreadable, truncated or incomplete."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(path, problem)
         self.path = Path(path)
-        super().__init__(f"{path}: {problem}")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,18 +8,42 @@ once the write has finished (a rename within one file system is atomic on POSIX)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 
+from randlabels.errors import InputFileError, OutputWriteError
+
+# errno values of a write that failed for lack of room (h5py reports them in text).
+_NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _lack_of_room(err: BaseException | None) -> str | None:
+    """The reason, if ``err`` or an error it arose from says the disk (or a size
+    limit) is full; writers such as torch.save re-raise it as another error."""
+    for _ in range(8):
+        if err is None:
+            return None
+        if isinstance(err, OSError) and err.errno in _NO_ROOM:
+            return _NO_ROOM[err.errno]
+        text = str(err).lower()  # h5py: RuntimeError("... error message = 'File too large' ...")
+        for reason in _NO_ROOM.values():
+            if reason in text:
+                return reason
+        err = err.__cause__ or err.__context__
+    return None
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched;
+    a write that fails for lack of room becomes an :class:`OutputWriteError` that
+    names ``path``.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -27,16 +51,21 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        reason = _lack_of_room(err)
+        if reason is not None and not isinstance(err, OutputWriteError):
+            raise OutputWriteError(final, reason) from err
         raise
 
 
 def save_torch(obj, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_output`."""
     import torch  # imported here so that tables and plots do not load torch
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        # Through a Python file, a failed write is an OSError with its errno (the
+        # C++ writer torch uses for a path reports a bare "iostream error").
+        torch.save(obj, handle)
 
 
 def load_torch(path: str | os.PathLike) -> dict:
@@ -45,7 +74,7 @@ def load_torch(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # corrupt or truncated file
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
+        raise InputFileError(path, f"not a readable checkpoint ({err})") from err
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -19,6 +19,7 @@ TRAINING_DEFAULTS = {
     "schedule": "constant",
     "eval_batch_size": 2048,
     "resume_every": 1,
+    "compile": False,
 }
 SPLIT_DEFAULTS = {"test": None, "upstream_classes": 10, "downstream_classes": 10}
 STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512}

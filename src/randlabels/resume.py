@@ -24,6 +24,7 @@ import signal
 from pathlib import Path
 from typing import Iterable
 
+from randlabels.errors import RandlabelsError
 from randlabels.io import load_torch, save_torch
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -31,7 +32,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 log = logging.getLogger("randlabels")
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(RandlabelsError):
     """Training stopped on a signal after saving its state; a rerun resumes it."""
 
     def __init__(self, signal_name: str, epoch: int, step: int, path: str | None):

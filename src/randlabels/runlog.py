@@ -1,7 +1,8 @@
 """Logging for workflow scripts: progress lines to the rule's log file and to stderr.
 
 An uncaught exception is written to the log too, so the log alone tells why a job
-failed.
+failed: a :class:`~randlabels.errors.RandlabelsError` (bad input, full disk, ...) as
+its message alone, anything else (a bug) with its traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+
+from randlabels.errors import RandlabelsError
 
 
 def start(log_path: str | None, name: str = "randlabels") -> logging.Logger:
@@ -29,6 +32,9 @@ def start(log_path: str | None, name: str = "randlabels") -> logging.Logger:
     previous_hook = sys.excepthook
 
     def log_exception(kind, value, traceback):
+        if isinstance(value, RandlabelsError):
+            logger.error("%s", value)
+            return
         logger.error("failed: %s: %s", kind.__name__, value, exc_info=(kind, value, traceback))
         previous_hook(kind, value, traceback)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from .errors import InputFileError
 from .io import atomic_output
 from .seeding import stream_rng
 
@@ -100,5 +101,5 @@ def read_split(path: str | os.PathLike) -> Split:
             arrays = {name: f[name][()] for name in ("upstream", "downstream", "test", "upstream_random", "downstream_random")}
             attrs = {k: int(f.attrs[k]) for k in ("upstream_classes", "downstream_classes", "seed")}
     except (OSError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable split file ({err})") from err
+        raise InputFileError(path, f"not a readable split file ({err})") from err
     return Split(**arrays, **attrs)

@@ -16,6 +16,7 @@ An undefined misalignment is stored as NaN with the reason in ``undefined_reason
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Iterable
 
@@ -23,6 +24,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from .errors import InputFileError
 from .io import atomic_output
 
 FORMAT = "randlabels-stats/1"
@@ -54,15 +56,20 @@ def write_stats(path: str | os.PathLike, records, attrs: dict) -> None:
                 group.create_dataset("activations", data=rows)
 
 
+@contextlib.contextmanager
 def _open(path):
+    """An open statistics file; a damaged one raises an error that names it."""
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path}: not a readable statistics file ({err})") from err
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise ValueError(f"{path}: not a randlabels statistics file (format {FORMAT})")
-    return f
+        raise InputFileError(path, f"not a readable statistics file ({err})") from err
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise InputFileError(path, f"not a randlabels statistics file (format {FORMAT})")
+        try:
+            yield f
+        except (OSError, KeyError, RuntimeError) as err:  # what h5py raises on truncated data
+            raise InputFileError(path, f"damaged or incomplete statistics file ({type(err).__name__}: {err})") from err
 
 
 def _run_columns(f) -> dict:
@@ -71,6 +78,7 @@ def _run_columns(f) -> dict:
         "labels": str(f.attrs["labels"]),
         "init_scale": float(f.attrs["init_scale"]),
         "seed": int(f.attrs["seed"]),
+        "diverged": bool(f.attrs.get("diverged", False)),
     }
 
 
@@ -138,7 +146,7 @@ def read_layer(path: str | os.PathLike, epoch: int, layer: str) -> dict:
     with _open(path) as f:
         key = f"epoch_{epoch:04d}"
         if key not in f or layer not in f[key]:
-            raise ValueError(f"{path}: no statistics for layer {layer!r} at epoch {epoch}")
+            raise InputFileError(path, f"no statistics for layer {layer!r} at epoch {epoch}")
         sub = f[key][layer]
         data = {name: sub[name][()] for name in ARRAYS}
         data.update({k: sub.attrs[k] for k in sub.attrs})
@@ -157,4 +165,4 @@ def first_layer_name(path: str | os.PathLike) -> str:
         for _, group in _epochs(f):
             if len(group.attrs.get("layers", [])):
                 return str(group.attrs["layers"][0])
-    raise ValueError(f"{path}: contains no layer statistics")
+    raise InputFileError(path, "contains no layer statistics")

@@ -18,6 +18,7 @@ import os
 import torch
 from torch import nn
 
+from .errors import InputFileError
 from .io import load_torch, save_torch
 from .models import build_model, head_prefix, initialize
 
@@ -64,7 +65,7 @@ def load_into(model: nn.Module, state: dict, source: str | os.PathLike) -> nn.Mo
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{source}: checkpoint does not fit the configured model: {err}") from err
+        raise InputFileError(source, f"checkpoint does not fit the configured model: {err}") from err
     return model
 
 
@@ -90,12 +91,16 @@ def read_checkpoints(path) -> dict:
     """Load a checkpoint set, checking that it is one."""
     data = load_torch(path)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a randlabels checkpoint set (format {CHECKPOINT_FORMAT})")
+        raise InputFileError(path, f"not a randlabels checkpoint set (format {CHECKPOINT_FORMAT})")
     return data
 
 
-def save_init(path, *, spec, input_shape, num_classes, state, description: str) -> None:
-    """Write an initialization checkpoint (consumed by fine-tuning)."""
+def save_init(path, *, spec, input_shape, num_classes, state, description: str, source_diverged: bool = False) -> None:
+    """Write an initialization checkpoint (consumed by fine-tuning).
+
+    ``source_diverged``: built from a pre-training that diverged (from its last finite
+    checkpoint); fine-tuning carries the flag into its table.
+    """
     save_torch(
         {
             "format": INIT_FORMAT,
@@ -104,6 +109,7 @@ def save_init(path, *, spec, input_shape, num_classes, state, description: str) 
             "num_classes": int(num_classes),
             "state": state,
             "description": description,
+            "source_diverged": bool(source_diverged),
         },
         path,
     )
@@ -113,7 +119,7 @@ def read_init(path) -> dict:
     """Load an initialization checkpoint, checking that it is one."""
     data = load_torch(path)
     if not isinstance(data, dict) or data.get("format") != INIT_FORMAT:
-        raise ValueError(f"{path}: not a randlabels initialization (format {INIT_FORMAT})")
+        raise InputFileError(path, f"not a randlabels initialization (format {INIT_FORMAT})")
     return data
 
 

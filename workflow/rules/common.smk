@@ -13,7 +13,9 @@ from randlabels.config import ConfigError, check_config
 
 try:
     check_config(
-        config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+        config,
+        os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
+        files=workflow.configfiles,
     )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
@@ -39,7 +41,15 @@ def lib(*modules):
 
 # The library a training job runs: an edit to any of these reruns training.
 TRAINING_CODE = lib(
-    "engine", "resume", "models", "transfer", "datasets", "splits", "seeding", "io"
+    "engine",
+    "resume",
+    "training_job",
+    "models",
+    "transfer",
+    "datasets",
+    "splits",
+    "seeding",
+    "io",
 )
 
 

@@ -24,6 +24,7 @@ rule finetune:
         seed=lambda w: int(w.seed),
         device=config.get("device", "auto"),
         jobs_per_gpu=config.get("jobs_per_gpu", 1),
+        on_divergence=config.get("on_divergence", "continue"),
         resume=lambda w: plan.path("finetune_resume", **w),
     message:
         "Fine-tuning {wildcards.exp} from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"

@@ -22,6 +22,7 @@ rule pretrain:
         seed=lambda w: int(w.seed),
         device=config.get("device", "auto"),
         jobs_per_gpu=config.get("jobs_per_gpu", 1),
+        on_divergence=config.get("on_divergence", "continue"),
         resume=lambda w: plan.path("pretrain_resume", **w),
     message:
         "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seed {wildcards.seed}"

@@ -9,7 +9,7 @@ from randlabels.gpus import bind_gpus
 from randlabels.datasets import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
+from randlabels.training_job import run_training
 from randlabels.models import head_prefix
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
@@ -39,6 +39,7 @@ test = None
 if settings["labels"] == "real":
     test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
 
+source_diverged = False  # whether the initialization came from a diverged pre-training
 model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
 if variant in ("pretrained", "pretrained_norescale"):
     source = read_checkpoints(snakemake.input.source)
@@ -53,8 +54,11 @@ if variant in ("pretrained", "pretrained_norescale"):
         reset_head=settings["reset_head"],
     )
     load_into(model, state, snakemake.input.source)
+    source_diverged = bool(source["diverged"])
 elif variant == "gaussian":
-    load_into(model, read_init(snakemake.input.source)["state"], snakemake.input.source)
+    init = read_init(snakemake.input.source)
+    load_into(model, init["state"], snakemake.input.source)
+    source_diverged = bool(init.get("source_diverged", False))
 
 config = TrainConfig.from_dict(settings)
 log.info("fine-tuning from %s on %d samples (%s labels), init scale %g, seed %d, on %s: %s",
@@ -63,17 +67,20 @@ trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "
 # Everything the numbers depend on; the save interval is not among them.
 run_settings = {key: params[key] for key in ("model", "init_scale", "seed", "variant")}
 run_settings["training"] = {k: v for k, v in settings.items() if k != "resume_every"}
-store = ResumeStore(params.resume, fingerprint(run_settings, snakemake.input))
-with StopSignals() as stop:
-    try:
-        result = trainer.fit(
-            eval_every=settings["eval_every"], resume=store, stop=stop, save_every=settings["resume_every"]
-        )
-    except TrainingInterrupted as stopped:
-        log.error("%s", stopped)
-        raise SystemExit(75) from None  # EX_TEMPFAIL: try again
+result, store = run_training(
+    trainer,
+    resume_path=params.resume,
+    run_settings=run_settings,
+    inputs=snakemake.input,
+    where=f"experiments.{params.experiment}.finetune",
+    save_every=settings["resume_every"],
+    on_divergence=params.on_divergence,
+    log=log,
+    eval_every=settings["eval_every"],
+)
 curve = result.curve.assign(
-    experiment=params.experiment, variant=variant, init_scale=params.init_scale, seed=params.seed
+    experiment=params.experiment, variant=variant, init_scale=params.init_scale, seed=params.seed,
+    source_diverged=source_diverged,
 )
 write_table(curve, snakemake.output[0])
 store.clear()

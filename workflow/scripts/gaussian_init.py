@@ -17,9 +17,9 @@ from randlabels.transfer import clone_state, fresh_model, read_checkpoints, save
 log = runlog.start(snakemake.log[0])
 params = snakemake.params
 sources = [read_checkpoints(path) for path in snakemake.input.sources]
-for path, source in zip(snakemake.input.sources, sources):
-    if source["diverged"]:
-        raise ValueError(f"{path}: pre-training diverged; no Gaussian can be fitted to its filters")
+diverged = [path for path, source in zip(snakemake.input.sources, sources) if source["diverged"]]
+for path in diverged:
+    log.warning("%s: pre-training diverged; fitting to its last finite checkpoint (flagged downstream)", path)
 first = sources[0]
 dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
@@ -45,4 +45,5 @@ save_init(
     num_classes=num_classes,
     state=state,
     description=f"Gaussian approximation of {layer} ({len(sources)} run(s), zero_mean={params.sample['zero_mean']})",
+    source_diverged=bool(diverged),
 )

@@ -9,7 +9,7 @@ from randlabels.gpus import bind_gpus
 from randlabels.datasets import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
+from randlabels.training_job import run_training
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
 from randlabels.transfer import fresh_model, save_checkpoints
@@ -41,18 +41,17 @@ trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "
 run_settings = {key: params[key] for key in ("model", "init_scale", "seed")}
 run_settings["training"] = {k: v for k, v in params.training.items() if k != "resume_every"}
 run_settings["labels"] = labels_kind
-store = ResumeStore(params.resume, fingerprint(run_settings, snakemake.input))
-with StopSignals() as stop:
-    try:
-        result = trainer.fit(
-            checkpoint_epochs=params.training["checkpoints"],
-            resume=store,
-            stop=stop,
-            save_every=params.training["resume_every"],
-        )
-    except TrainingInterrupted as stopped:
-        log.error("%s", stopped)
-        raise SystemExit(75) from None  # EX_TEMPFAIL: try again
+result, store = run_training(
+    trainer,
+    resume_path=params.resume,
+    run_settings=run_settings,
+    inputs=snakemake.input,
+    where=f"experiments.{snakemake.wildcards.exp}.pretrain",
+    save_every=params.training["resume_every"],
+    on_divergence=params.on_divergence,
+    log=log,
+    checkpoint_epochs=params.training["checkpoints"],
+)
 
 save_checkpoints(
     snakemake.output.checkpoints,

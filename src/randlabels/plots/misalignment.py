@@ -4,7 +4,8 @@ Claim 1 of the paper is that training on random labels drives M towards 0 (Σw
 aligns with Σx), while the score against a random orthonormal basis stays high. The
 figure shows both, for random and real labels, per init scale (columns) and per
 experiment/layer (rows). Undefined values (Σw singular) are counted and annotated in
-the figure rather than silently dropped by the plotting library.
+the figure rather than silently dropped by the plotting library, and so are runs that
+diverged (``diverged`` column, when present).
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
         n_bad = int(facet["undefined"].sum())
         if n_bad:
             title += f"\n{n_bad} of {len(facet)} undefined (left out of the mean)"
+        if "diverged" in facet.columns:
+            runs = facet.drop_duplicates(["labels", "seed"])
+            n_diverged = int(runs["diverged"].astype(str).str.lower().eq("true").sum())
+            if n_diverged:
+                title += f"\n{n_diverged} diverged run(s): drawn up to their last finite checkpoint"
         if defined.empty:
             ax.text(0.5, 0.5, "all values undefined", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")
