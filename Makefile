@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: venv run test test-gpu lint clean
+.PHONY: venv run test test-gpu test-slurm lint clean bench bench-gpu
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,23 @@ test: venv
 
 test-gpu: venv
 	$(BIN)/python -m pytest -m gpu
+
+# The workflow through profiles/slurm on a throwaway SLURM cluster on this machine
+# (needs root: it installs and starts slurm-wlm and munge). The cluster is stopped
+# again whatever happens; the exit status is pytest's (or the start-up's).
+SLURM_CLUSTER := tests/cluster/slurm_cluster.sh
+test-slurm: venv
+	@trap '$(SLURM_CLUSTER) down' EXIT; trap 'exit 130' INT TERM; \
+	$(SLURM_CLUSTER) up && $(BIN)/python -m pytest -m slurm tests/cluster
+
+# Throughput benchmarks, each a ratio against a baseline measured in the same run:
+# results in benchmarks/results/DEVICE.json and the DEVICE section of docs/PERFORMANCE.md.
+# `bench`: CPU, small sizes (under 10 minutes on 2 cores); `bench-gpu`: CUDA, full sizes.
+bench: venv
+	$(BIN)/python -m benchmarks --device cpu
+
+bench-gpu: venv
+	$(BIN)/python -m benchmarks --device cuda
 
 lint: venv
 	$(BIN)/snakemake --lint

@@ -272,3 +272,90 @@ def test_image_model_trains_on_image_data():
     result = Trainer(model, data, TrainConfig(epochs=1, batch_size=5), seed=0).fit()
     assert result.metrics["step"].tolist() == [0, 3]
     assert np.isfinite(result.metrics["loss"]).all()
+
+
+# --------------------------------------------------------------------------- no host sync
+
+
+class _NoHostReads:
+    """Within the block, Python-level reads of a tensor's value on the host fail.
+
+    On the CPU this is the test we can run of "the step never waits for the device":
+    every way the training step's Python code could copy a value to the host
+    (.item(), .tolist(), .cpu(), bool() of a tensor, ...) raises. The CUDA test below
+    checks the same with the driver's own synchronization detector.
+    """
+
+    NAMES = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+
+    def __enter__(self):
+        for name in self.NAMES:
+            def refuse(self, *args, _name=name, **kwargs):
+                raise AssertionError(f"Tensor.{_name} inside a training step: a host-device copy")
+            self.monkeypatch.setattr(torch.Tensor, name, refuse)
+
+    def __exit__(self, *exc):
+        self.monkeypatch.undo()
+
+
+def _image_trainer(config=None, device="cpu"):
+    images, labels = _images(n=40, h=8, w=8, c=3)
+    data = DeviceData(images, labels, [0.5] * 3, [0.25] * 3, device=device)
+    model = initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, data.input_shape, 5), 1.0, 0)
+    config = config or TrainConfig(epochs=1, batch_size=8, lr=0.05, weight_decay=1e-4, schedule="cosine")
+    return Trainer(model, data, config, seed=0), data
+
+
+def test_training_step_reads_nothing_back_to_the_host(monkeypatch):
+    trainer, data = _image_trainer()
+    order = data.permutation(trainer.generator)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    with _NoHostReads(monkeypatch):
+        for b in range(5):  # cut the batch on the device, step, sum the loss on the device
+            loss_sum += trainer.train_step(*data.batch(order[b * 8 : (b + 1) * 8]))
+    assert trainer.step_count == 5 and math.isfinite(loss_sum.item())
+
+
+def test_packed_training_step_reads_nothing_back_to_the_host(monkeypatch):
+    from randlabels.packed import PackedTrainer
+
+    images, labels = _images(n=40, h=8, w=8, c=3)
+    data = DeviceData(images, labels, [0.5] * 3, [0.25] * 3)
+    models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
+              for s in (0, 1)]
+    trainer = PackedTrainer(models, data, TrainConfig(epochs=1, batch_size=8, lr=0.05), [0, 1])
+    order = trainer.permutations()
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    with _NoHostReads(monkeypatch):
+        for b in range(5):
+            loss_sum += trainer.train_step(*trainer.data.batch(order[:, b * 8 : (b + 1) * 8]))
+    assert torch.isfinite(loss_sum).all().item()
+
+
+@pytest.mark.gpu  # deselected by default; `make test-gpu` runs it on a CUDA machine
+def test_cuda_training_step_never_synchronizes():
+    from randlabels.packed import PackedTrainer
+
+    trainer, data = _image_trainer(device="cuda")
+    assert torch.backends.cudnn.benchmark is True
+    order = data.permutation(trainer.generator)
+    loss_sum = torch.zeros((), dtype=torch.float64, device="cuda")
+    loss_sum += trainer.train_step(*data.batch(order[:8]))  # first step: cuDNN picks algorithms
+    models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
+              for s in (0, 1)]
+    packed = PackedTrainer(models, data, TrainConfig(epochs=1, batch_size=8, lr=0.05), [0, 1])
+    packed_order = packed.permutations()
+    packed_sum = torch.zeros(2, dtype=torch.float64, device="cuda")
+    packed_sum += packed.train_step(*packed.data.batch(packed_order[:, :8]))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for b in range(1, 5):
+            loss_sum += trainer.train_step(*data.batch(order[b * 8 : (b + 1) * 8]))
+            packed_sum += packed.train_step(*packed.data.batch(packed_order[:, b * 8 : (b + 1) * 8]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(loss_sum.item()) and torch.isfinite(packed_sum).all().item()
