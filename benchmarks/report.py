@@ -39,7 +39,9 @@ benchmark, with the method in its docstring).
 - **Replica packing**: R seeds of one cnn2 configuration trained at once by
   `randlabels.packed.PackedTrainer` (torch.func vmap over stacked parameters) against
   R separate `Trainer` runs one after the other (one-model-per-process without the
-  process start-ups). Aggregate images/s.
+  process start-ups). Aggregate images/s. The workflow trains this way when an
+  experiment sets `pretrain: {pack_seeds: R}` (one `pretrain_packed` job per group of R
+  seeds, see README, Configuration).
 - **Patch covariance**: `randlabels.stats.patch_covariance` (float64, streaming) against
   numpy im2col (`sliding_window_view`) and XᵀX, float64, on the CPU.
 - **DAG build**: wall-clock time of `snakemake -n` on the default config with more

@@ -21,6 +21,10 @@ TRAINING_DEFAULTS = {
     "resume_every": 1,
     "compile": False,
 }
+# Keys of an experiment's `pretrain` section that are not training settings: how the
+# seeds are grouped into jobs (see seed_groups). Not among pretrain_settings, so the
+# plain `pretrain` rule's params do not depend on them.
+PRETRAIN_DEFAULTS = {"pack_seeds": 1}
 SPLIT_DEFAULTS = {"test": None, "upstream_classes": 10, "downstream_classes": 10}
 STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512}
 SAMPLE_DEFAULTS = {"layer": "first", "pool_seeds": False, "zero_mean": False}
@@ -46,12 +50,16 @@ PATHS = {
     "split": RESULTS + "/{exp}/splits/seed{seed}.h5",
     "checkpoints": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/seed{seed}/checkpoints.pt",
     "pretrain_metrics": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/seed{seed}/metrics.tsv",
+    # The checkpoint sets and metrics of a group of seeds trained in one job
+    # (pack_seeds > 1); unpacked into the per-seed files above.
+    "pretrain_packed": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
     "stats": RESULTS + "/{exp}/stats/{labels}/scale{scale}/seed{seed}.h5",
     "gaussian_init": RESULTS + "/{exp}/init/gaussian/scale{scale}/seed{seed}.pt",
     "finetune": RESULTS + "/{exp}/finetune/{variant}/scale{scale}/seed{seed}.tsv",
     # Resumable training state: beside the outputs, never one of them (Snakemake
     # deletes a job's outputs before rerunning it).
     "pretrain_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.pt",
+    "pretrain_packed_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
     "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{variant}/scale{scale}/seed{seed}.pt",
     "table": RESULTS + "/{exp}/tables/{table}.tsv",
     "figure": RESULTS + "/{exp}/figures/{figure}.png",
@@ -108,8 +116,13 @@ def split_settings(config: dict, exp: str) -> dict:
 
 
 def pretrain_settings(config: dict, exp: str) -> dict:
-    """Training settings plus the checkpoint epochs (always including 0 and the last)."""
+    """Training settings plus the checkpoint epochs (always including 0 and the last).
+
+    ``pack_seeds`` is left out: it says which seeds share a job, not how one is trained.
+    """
     section = {**TRAINING_DEFAULTS, **experiment(config, exp)["pretrain"]}
+    for key in PRETRAIN_DEFAULTS:
+        section.pop(key, None)
     epochs = int(section["epochs"])
     wanted = set(section.get("checkpoints", [])) | {0, epochs}
     section["checkpoints"] = sorted(e for e in wanted if e <= epochs)
@@ -158,6 +171,56 @@ def pretrain_runs(config: dict, exp: str, labels: list[str] | None = None) -> li
         for kind in kinds
         for scale in scale_labels(config, exp)
         for seed in seeds(config)
+    ]
+
+
+def pack_seeds(config: dict, exp: str) -> int:
+    """How many seeds of one pre-training configuration share a job (1: one job each)."""
+    return int({**PRETRAIN_DEFAULTS, **experiment(config, exp)["pretrain"]}["pack_seeds"])
+
+
+def packed_experiments(config: dict) -> list[str]:
+    """Experiments whose seeds are pre-trained in groups (pack_seeds > 1)."""
+    return [exp for exp in config["experiments"] if pack_seeds(config, exp) > 1]
+
+
+def experiments_pattern(config: dict, packed: bool) -> str:
+    """A wildcard constraint matching the experiments that are (or are not) packed;
+    one that matches nothing when there are none."""
+    chosen = set(packed_experiments(config))
+    names = [exp for exp in config["experiments"] if (exp in chosen) == packed]
+    return "|".join(names) if names else "(?!)"
+
+
+def seed_groups(config: dict, exp: str) -> list[list[int]]:
+    """The seeds cut into consecutive groups of pack_seeds (the last may be smaller)."""
+    size, all_seeds = pack_seeds(config, exp), seeds(config)
+    return [all_seeds[i : i + size] for i in range(0, len(all_seeds), size)]
+
+
+def group_seeds(config: dict, exp: str, first, last) -> list[int]:
+    """The seeds of the group of ``exp`` that runs from seed ``first`` to ``last``."""
+    for group in seed_groups(config, exp):
+        if group[0] == int(first) and group[-1] == int(last):
+            return group
+    raise ValueError(f"experiment {exp!r} has no group of seeds {first}-{last} (pack_seeds {pack_seeds(config, exp)})")
+
+
+def packed_path(config: dict, exp: str, labels: str, scale: str, seed) -> str:
+    """The bundle that holds the pre-training of ``seed`` (a packed experiment)."""
+    for group in seed_groups(config, exp):
+        if int(seed) in group:
+            return path("pretrain_packed", exp=exp, labels=labels, scale=scale, first=group[0], last=group[-1])
+    raise ValueError(f"experiment {exp!r} has no seed {seed}")
+
+
+def packed_runs(config: dict, exp: str) -> list[dict]:
+    """Wildcards of every packed pre-training job of ``exp`` (one per group of seeds)."""
+    return [
+        {"exp": exp, "labels": kind, "scale": scale, "first": group[0], "last": group[-1]}
+        for kind in experiment(config, exp)["pretrain"]["labels"]
+        for scale in scale_labels(config, exp)
+        for group in seed_groups(config, exp)
     ]
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
-from randlabels.engine import FitResult, Trainer
+from randlabels.engine import FitResult
 from randlabels.errors import ResourceError, TrainingDiverged
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
 
@@ -23,7 +23,7 @@ DIVERGENCE_POLICIES = ("continue", "stop")
 
 
 def run_training(
-    trainer: Trainer,
+    trainer,
     *,
     resume_path: str | os.PathLike,
     run_settings: dict,
@@ -32,14 +32,17 @@ def run_training(
     save_every: int = 1,
     on_divergence: str = "continue",
     log: logging.Logger,
+    seeds: Sequence[int] | None = None,
     **fit_options,
-) -> tuple[FitResult, ResumeStore]:
-    """Fit ``trainer``, resumable; returns the result and the store to clear later.
+):
+    """Fit ``trainer``, resumable; returns its result and the store to clear later.
 
     ``run_settings`` and the files ``inputs`` fingerprint the run (a state saved for
     other settings is not resumed); ``where`` is the config section of the training
     settings, named in messages (e.g. ``experiments.digits_cnn.pretrain``); the
-    state is saved every ``save_every`` epochs.
+    state is saved every ``save_every`` epochs. For a
+    :class:`~randlabels.packed.PackedTrainer`, ``seeds`` names its replicas and the
+    result is one :class:`FitResult` per seed.
     """
     if on_divergence not in DIVERGENCE_POLICIES:
         raise ValueError(f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}")
@@ -47,24 +50,31 @@ def run_training(
     store = ResumeStore(resume_path, fingerprint(run_settings, inputs))
     with StopSignals() as stop:
         try:
-            result = trainer.fit(resume=store, stop=stop, save_every=save_every, **fit_options)
+            outcome = trainer.fit(resume=store, stop=stop, save_every=save_every, **fit_options)
         except TrainingInterrupted as stopped:
             log.error("%s", stopped)
             raise SystemExit(EXIT_INTERRUPTED) from None
         except torch.cuda.OutOfMemoryError as err:
+            packed = f" for each of {len(seeds)} packed seeds" if seeds else ""
+            also = f" or {where}.pack_seeds" if seeds else ""
             raise ResourceError(
-                f"out of memory on {trainer.device} with batch size {config.batch_size} "
-                f"(evaluation batches of {config.eval_batch_size}): lower {where}.batch_size "
-                f"or {where}.eval_batch_size. ({str(err).splitlines()[0]})"
+                f"out of memory on {trainer.device} with batch size {config.batch_size}{packed} "
+                f"(evaluation batches of {config.eval_batch_size}): lower {where}.batch_size, "
+                f"{where}.eval_batch_size{also}. ({str(err).splitlines()[0]})"
             ) from err
-    if result.diverged:
-        last = result.metrics.iloc[-1]
-        message = f"{where}: run diverged at epoch {last['epoch']:g} (loss {last['loss']})"
-        if on_divergence == "stop":
-            store.clear()
-            raise TrainingDiverged(
-                f"{message}; lower the learning rate or the init scale, or set "
-                "on_divergence: continue to record such runs as diverged and go on"
-            )
+    results: list[FitResult] = outcome if seeds else [outcome]
+    names = [f"run of seed {seed}" for seed in seeds] if seeds else ["run"]
+    messages = []
+    for name, result in zip(names, results):
+        if result.diverged:
+            last = result.metrics.iloc[-1]
+            messages.append(f"{where}: {name} diverged at epoch {last['epoch']:g} (loss {last['loss']})")
+    if messages and on_divergence == "stop":
+        store.clear()
+        raise TrainingDiverged(
+            f"{'; '.join(messages)}; lower the learning rate or the init scale, or set "
+            "on_divergence: continue to record such runs as diverged and go on"
+        )
+    for message in messages:
         log.warning("%s; recorded as diverged (on_divergence: continue)", message)
-    return result, store
+    return outcome, store

@@ -39,6 +39,12 @@ def lib(*modules):
     return [os.path.join(SRC, "randlabels", f"{m}.py") for m in modules]
 
 
+# Experiments whose seeds are pre-trained one per job (pretrain) or in groups
+# (pack_seeds > 1: pretrain_packed, then unpack_pretrain), as wildcard constraints.
+UNPACKED_EXPERIMENTS = plan.experiments_pattern(config, packed=False)
+PACKED_EXPERIMENTS = plan.experiments_pattern(config, packed=True)
+
+
 # The library a training job runs: an edit to any of these reruns training.
 TRAINING_CODE = lib(
     "engine",
@@ -85,3 +91,16 @@ def finetune_source(wildcards):
     if wildcards.variant == "gaussian":
         return {"source": plan.path("gaussian_init", **wildcards)}
     return {}
+
+
+def packed_splits(wildcards):
+    """The split files of the seeds of one packed group, in the group's order."""
+    seeds = plan.group_seeds(config, wildcards.exp, wildcards.first, wildcards.last)
+    return [plan.path("split", exp=wildcards.exp, seed=seed) for seed in seeds]
+
+
+def packed_bundle(wildcards):
+    """The bundle holding the pre-training of one seed of a packed experiment."""
+    return plan.packed_path(
+        config, wildcards.exp, wildcards.labels, wildcards.scale, wildcards.seed
+    )

@@ -10,6 +10,8 @@ rule pretrain:
         logs("pretrain/{exp}/{labels}/scale{scale}/seed{seed}"),
     benchmark:
         benchmarks("pretrain/{exp}/{labels}/scale{scale}/seed{seed}")
+    wildcard_constraints:
+        exp=UNPACKED_EXPERIMENTS,
     conda:
         ENV
     threads: 1
@@ -28,3 +30,65 @@ rule pretrain:
         "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:
         "../scripts/pretrain.py"
+
+
+# pack_seeds > 1: the seeds of one configuration are trained in groups, one job per
+# group (randlabels.packed.PackedTrainer), then unpacked into the per-seed files above.
+rule pretrain_packed:
+    input:
+        dataset=exp_dataset_file,
+        splits=packed_splits,
+        code=TRAINING_CODE + lib("packed", "packed_job"),
+    output:
+        bundle=plan.PATHS["pretrain_packed"],
+    log:
+        logs("pretrain_packed/{exp}/{labels}/scale{scale}/seeds{first}-{last}"),
+    benchmark:
+        benchmarks("pretrain_packed/{exp}/{labels}/scale{scale}/seeds{first}-{last}")
+    wildcard_constraints:
+        exp=PACKED_EXPERIMENTS,
+        first=r"\d+",
+        last=r"\d+",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **RESOURCES_TRAINING,
+    params:
+        model=lambda w: plan.model_settings(config, w.exp),
+        training=lambda w: plan.pretrain_settings(config, w.exp),
+        init_scale=scale_of,
+        seeds=lambda w: plan.group_seeds(config, w.exp, w.first, w.last),
+        device=config.get("device", "auto"),
+        jobs_per_gpu=config.get("jobs_per_gpu", 1),
+        on_divergence=config.get("on_divergence", "continue"),
+        resume=lambda w: plan.path("pretrain_packed_resume", **w),
+    message:
+        "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seeds {wildcards.first}-{wildcards.last} packed in one job"
+    script:
+        "../scripts/pretrain_packed.py"
+
+
+rule unpack_pretrain:
+    input:
+        bundle=packed_bundle,
+        code=lib("packed_job", "transfer", "io"),
+    output:
+        checkpoints=plan.PATHS["checkpoints"],
+        metrics=plan.PATHS["pretrain_metrics"],
+    log:
+        logs("unpack_pretrain/{exp}/{labels}/scale{scale}/seed{seed}"),
+    benchmark:
+        benchmarks("unpack_pretrain/{exp}/{labels}/scale{scale}/seed{seed}")
+    wildcard_constraints:
+        exp=PACKED_EXPERIMENTS,
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        seed=lambda w: int(w.seed),
+    message:
+        "Unpacking the pre-training of {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seed {wildcards.seed}"
+    script:
+        "../scripts/unpack_pretrain.py"

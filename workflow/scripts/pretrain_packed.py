@@ -1,0 +1,97 @@
+"""Rule pretrain_packed: train a group of seeds of one configuration in one process.
+
+Each replica gets what the pretrain rule would give that seed alone: its split (its
+own upstream images and random labels), init seed, data-order seed and test set. The
+bundle holds each seed's checkpoint set and metrics; unpack_pretrain writes them to
+the per-seed files.
+"""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+import torch
+
+from randlabels import runlog
+from randlabels.gpus import bind_gpus
+from randlabels.datasets import read_dataset
+from randlabels.engine import DeviceData, TrainConfig, resolve_device
+from randlabels.packed import PackedTrainer
+from randlabels.packed_job import run_packed_training, save_bundle
+from randlabels.seeding import stream_seed
+from randlabels.splits import read_split
+from randlabels.transfer import fresh_model
+
+log = runlog.start(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+params = snakemake.params
+seeds = list(params.seeds)
+labels_kind = snakemake.wildcards.labels
+bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
+device = resolve_device(params.device)
+
+dataset = read_dataset(snakemake.input.dataset)
+models, trains, tests, classes = [], [], [], []
+for seed, split_path in zip(seeds, snakemake.input.splits, strict=True):
+    split = read_split(split_path)
+    labels = split.labels("upstream", labels_kind, dataset.labels)
+    num_classes = dataset.num_classes if labels_kind == "real" else split.upstream_classes
+    train = DeviceData(dataset.images[split.upstream], labels, dataset.norm_mean, dataset.norm_std, device)
+    if labels_kind == "real":
+        tests.append(
+            DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
+        )
+    trains.append(train)
+    classes.append(num_classes)
+    models.append(fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(seed, "init")))
+if len(set(classes)) != 1:
+    raise ValueError(f"seeds {seeds} have different numbers of classes {classes}; they cannot be packed")
+
+config = TrainConfig.from_dict(params.training)
+log.info(
+    "pre-training %s on %d samples with %s labels (%d classes), init scale %g, seeds %s packed in one job, on %s: %s",
+    params.model, len(trains[0]), labels_kind, classes[0], params.init_scale, seeds, device, config,
+)
+trainer = PackedTrainer(
+    models,
+    trains,
+    config,
+    seeds=[stream_seed(seed, "order", "pretrain") for seed in seeds],
+    test_data=tests or None,
+    log=log,
+)
+# Everything the numbers depend on; the save interval is not among them.
+run_settings = {"model": params.model, "init_scale": params.init_scale, "seeds": seeds}
+run_settings["training"] = {k: v for k, v in params.training.items() if k != "resume_every"}
+run_settings["labels"] = labels_kind
+results, store = run_packed_training(
+    trainer,
+    seeds=seeds,
+    resume_path=params.resume,
+    run_settings=run_settings,
+    inputs=snakemake.input,
+    where=f"experiments.{snakemake.wildcards.exp}.pretrain",
+    save_every=params.training["resume_every"],
+    on_divergence=params.on_divergence,
+    log=log,
+    checkpoint_epochs=params.training["checkpoints"],
+)
+
+runs = {}
+for seed, train, num_classes, result in zip(seeds, trains, classes, results):
+    checkpoints = dict(
+        spec=params.model,
+        input_shape=train.input_shape,
+        num_classes=num_classes,
+        init_scale=params.init_scale,
+        seed=seed,
+        labels=labels_kind,
+        states=result.checkpoints,
+        diverged=result.diverged,
+    )
+    metrics = result.metrics.assign(
+        experiment=snakemake.wildcards.exp, labels=labels_kind, init_scale=params.init_scale, seed=seed
+    )
+    runs[seed] = {"checkpoints": checkpoints, "metrics": metrics}
+    log.info("seed %d: kept checkpoints at epochs %s%s", seed, sorted(result.checkpoints),
+             " (diverged)" if result.diverged else "")
+save_bundle(snakemake.output.bundle, runs)
+store.clear()

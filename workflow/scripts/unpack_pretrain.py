@@ -1,0 +1,17 @@
+"""Rule unpack_pretrain: one seed's checkpoints.pt and metrics.tsv from its group's
+bundle, the same files the pretrain rule writes for a seed trained alone."""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+from randlabels import runlog
+from randlabels.io import write_table
+from randlabels.packed_job import read_bundle_run
+from randlabels.transfer import save_checkpoints
+
+log = runlog.start(snakemake.log[0])
+seed = snakemake.params.seed
+checkpoints, metrics = read_bundle_run(snakemake.input.bundle, seed)
+save_checkpoints(snakemake.output.checkpoints, **checkpoints)
+write_table(metrics, snakemake.output.metrics)
+log.info("seed %d from %s: checkpoints at epochs %s%s", seed, snakemake.input.bundle,
+         sorted(checkpoints["states"]), " (diverged)" if checkpoints["diverged"] else "")
