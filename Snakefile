@@ -19,9 +19,11 @@ include: "workflow/rules/stats.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/targets.smk"
 
 
 rule all:
     default_target: True
     input:
         plan.all_targets(config),
+        targets.all_target_files(config),

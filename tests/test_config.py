@@ -142,6 +142,8 @@ def test_schema_documents_the_defaults_the_code_uses():
         assert experiment["stats"]["properties"][key]["default"] == value, key
     for key, value in plan.SAMPLE_DEFAULTS.items():
         assert experiment["sample"]["properties"][key]["default"] == value, key
+    for key, value in plan.CONSTRUCT_DEFAULTS.items():
+        assert experiment["construct"]["properties"][key]["default"] == value, key
 
 
 def test_settings_fill_defaults_and_always_keep_first_and_last_checkpoint():

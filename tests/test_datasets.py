@@ -1,8 +1,10 @@
-"""Tests of randlabels.datasets: file layout, synthetic statistics, CIFAR ingestion.
+"""Tests of randlabels.datasets: file layout, synthetic statistics, CIFAR and
+Downsampled ImageNet ingestion.
 
 CIFAR cannot be downloaded in the test environment, so the tests write small
 archives in CIFAR's own format (a .tar.gz of pickled batches) and run the real code
-path on them, including the download through a file:// URL.
+path on them, including the download through a file:// URL. Downsampled ImageNet
+needs a login; the tests write tiny batch files in its pickle and npz formats.
 """
 
 from __future__ import annotations
@@ -519,9 +521,9 @@ def test_read_inconsistent(small_file, case):
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(ValueError, match="digits, gaussian, cifar10, cifar100"):
+    with pytest.raises(ValueError, match="digits, gaussian, cifar10, cifar100, imagenet"):
         ds.prepare_dataset(tmp_path / "x.h5", "mnist")
-    assert ds.SOURCES == ("digits", "gaussian", "cifar10", "cifar100")
+    assert ds.SOURCES == ("digits", "gaussian", "cifar10", "cifar100", "imagenet")
 
 
 def test_prepare_dataset_dispatch(tmp_path):
@@ -550,3 +552,295 @@ def test_rewrite_replaces_file(tmp_path):
     ds.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=12, seed=0)
     assert len(ds.read_dataset(out)) == 12
     assert _entries(tmp_path) == ["g.h5"]
+
+
+# --------------------------------------------------------------------------- Downsampled ImageNet
+
+
+def _imagenet_images(n: int, size: int, offset: int) -> np.ndarray:
+    """NHWC uint8 images whose every pixel tells where it is: value =
+    (37 n + 11 h + 5 w + 80 c + offset) mod 256, so a swapped axis shows."""
+    idx = np.indices((n, size, size, 3))
+    weights = np.array([37, 11, 5, 80]).reshape(4, 1, 1, 1, 1)
+    return (((idx * weights).sum(axis=0) + offset) % 256).astype(np.uint8)
+
+
+def _official_rows(images: np.ndarray) -> np.ndarray:
+    """The official rows: all red values, then green, then blue, each row-major."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
+
+
+def _write_imagenet(
+    root: Path,
+    *,
+    size: int = 16,
+    fmt: str = "pickle",
+    layout: str = "flat",
+    per_batch: int = 4,
+    n_val: int = 6,
+    protocol: int = pickle.DEFAULT_PROTOCOL,
+    seed: int = 0,
+):
+    """Ten training batches and val_data as the official zips unpack them.
+
+    Returns (NHWC images, one-based labels, is_val, {batch name: path}) in the order
+    the dataset file must hold them. Validation images are brighter (offset 128) so
+    that statistics mixing them in would show.
+    """
+    rng = np.random.default_rng(seed)
+    folders = {
+        "flat": (root, root, root),
+        "zips": (root / f"Imagenet{size}_train",) * 2 + (root / f"Imagenet{size}_val",),
+        "zips64": (
+            root / f"Imagenet{size}_train_part1{'_npz' if fmt == 'npz' else ''}",
+            root / f"Imagenet{size}_train_part2{'_npz' if fmt == 'npz' else ''}",
+            root / f"Imagenet{size}_val{'_npz' if fmt == 'npz' else ''}",
+        ),
+    }[layout]
+    all_images, all_labels, is_val, paths = [], [], [], {}
+    for k in range(1, 12):
+        val = k == 11
+        stem = "val_data" if val else f"train_data_batch_{k}"
+        folder = folders[2] if val else folders[0] if k <= 5 else folders[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        n = n_val if val else per_batch
+        images = _imagenet_images(n, size, offset=128 if val else 7 * k)
+        labels = rng.integers(1, 9, size=n)
+        labels[0] = 1 if val else 1 + k % 8  # every batch holds a low label
+        content = {"data": _official_rows(images), "labels": [int(v) for v in labels]}
+        if not val:
+            content["mean"] = _official_rows(images).mean(axis=0)
+        if fmt == "npz":
+            path = folder / f"{stem}.npz"
+            np.savez(path, data=content["data"], labels=labels, **(
+                {"mean": content["mean"]} if not val else {}
+            ))
+        else:
+            path = folder / stem
+            path.write_bytes(pickle.dumps(content, protocol=protocol))
+        all_images.append(images)
+        all_labels.append(labels)
+        is_val.append(np.full(n, val))
+        paths[stem] = path
+    return np.concatenate(all_images), np.concatenate(all_labels), np.concatenate(is_val), paths
+
+
+def _train_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = images / 255.0
+    return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+
+
+def _expected_checksum(paths) -> str:
+    combined = hashlib.sha256()
+    for path in paths:
+        combined.update(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return f"sha256:{combined.hexdigest()}"
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL, 5])
+def test_imagenet_pickle_flat(tmp_path, protocol):
+    root = tmp_path / "root"
+    images, labels, is_val, paths = _write_imagenet(root, protocol=protocol)
+    out = tmp_path / "out" / "in16.h5"
+    ds.prepare_imagenet32(out, root=root, resolution=16)
+    data = ds.read_dataset(out)
+
+    assert data.images.shape == (46, 16, 16, 3) and data.images.dtype == np.uint8
+    np.testing.assert_array_equal(data.images, images)
+    # One pixel by hand from the official row: channel c, row h, column w at
+    # c*S*S + h*S + w.
+    rows = _official_rows(images)
+    assert data.images[9, 3, 12, 2] == rows[9, 2 * 256 + 3 * 16 + 12]
+    assert data.images[-1, 15, 0, 1] == rows[-1, 1 * 256 + 15 * 16 + 0]
+    np.testing.assert_array_equal(data.labels, labels - 1)  # stored 0-based
+    assert data.labels.min() == 0 and data.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.is_test, is_val)
+    assert data.is_test[-6:].all() and not data.is_test[:-6].any()
+    mean, std = _train_stats(images[~is_val])
+    np.testing.assert_allclose(data.norm_mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(data.norm_std, std, rtol=1e-12)
+    assert not np.allclose(data.norm_mean, _train_stats(images)[0])  # val would change it
+
+    assert data.num_classes == 1000 and len(data.class_names) == 1000
+    assert data.class_names[:2] == ["class 0", "class 1"]
+    assert data.kind == "image" and data.attrs["name"] == "imagenet16"
+    assert data.attrs["resolution"] == 16
+    source = data.attrs["source"]
+    assert str(root) in source and "train_data_batch_10" in source and "val_data" in source
+    order = [paths[f"train_data_batch_{k}"] for k in range(1, 11)] + [paths["val_data"]]
+    assert data.attrs["checksum"] == _expected_checksum(order)
+    assert _entries(out.parent) == ["in16.h5"]
+
+
+def test_imagenet_npz_in_zip_folders_64(tmp_path):
+    """The 64-pixel npz zips unpack to ..._train_part1_npz, ..._part2_npz, ..._val_npz."""
+    root = tmp_path / "root"
+    images, labels, is_val, paths = _write_imagenet(
+        root, size=64, fmt="npz", layout="zips64", per_batch=2, n_val=3
+    )
+    assert paths["train_data_batch_7"].parent.name == "Imagenet64_train_part2_npz"
+    out = tmp_path / "in64.h5"
+    ds.prepare_dataset(out, "imagenet", root=str(root), resolution=64)
+    data = ds.read_dataset(out)
+
+    np.testing.assert_array_equal(data.images, images)
+    np.testing.assert_array_equal(data.labels, labels - 1)
+    np.testing.assert_array_equal(data.is_test, is_val)
+    np.testing.assert_allclose(data.norm_mean, _train_stats(images[~is_val])[0], rtol=1e-12)
+    assert data.attrs["name"] == "imagenet64"
+    assert "Imagenet64_train_part2_npz/train_data_batch_7.npz" in data.attrs["source"]
+
+
+def test_imagenet_pickle_and_npz_agree(tmp_path):
+    """Pickles in Imagenet16_train/ and Imagenet16_val/ and npz files in root hold the
+    same data; only the checksum differs."""
+    _write_imagenet(tmp_path / "a", layout="zips")
+    _write_imagenet(tmp_path / "b", fmt="npz")
+    ds.prepare_imagenet32(tmp_path / "a.h5", root=tmp_path / "a", resolution=16)
+    ds.prepare_imagenet32(tmp_path / "b.h5", root=tmp_path / "b", resolution=16)
+    a, b = ds.read_dataset(tmp_path / "a.h5"), ds.read_dataset(tmp_path / "b.h5")
+    for key in ("images", "labels", "is_test", "norm_mean", "norm_std"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert "Imagenet16_train/train_data_batch_1" in a.attrs["source"]
+    assert a.attrs["checksum"] != b.attrs["checksum"]
+
+
+def test_imagenet_classes_subset(tmp_path):
+    root = tmp_path / "root"
+    images, labels, is_val, _ = _write_imagenet(root, per_batch=6, n_val=12)
+    out = tmp_path / "sub.h5"
+    ds.prepare_imagenet32(out, root=root, resolution=16, classes=3)
+    data = ds.read_dataset(out)
+
+    keep = labels <= 3
+    assert 0 < keep.sum() < len(labels) and (keep & is_val).any()
+    np.testing.assert_array_equal(data.images, images[keep])
+    np.testing.assert_array_equal(data.labels, labels[keep] - 1)
+    np.testing.assert_array_equal(data.is_test, is_val[keep])
+    assert set(data.labels) == {0, 1, 2}
+    assert data.num_classes == 3 and data.class_names == ["class 0", "class 1", "class 2"]
+    mean, std = _train_stats(images[keep & ~is_val])
+    np.testing.assert_allclose(data.norm_mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(data.norm_std, std, rtol=1e-12)
+    assert "official labels 1..3 of 1000" in data.attrs["source"]
+
+
+def test_imagenet_class_map(tmp_path):
+    root = tmp_path / "root"
+    _, _, _, paths = _write_imagenet(root)
+    lines = [f"n{10_000_000 + k:08d} {k} name_{k}" for k in range(1000, 0, -1)]
+    (root / "map_clsloc.txt").write_text("\n".join(lines) + "\n")
+    ds.prepare_imagenet32(tmp_path / "m.h5", root=root, resolution=16, classes=2)
+    data = ds.read_dataset(tmp_path / "m.h5")
+    assert data.class_names == ["n10000001 name_1", "n10000002 name_2"]
+    order = [paths[f"train_data_batch_{k}"] for k in range(1, 11)]
+    order += [paths["val_data"], root / "map_clsloc.txt"]
+    assert data.attrs["checksum"] == _expected_checksum(order)
+
+    (root / "map_clsloc.txt").write_text("\n".join(lines[:-1]) + "\n")  # label 1 missing
+    with pytest.raises(DatasetFileError, match="map_clsloc.txt.*999 classes"):
+        ds.prepare_imagenet32(tmp_path / "m2.h5", root=root, resolution=16)
+
+
+def test_imagenet_missing_files(tmp_path):
+    root = tmp_path / "nothing"
+    with pytest.raises(DatasetFileError) as err:
+        ds.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=32)
+    message = str(err.value)
+    assert err.value.path == root
+    for name in ("train_data_batch_1", "train_data_batch_10", "val_data", "image-net.org"):
+        assert name in message
+    for place in (root, root / "Imagenet32_train", root / "Imagenet32_val"):
+        assert str(place) in message
+    assert "Imagenet32_train.zip" in message and "Imagenet32_val.zip" in message
+    assert not (tmp_path / "out").exists() or _entries(tmp_path / "out") == []
+
+
+def test_imagenet_missing_one_batch(tmp_path):
+    root = tmp_path / "root"
+    _, _, _, paths = _write_imagenet(root, layout="zips")
+    paths["train_data_batch_7"].unlink()
+    with pytest.raises(DatasetFileError, match=r"missing train_data_batch_7 \(") as err:
+        ds.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=16)
+    assert "Imagenet16_train" in str(err.value)
+    assert _entries(tmp_path) == ["root"]
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "npz"])
+def test_imagenet_truncated_batch(tmp_path, fmt):
+    root = tmp_path / "root"
+    _, _, _, paths = _write_imagenet(root, fmt=fmt, per_batch=20)
+    broken = paths["train_data_batch_4"]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    out_dir = tmp_path / "out"
+    with pytest.raises(DatasetFileError, match=broken.name) as err:
+        ds.prepare_imagenet32(out_dir / "x.h5", root=root, resolution=16)
+    assert err.value.path == broken
+    assert not out_dir.exists() or _entries(out_dir) == []
+
+
+def test_imagenet_refuses_foreign_pickle_globals(tmp_path):
+    """A batch whose pickle calls os.system is refused before anything runs."""
+    import os
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    root = tmp_path / "root"
+    _, _, _, paths = _write_imagenet(root)
+    paths["val_data"].write_bytes(pickle.dumps({"data": Evil(), "labels": [1]}))
+    with pytest.raises(DatasetFileError, match=r"val_data: refused: refusing to load global"):
+        ds.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=16)
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() or _entries(tmp_path / "out") == []
+
+
+def test_imagenet_wrong_resolution(tmp_path):
+    root = tmp_path / "root"
+    _write_imagenet(root, size=16, fmt="npz")
+    pattern = r"train_data_batch_1.npz.*768 values.*3072.*resolution: 16"
+    with pytest.raises(DatasetFileError, match=pattern):
+        ds.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=32)
+
+
+def test_imagenet_zero_based_labels_refused(tmp_path):
+    root = tmp_path / "root"
+    _, _, _, paths = _write_imagenet(root)
+    content = pickle.loads(paths["train_data_batch_2"].read_bytes())
+    content["labels"][0] = 0
+    paths["train_data_batch_2"].write_bytes(pickle.dumps(content))
+    with pytest.raises(DatasetFileError, match=r"train_data_batch_2: labels span 0\.\..*one-based"):
+        ds.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=16)
+
+
+@pytest.mark.parametrize(
+    "params, word",
+    [
+        (dict(resolution=24), "resolution"),
+        (dict(resolution=32.0), "resolution"),
+        (dict(resolution=True), "resolution"),
+        (dict(classes=0), "classes"),
+        (dict(classes=1001), "classes"),
+        (dict(classes=2.5), "classes"),
+    ],
+)
+def test_imagenet_bad_params(tmp_path, params, word):
+    with pytest.raises(ValueError, match=word):
+        ds.prepare_imagenet32(tmp_path / "x.h5", root=tmp_path, **params)
+    assert _entries(tmp_path) == []
+
+
+def test_imagenet_no_training_image_kept(tmp_path):
+    root = tmp_path / "root"
+    *_, paths = _write_imagenet(root)
+    for k in range(1, 11):  # relabel all training images to class 5
+        path = paths[f"train_data_batch_{k}"]
+        content = pickle.loads(path.read_bytes())
+        content["labels"] = [5] * len(content["labels"])
+        path.write_bytes(pickle.dumps(content))
+    with pytest.raises(ValueError, match="no training image"):
+        ds.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=16, classes=2)
+    assert _entries(tmp_path / "out") == []

@@ -335,6 +335,24 @@ def test_packed_training_step_reads_nothing_back_to_the_host(monkeypatch):
     assert torch.isfinite(loss_sum).all().item()
 
 
+def test_augmented_training_step_reads_nothing_back_to_the_host(monkeypatch):
+    from randlabels.packed import PackedTrainer
+
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.05, augment={"crop": 2, "flip": True})
+    trainer, data = _image_trainer(config)
+    models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
+              for s in (0, 1)]
+    packed = PackedTrainer(models, data, config, [0, 1])
+    order, packed_order = data.permutation(trainer.generator), packed.permutations()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    packed_sum = torch.zeros(2, dtype=torch.float64)
+    with _NoHostReads(monkeypatch):  # the crops and flips are drawn and cut on the device
+        for b in range(5):
+            loss_sum += trainer.train_step(*trainer.training_batch(order[b * 8 : (b + 1) * 8]))
+            packed_sum += packed.train_step(*packed.training_batch(packed_order[:, b * 8 : (b + 1) * 8]))
+    assert math.isfinite(loss_sum.item()) and torch.isfinite(packed_sum).all().item()
+
+
 @pytest.mark.gpu  # deselected by default; `make test-gpu` runs it on a CUDA machine
 def test_cuda_training_step_never_synchronizes():
     from randlabels.packed import PackedTrainer

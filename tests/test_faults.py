@@ -201,7 +201,7 @@ INPUT_FAULTS = {
     ),
     "checkpoint of another architecture": (
         lambda p: _other_architecture_checkpoints(p / RUN / "checkpoints.pt"), "finetune",
-        "results/tiny/finetune/pretrained/scale0.5/seed0.tsv", "does not fit the configured model",
+        "results/tiny/finetune/random10/pretrained/scale0.5/seed0.tsv", "does not fit the configured model",
     ),
     "truncated dataset file": (
         lambda p: _truncate(p / "results/data/digits.h5", 0.3), "make_split", "results/tiny/splits/seed0.h5",

@@ -52,7 +52,7 @@ def test_cnn2_pool_and_kernel_5():
 
 def test_cnn2_defaults_are_the_papers_network():
     assert model_options({"arch": "cnn2"}) == {
-        "arch": "cnn2", "filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1,
+        "arch": "cnn2", "filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0,
     }
 
 
@@ -265,3 +265,132 @@ def test_init_scale_is_an_exact_multiple():
             assert torch.equal(tiny[key], 0.25 * one[key]), key
         else:
             assert torch.all(two[key] == 0), key
+
+
+# --------------------------------------------------------------------------- upper_width
+
+_SHAPES = {"cnn2": (1, 8, 8), "fc": (30,), "vgg16": (3, 32, 32), "vgg16_bn": (3, 32, 32), "resnet18": (3, 32, 32)}
+_SMALL = {"cnn2": {"filters": 4, "hidden": 32}, "fc": {"widths": [16, 32, 8]}}
+
+
+def _init_state_of(spec, seed=3):
+    model = initialize(build_model(spec, _SHAPES[spec["arch"]], 5), 1.0, seed)
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_upper_width_is_a_default_option_of_every_arch(arch):
+    assert model_options({"arch": arch})["upper_width"] == 1.0
+    assert model_options({"arch": arch, "upper_width": 2})["upper_width"] == 2
+    with pytest.raises(ValueError, match="do not apply"):
+        model_options({"arch": arch, "upper_widht": 2.0})  # unknown options still refused
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, 0.0, float("nan"), float("inf"), "2", True, None])
+def test_upper_width_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="upper_width"):
+        model_options({"arch": "cnn2", "upper_width": bad})
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_upper_width_one_is_exactly_todays_model(arch):
+    base = {"arch": arch, **_SMALL.get(arch, {})}
+    with_default, a = _init_state_of(base)
+    with_option, b = _init_state_of({**base, "upper_width": 1.0})
+    assert [n for n, _ in with_default.named_modules()] == [n for n, _ in with_option.named_modules()]
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert torch.equal(a[key], b[key]), key
+    x = torch.randn(2, *_SHAPES[arch], generator=torch.Generator().manual_seed(0))
+    with_default.eval(), with_option.eval()
+    with torch.no_grad():
+        assert torch.equal(with_default(x), with_option(x))
+
+
+def test_upper_width_cnn2_multiplies_hidden():
+    model = build_model({"arch": "cnn2", "filters": 4, "hidden": 32, "upper_width": 2.0}, (1, 8, 8), 3)
+    assert model.conv1.out_channels == 4  # the first layer is not widened
+    assert model.fc1.out_features == 64 and model.classifier.in_features == 64
+    assert build_model({"arch": "cnn2", "hidden": 3, "upper_width": 1.5}, (1, 8, 8), 3).fc1.out_features == 5  # 4.5 → 5
+    assert build_model({"arch": "cnn2", "hidden": 3, "upper_width": 0.01}, (1, 8, 8), 3).fc1.out_features == 1
+    assert _forward(model, (1, 8, 8)).shape == (2, 3)
+
+
+def test_upper_width_fc_multiplies_widths_after_the_first():
+    model = build_model({"arch": "fc", "widths": [16, 32, 8], "upper_width": 1.5}, (30,), 3)
+    assert [model.fc1.out_features, model.fc2.out_features, model.fc3.out_features] == [16, 48, 12]
+    assert model.fc2.in_features == 16 and model.classifier.in_features == 12
+    assert _forward(model, (30,)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg16_bn"])
+def test_upper_width_vgg_widens_the_last_two_blocks(arch):
+    base = build_model({"arch": arch}, (3, 32, 32), 4)
+    model = build_model({"arch": arch, "upper_width": 2.0}, (3, 32, 32), 4)
+    assert weight_layers(model) == weight_layers(base)  # same layers, same names
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    base_convs = [m for m in base.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256] + [1024] * 6
+    assert [c.out_channels for c in base_convs] == [64, 64, 128, 128, 256, 256, 256] + [512] * 6
+    assert convs[7].in_channels == 256 and convs[8].in_channels == 1024
+    if arch == "vgg16_bn":
+        bns = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+        assert [b.num_features for b in bns] == [c.out_channels for c in convs]
+    assert model.classifier.in_features == 1024
+    assert _forward(model, (3, 32, 32)).shape == (2, 4)
+
+
+def test_upper_width_vgg_gray_input_and_wide_image():
+    model = build_model({"arch": "vgg16", "upper_width": 1.5}, (1, 64, 32), 3)
+    assert model.features[0].in_channels == 1
+    assert model.classifier.in_features == 768 * 2
+    assert _forward(model, (1, 64, 32)).shape == (2, 3)
+
+
+def test_upper_width_resnet_widens_layer3_and_layer4():
+    base = build_model({"arch": "resnet18"}, (3, 32, 32), 4)
+    model = build_model({"arch": "resnet18", "upper_width": 2.0}, (3, 32, 32), 4)
+    assert list(model.state_dict()) == list(base.state_dict())  # same names, same order
+    assert model.layer1[0].conv1.out_channels == 64 and model.layer2[1].conv2.out_channels == 128
+    assert model.layer3[0].conv1.in_channels == 128
+    assert model.layer3[0].conv1.out_channels == 512 and model.layer3[0].downsample[0].out_channels == 512
+    assert model.layer3[1].bn2.num_features == 512
+    assert model.layer4[0].conv1.in_channels == 512 and model.layer4[0].downsample[0].in_channels == 512
+    assert model.layer4[1].conv2.out_channels == 1024 and model.fc.in_features == 1024
+    assert type(model.layer4[1]) is type(base.layer4[1])
+    assert _forward(model, (3, 32, 32)).shape == (2, 4)
+    initialize(model, 1.0, seed=0)  # every module of the widened layers is initialized
+    assert torch.all(model.layer4[1].bn2.weight == 1)
+
+
+# --------------------------------------------------------------------------- resnet blocks
+
+
+def test_resnet18_is_torchvisions_resnet18_with_one_relu_per_activation():
+    from torchvision.models import resnet18
+
+    torch.manual_seed(11)
+    ours = build_model({"arch": "resnet18"}, (3, 32, 32), 7)
+    torch.manual_seed(11)
+    ref = resnet18(weights=None, num_classes=7)
+    ref.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    ref.maxpool = nn.Identity()
+    # same state (keys, order, shapes) and, built from the same global RNG state, values
+    a, b = ours.state_dict(), ref.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the same initialization for a seed, and the same function, in eval and train mode
+    initialize(ours, 1.0, seed=2)
+    initialize(ref, 1.0, seed=2)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for train in (False, True):
+        ours.train(train), ref.train(train)
+        with torch.no_grad():
+            assert torch.equal(ours(x), ref(x))
+    # the only module difference: each block's second ReLU is a module of its own
+    extra = {n for n, _ in ours.named_modules()} - {n for n, _ in ref.named_modules()}
+    assert extra == {f"layer{i}.{j}.relu2" for i in range(1, 5) for j in range(2)}
+    assert all(ours.get_submodule(n) is not ours.get_submodule(n[:-1]) for n in extra)

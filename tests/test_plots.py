@@ -20,7 +20,7 @@ from randlabels.summary import transfer_summary
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS_DIR = Path(__file__).resolve().parents[1] / "src" / "randlabels" / "plots"
 FIGURE_MODULES = ["misalignment", "transfer_function", "learning_curves", "transfer_summary",
-                  "eigenfilters"]
+                  "eigenfilters", "depth_transfer", "transfer_map", "specialization", "kernel_size"]
 
 
 # --------------------------------------------------------------------------- tables

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from randlabels.models import build_model, initialize
-from randlabels.probes import activation_statistics, layer_input_covariance
+from randlabels.probes import (
+    activation_probe,
+    activation_statistics,
+    layer_input_covariance,
+    melt_activation_columns,
+)
 from randlabels.stats import patch_covariance
 
 
@@ -191,3 +197,105 @@ def test_activation_statistics_restores_mode_and_hooks():
     activation_statistics(model, [torch.zeros(1, 3)])
     assert model.training
     assert not model.act._forward_hooks
+
+
+def test_shared_relu_module_refused():
+    # a ReLU module applied twice per forward would mix two activations under one name
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.act = nn.Linear(3, 3), nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.lin(self.act(x)))
+
+    with pytest.raises(ValueError, match="act"):
+        activation_statistics(Twice(), [torch.randn(2, 3)])
+
+
+def test_resnet18_reports_both_relus_of_every_block():
+    model = initialize(build_model({"arch": "resnet18"}, (3, 32, 32), 3), 1.0, 0)
+    table = activation_statistics(model, [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))])
+    blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert table["module"].tolist() == ["relu"] + [f"{b}.{r}" for b in blocks for r in ("relu", "relu2")]
+    # the second ReLU of a block sees the residual sum: check one value by hand
+    block = model.layer1[0]
+    captured = {}
+    handle = block.register_forward_hook(lambda _m, _a, out: captured.setdefault("out", out.clone()))
+    activation_statistics(model, [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))])
+    handle.remove()
+    row = table.set_index("module").loc["layer1.0.relu2"]
+    assert row["mean_activation"] == pytest.approx(captured["out"].mean().item(), rel=1e-5)
+    assert row["frac_active"] == pytest.approx((captured["out"] > 0).float().mean().item())
+
+
+# --------------------------------------------------------------------------- activation probe
+
+
+def test_activation_probe_flattens_activation_statistics():
+    model = initialize(build_model({"arch": "cnn2", "filters": 3, "kernel_size": 3, "hidden": 4}, (2, 5, 5), 2), 1.0, 0)
+    with torch.no_grad():
+        model.conv1.bias.copy_(torch.tensor([0.0, -50.0, 0.1]))  # one dead channel
+    batches = _batches()
+    calls = []
+
+    def batches_fn():
+        calls.append(1)
+        return iter(batches)  # a fresh iterator each call
+
+    probe = activation_probe(batches_fn)
+    model.train()
+    values = probe(model)
+    assert model.training  # mode restored
+    table = activation_statistics(model, batches)
+    expected = {
+        f"{stat}:{row['module']}": row[stat]
+        for _, row in table.iterrows()
+        for stat in ("frac_active", "frac_dead", "mean_activation")
+    }
+    assert set(values) == {f"{s}:{m}" for m in ("relu1", "relu2") for s in ("frac_active", "frac_dead", "mean_activation")}
+    assert values == pytest.approx(expected)
+    assert all(type(v) is float for v in values.values())
+    assert values["frac_dead:relu1"] == pytest.approx(1 / 3)
+    assert probe(model) == values and len(calls) == 2  # batches_fn is called on every probe
+
+
+def test_melt_activation_columns_round_trip():
+    curve = pd.DataFrame({
+        "step": [0, 10],
+        "accuracy": [0.1, 0.4],
+        "frac_active:relu1": [0.5, 0.6],
+        "frac_dead:relu1": [0.0, 0.1],
+        "mean_activation:relu1": [0.2, 0.3],
+        "frac_active:layer1.0.relu2": [0.7, 0.8],
+    })
+    long = melt_activation_columns(curve)
+    assert list(long.columns) == ["step", "accuracy", "layer", "statistic", "value"]
+    assert len(long) == 2 * 4
+    # row-major: the curve's rows in order, each with its columns in order
+    assert long["step"].tolist() == [0] * 4 + [10] * 4
+    assert long.iloc[:4]["layer"].tolist() == ["relu1"] * 3 + ["layer1.0.relu2"]
+    assert long.iloc[:4]["statistic"].tolist() == ["frac_active", "frac_dead", "mean_activation", "frac_active"]
+    # back to the wide table
+    wide = long.assign(column=long["statistic"] + ":" + long["layer"]).pivot(
+        index=["step", "accuracy"], columns="column", values="value").reset_index()
+    wide.columns.name = None
+    pd.testing.assert_frame_equal(wide[curve.columns], curve, check_dtype=False)
+
+
+def test_melt_activation_columns_of_probe_values():
+    probe = activation_probe(lambda: iter([torch.tensor([[1.0, -1.0, 2.0]])]))
+    rows = [{"step": s, **probe(_identity_model())} for s in (0, 5)]
+    long = melt_activation_columns(pd.DataFrame(rows))
+    assert set(long["layer"]) == {"act"}
+    # units: 1 → active, −1 → inactive, 2 − 10 → inactive: two of three dead
+    assert long[long["statistic"] == "frac_dead"]["value"].tolist() == pytest.approx([2 / 3, 2 / 3])
+
+
+def test_melt_activation_columns_without_activation_columns():
+    curve = pd.DataFrame({"step": [0, 1], "accuracy": [0.1, 0.2], "frac_active": [0.5, 0.5]})
+    long = melt_activation_columns(curve)
+    assert long.empty
+    assert list(long.columns) == ["step", "accuracy", "frac_active", "layer", "statistic", "value"]
+    empty = melt_activation_columns(pd.DataFrame({"step": pd.Series(dtype=int), "frac_dead:relu1": pd.Series(dtype=float)}))
+    assert empty.empty and list(empty.columns) == ["step", "layer", "statistic", "value"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from randlabels import stats
 from randlabels.stats import (
     StreamingCovariance,
     UndefinedStatistic,
@@ -496,6 +497,250 @@ def test_patch_covariance_validation():
         patch_covariance([np.ones((1, 1, 4, 4))], 3, padding="same")
     with pytest.raises(ValueError, match="samples must have shape"):
         patch_covariance([np.ones((1, 1, 4, 4)), np.ones((1, 2, 4, 4))], 3)
+
+
+# The exact path for integer images (uint8 pixels) and the float64 path for float ones.
+
+# (kernel, stride, padding, dilation): 'same' 3×3 and 5×5, rectangular kernels, strides,
+# asymmetric padding, dilation in either direction.
+PATCH_GEOMETRIES = [
+    (3, 1, 1, 1),
+    (5, 1, 2, 1),
+    ((2, 3), (1, 2), (1, 0), 1),
+    (3, 2, 1, 1),
+    (3, 1, 2, 2),
+    ((3, 1), 1, (0, 2), (1, 2)),
+    ((1, 4), (2, 3), 0, (1, 2)),
+]
+
+
+def _unfolded_rows(batches, k, stride, padding, dilation) -> np.ndarray:
+    """Every patch as a float64 row, by torch's own unfold (Conv2d's im2col)."""
+    rows = []
+    for x in batches:
+        cols = F.unfold(torch.as_tensor(np.asarray(x, dtype=np.float64)), k,
+                        dilation=dilation, padding=padding, stride=stride)
+        rows.append(cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy())
+    return np.concatenate(rows)
+
+
+def _exact_integer_moments(batches, k, stride, padding, dilation):
+    """Mean and covariance of integer patches from exact int64 sums, each rounded once."""
+    patches = _unfolded_rows(batches, k, stride, padding, dilation)
+    p = np.rint(patches).astype(np.int64)
+    assert (p == patches).all()
+    n = p.shape[0]
+    total = p.sum(axis=0)
+    # n(n−1)·cov = n·Σxxᵀ − (Σx)(Σx)ᵀ, exactly in int64 for these sizes.
+    scaled = n * (p.T @ p) - np.outer(total, total)
+    return total / n, scaled / (n * (n - 1))
+
+
+def _uint8_batches(seed: int, sizes=(2, 5, 1), shape=(3, 9, 11)) -> list[np.ndarray]:
+    rng = _rng(seed)
+    batches = [rng.integers(0, 256, (n, *shape), dtype=np.uint8) for n in sizes]
+    batches[0][0] = 255  # the extremes of the range, where float32 exactness is tightest
+    batches[-1][-1] = 0
+    return batches
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation", PATCH_GEOMETRIES)
+def test_patch_covariance_uint8_is_exact(k, stride, padding, dilation):
+    batches = _uint8_batches(61)
+    acc = patch_covariance((torch.from_numpy(b) for b in batches), k, stride, padding, dilation)
+    mean, cov = _exact_integer_moments(batches, k, stride, padding, dilation)
+    assert acc.count == sum(
+        _unfolded_rows([b[:1]], k, stride, padding, dilation).shape[0] * len(b) for b in batches
+    )
+    np.testing.assert_allclose(acc.mean, mean, rtol=1e-15, atol=0)
+    # Exact sums; the batch centring and the merge of three batches round a few times.
+    np.testing.assert_allclose(acc.covariance(), cov, rtol=1e-13, atol=1e-13 * np.abs(cov).max())
+    # The float64 computation of the same pixels as floats agrees.
+    as_float = patch_covariance([b.astype(np.float64) for b in batches], k, stride, padding, dilation)
+    np.testing.assert_allclose(as_float.covariance(), cov, rtol=1e-11, atol=1e-12 * np.abs(cov).max())
+
+
+def test_uint8_images_take_the_float32_path_on_the_cpu():
+    # The fast path is used where it is exact: uint8 on the CPU with IEEE float32 matmuls.
+    images = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)
+    dtype, centres, per_product = stats._patch_plan(images, True, 32)
+    assert dtype == torch.float32 and per_product == 32  # 32 rows of 32 patches: K = 1024
+    assert centres.tolist() == [127.0] * 3  # |pixel − 127| <= 128, padding zeros included
+    assert stats._patch_plan(images.float(), True, 32)[0] == torch.float64
+    wide = torch.zeros((1, 1, 4, 4), dtype=torch.int32)
+    wide[0, 0, 0, 0] = 10**6
+    assert stats._patch_plan(wide, False, 4)[0] == torch.float64  # (5e5)² > 2**24
+    constant = torch.full((1, 1, 4, 4), 10**6, dtype=torch.int32)
+    assert stats._patch_plan(constant, False, 4)[0] == torch.float32  # centred: all zeros
+    # A small range far from zero: the pixels themselves are not exact in float32.
+    assert stats._patch_plan(constant + 2**24, False, 4)[0] == torch.float64
+
+
+def test_patch_covariance_exact_for_integers_far_from_zero():
+    rng = _rng(71)
+    for offset in (2**24 - 100, 2**26 + 1, -(2**30)):
+        # One batch: merging batches means ~1e9 apart is not exact (Chan's update).
+        batches = [(rng.integers(0, 200, (8, 2, 7, 7)) + offset).astype(np.int64)]
+        acc = patch_covariance(batches, 3)  # no padding: only the pixels' range matters
+        # (The exact reference, in int64, on the pixels less the offset: same covariance.)
+        mean, cov = _exact_integer_moments([b - offset for b in batches], 3, 1, 0, 1)
+        np.testing.assert_allclose(acc.mean, mean + offset, rtol=1e-15)
+        np.testing.assert_allclose(acc.covariance(), cov, rtol=1e-12, atol=1e-13 * np.abs(cov).max())
+    bf16 = torch.from_numpy(_uint8_batches(72)[0]).to(torch.bfloat16)  # integers, exact in bf16
+    np.testing.assert_allclose(
+        patch_covariance([bf16], 3, padding=1).covariance(),
+        patch_covariance([bf16.to(torch.uint8)], 3, padding=1).covariance(),
+        rtol=1e-12,
+        atol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation", PATCH_GEOMETRIES)
+def test_patch_covariance_float_inputs_match_float64(k, stride, padding, dilation):
+    rng = _rng(62)
+    pixels = _uint8_batches(63)
+    mean = np.array([0.4914, 0.4822, 0.4465])[:, None, None]
+    std = np.array([0.2470, 0.2435, 0.2616])[:, None, None]
+    normalized = [((b / 255.0 - mean) / std).astype(np.float32) for b in pixels]  # as trained on
+    shifted = [rng.standard_normal((n, 3, 9, 11)) * [[[2.0]], [[0.5]], [[1.0]]] + 40.0 for n in (3, 2)]
+    for batches in (normalized, shifted):
+        acc = patch_covariance((torch.from_numpy(b) for b in batches), k, stride, padding, dilation)
+        patches = _unfolded_rows(batches, k, stride, padding, dilation)
+        assert acc.count == patches.shape[0]
+        np.testing.assert_allclose(acc.mean, patches.mean(axis=0), rtol=1e-12, atol=1e-12)
+        cov = np.cov(patches, rowvar=False)
+        np.testing.assert_allclose(acc.covariance(), cov, rtol=1e-10, atol=1e-12 * np.abs(cov).max())
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation", [PATCH_GEOMETRIES[0], PATCH_GEOMETRIES[4]])
+def test_patch_covariance_streaming_equals_one_batch(k, stride, padding, dilation):
+    pixels = np.concatenate(_uint8_batches(64, sizes=(3, 1, 7, 5)))
+    floats = pixels / 255.0 - 0.5
+    for data, rtol in ((pixels, 1e-14), (floats, 1e-12)):
+        whole = patch_covariance([data], k, stride, padding, dilation)
+        parts = patch_covariance(np.split(data, [3, 4, 11]), k, stride, padding, dilation)
+        assert parts.count == whole.count
+        np.testing.assert_allclose(parts.mean, whole.mean, rtol=rtol, atol=1e-15)
+        scale = np.abs(whole.covariance()).max()
+        np.testing.assert_allclose(parts.covariance(), whole.covariance(), rtol=rtol, atol=rtol * scale)
+    # Integer and float batches mix in one stream.
+    mixed = patch_covariance([pixels[:8], pixels[8:].astype(np.float32)], k, stride, padding, dilation)
+    whole = patch_covariance([pixels], k, stride, padding, dilation)
+    np.testing.assert_allclose(mixed.covariance(), whole.covariance(), rtol=1e-12)
+
+
+def test_patch_covariance_input_layouts_and_dtypes_agree():
+    nchw = np.concatenate(_uint8_batches(65, shape=(3, 10, 10)))
+    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    ref = patch_covariance([torch.from_numpy(nchw)], 3, padding=1).covariance()
+    same = [
+        nchw,  # numpy
+        torch.from_numpy(nhwc).permute(0, 3, 1, 2),  # a channels-last view, as the benchmark's
+        nhwc.transpose(0, 3, 1, 2),  # a non-contiguous numpy view
+        torch.from_numpy(nchw.astype(np.int16)),  # same range: same centre, same sums
+        nchw.astype(np.int64),
+    ]
+    for batch in same:
+        np.testing.assert_array_equal(patch_covariance([batch], 3, padding=1).covariance(), ref)
+    bits = _rng(66).integers(0, 2, (4, 2, 6, 6)).astype(bool)
+    np.testing.assert_allclose(
+        patch_covariance([bits], 3, padding=1).covariance(),
+        _exact_integer_moments([bits.astype(np.int64)], 3, 1, 1, 1)[1],
+        rtol=1e-14,
+        atol=1e-15,
+    )
+
+
+def test_patch_covariance_wide_integers_fall_back_to_float64():
+    rng = _rng(67)
+    batches = [rng.integers(-(10**6), 10**6, (3, 2, 7, 7), dtype=np.int32) for _ in range(2)]
+    acc = patch_covariance(batches, 3, padding=1)
+    mean, cov = _exact_integer_moments(batches, 3, 1, 1, 1)
+    np.testing.assert_allclose(acc.mean, mean, rtol=1e-14, atol=1e-9)
+    np.testing.assert_allclose(acc.covariance(), cov, rtol=1e-12, atol=1e-12 * np.abs(cov).max())
+
+
+@pytest.mark.parametrize(
+    "k, stride, padding, dilation, budget",
+    [(*PATCH_GEOMETRIES[1], 2**15), (*PATCH_GEOMETRIES[5], 2**10)],
+)
+def test_patch_covariance_slices_and_fallbacks_agree(monkeypatch, k, stride, padding, dilation, budget):
+    pixels = _uint8_batches(68, sizes=(13, 6))
+    floats = [b / 255.0 for b in pixels]
+    ref_int = patch_covariance(pixels, k, stride, padding, dilation).covariance()
+    ref_float = patch_covariance(floats, k, stride, padding, dilation).covariance()
+    # Small slices: several per batch, the last one partly empty (its zero images add nothing).
+    slice_sizes = []
+    buffer = stats._buffer
+
+    def spy(workspace, name, shape, dtype, device):
+        if name == "padded":
+            slice_sizes.append(shape[0])
+        return buffer(workspace, name, shape, dtype, device)
+
+    monkeypatch.setattr(stats, "_buffer", spy)
+    monkeypatch.setattr(stats, "_SLICE_ELEMENTS", budget)
+    cov = patch_covariance(pixels, k, stride, padding, dilation).covariance()
+    np.testing.assert_array_equal(cov, ref_int)
+    assert slice_sizes[0] < 13  # the batch of 13 images was cut into slices
+    np.testing.assert_allclose(
+        patch_covariance(floats, k, stride, padding, dilation).covariance(), ref_float, rtol=1e-12
+    )
+    # No IEEE float32 matmuls: the integer path runs in float64, just as exact.
+    monkeypatch.setattr(stats, "_float32_matmul_is_ieee", lambda device: False)
+    cov = patch_covariance(pixels, k, stride, padding, dilation).covariance()
+    np.testing.assert_array_equal(cov, ref_int)
+    # Budget below one group's products: whole patches are unfolded instead (float64).
+    monkeypatch.setattr(stats, "_SLICE_ELEMENTS", 64)
+    np.testing.assert_allclose(
+        patch_covariance(pixels, k, stride, padding, dilation).covariance(), ref_int, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        patch_covariance(floats, k, stride, padding, dilation).covariance(), ref_float, rtol=1e-12
+    )
+
+
+def test_patch_covariance_reuses_buffers_across_batches_exactly(monkeypatch):
+    # Equal batches share the buffers; the zero padding kept in the buffer's borders must
+    # follow partial slices (zeroed images) and changes of the centre between batches.
+    monkeypatch.setattr(stats, "_SLICE_ELEMENTS", 2**14)
+    rng = _rng(70)
+    pixels = [rng.integers(0, 256, (13, 3, 9, 11), dtype=np.uint8) for _ in range(3)]
+    wide = [  # int16 batches: each its own range, hence its own centre
+        rng.integers(lo, hi, (13, 3, 9, 11)).astype(np.int16)
+        for lo, hi in ((0, 256), (-300, 50), (1000, 1100))
+    ]
+    for batches in (pixels, wide):
+        for k, padding in ((3, 1), (5, (2, 1))):
+            acc = patch_covariance(batches, k, padding=padding)
+            mean, cov = _exact_integer_moments(batches, k, 1, padding, 1)
+            np.testing.assert_allclose(acc.mean, mean, rtol=1e-14)
+            np.testing.assert_allclose(acc.covariance(), cov, rtol=1e-12, atol=1e-13 * np.abs(cov).max())
+
+
+def test_float32_fast_path_respects_matmul_precision(monkeypatch):
+    assert stats._float32_matmul_is_ieee(torch.device("cpu"))
+    assert not stats._float32_matmul_is_ieee(torch.device("cuda"))  # TF32 may be on there
+    pixels = _uint8_batches(69)
+    ref = patch_covariance(pixels, 3, padding=1).covariance()
+    matmul = torch.backends.mkldnn.matmul  # settings behind __getattr__: no monkeypatch
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "bf16"  # oneDNN may round float32 matmul inputs to bf16
+        assert not stats._float32_matmul_is_ieee(torch.device("cpu"))
+        np.testing.assert_array_equal(patch_covariance(pixels, 3, padding=1).covariance(), ref)
+    finally:
+        matmul.fp32_precision = before
+    assert stats._float32_matmul_is_ieee(torch.device("cpu"))
+
+
+def test_patch_covariance_rejects_small_images_and_non_finite_values():
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        patch_covariance([np.ones((1, 1, 2, 2), dtype=np.uint8)], 3)
+    with pytest.raises(ValueError, match="non-finite values in samples"):
+        patch_covariance([np.full((1, 1, 4, 4), np.nan)], 3, padding=1)
+    with pytest.raises(TypeError):
+        patch_covariance([np.ones((1, 1, 4, 4), dtype=complex)], 3)
 
 
 @pytest.mark.gpu  # deselected by default; `make test-gpu` runs it on a CUDA machine

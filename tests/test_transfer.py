@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-from randlabels.models import build_model
+from randlabels.models import ARCHITECTURES, build_model, head_prefix, initialize, weight_layers
 from randlabels.transfer import (
+    VARIANTS,
     clone_state,
     fresh_model,
+    is_partial,
+    layer_groups,
     load_into,
+    partial_state,
     read_checkpoints,
     read_init,
     save_checkpoints,
     save_init,
     transferred_state,
+    variant_layers,
 )
 
 SPEC = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 5}
@@ -177,3 +184,158 @@ def test_fresh_model_is_initialize_of_build():
     b = clone_state(fresh_model(SPEC, SHAPE, 3, 1.0, seed=4))
     assert torch.equal(a["conv1.weight"], 2 * b["conv1.weight"])
     assert torch.all(a["fc1.bias"] == 0)
+
+
+# --------------------------------------------------------------------------- partial transfer
+
+ARCH_SHAPES = {"cnn2": (1, 8, 8), "fc": (30,), "vgg16": (3, 32, 32), "vgg16_bn": (3, 32, 32), "resnet18": (3, 32, 32)}
+SMALL = {"cnn2": {"filters": 4, "hidden": 6}, "fc": {"widths": [8, 7, 6]}}
+
+
+@pytest.fixture(scope="module")
+def arch_states():
+    """Per arch: the model and its init / 'trained' / fresh states (VGG builds are slow)."""
+    out = {}
+    for arch in ARCHITECTURES:
+        spec = {"arch": arch, **SMALL.get(arch, {})}
+        model = fresh_model(spec, ARCH_SHAPES[arch], 3, 1.0, seed=0)
+        init = clone_state(model)
+        gen = torch.Generator().manual_seed(1)
+        trained = {k: (v * 1.5 + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v + 3)
+                   for k, v in init.items()}
+        fresh = clone_state(initialize(copy.deepcopy(model), 1.0, seed=2))
+        out[arch] = (model, init, trained, fresh)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_layer_groups_cover_every_non_head_key_once(arch, arch_states):
+    model = arch_states[arch][0]
+    groups = layer_groups(model)
+    keys = list(model.state_dict())
+    head = head_prefix(model)
+    head_keys = [k for k in keys if k == head or k.startswith(head + ".")]
+    flat = [k for g in groups for k in g]
+    assert len(flat) == len(set(flat))  # no key in two groups
+    assert not set(flat) & set(head_keys)
+    assert sorted(flat + head_keys) == sorted(keys)
+    # one group per non-head weight layer, in weight_layers order, led by its weight
+    layers = weight_layers(model)[:-1]
+    assert [g[0] for g in groups] == [f"{name}.weight" for name in layers]
+
+
+def test_layer_groups_choices():
+    cnn = build_model(SPEC, SHAPE, 3)
+    assert layer_groups(cnn) == [["conv1.weight", "conv1.bias"], ["fc1.weight", "fc1.bias"]]
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    resnet = build_model({"arch": "resnet18"}, (3, 32, 32), 3)
+    groups = layer_groups(resnet)
+    assert len(groups) == 1 + 8 * 2 + 3  # stem, two convs per block, three projection shortcuts
+    assert groups[0] == ["conv1.weight"] + [f"bn1.{b}" for b in bn]
+    assert groups[1] == ["layer1.0.conv1.weight"] + [f"layer1.0.bn1.{b}" for b in bn]
+    assert groups[2] == ["layer1.0.conv2.weight"] + [f"layer1.0.bn2.{b}" for b in bn]
+    # layer2.0: conv1, conv2, then its shortcut conv with its batch norm as a layer of its own
+    assert groups[5][0] == "layer2.0.conv1.weight" and groups[6][0] == "layer2.0.conv2.weight"
+    assert groups[7] == ["layer2.0.downsample.0.weight"] + [f"layer2.0.downsample.1.{b}" for b in bn]
+    assert groups[-1][0] == "layer4.1.conv2.weight"
+
+
+def test_layer_groups_vgg16_bn_pairs_each_conv_with_its_batchnorm(arch_states):
+    groups = layer_groups(arch_states["vgg16_bn"][0])
+    assert len(groups) == 13
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    assert groups[0] == ["features.0.weight", "features.0.bias"] + [f"features.1.{b}" for b in bn]
+    assert groups[-1] == ["features.40.weight", "features.40.bias"] + [f"features.41.{b}" for b in bn]
+    assert all(len(g) == 7 for g in groups)
+    assert all(len(g) == 2 for g in layer_groups(arch_states["vgg16"][0]))
+
+
+def test_layer_groups_reports_keys_of_no_layer():
+    from collections import OrderedDict
+
+    model = torch.nn.Sequential(OrderedDict(
+        norm=torch.nn.BatchNorm1d(4), fc=torch.nn.Linear(4, 5), head=torch.nn.Linear(5, 2),
+    ))
+    with pytest.raises(ValueError, match="norm.running_mean"):
+        layer_groups(model)
+
+
+def _is_rescaled(out, init, trained, key):
+    if trained[key].is_floating_point() and trained[key].dim() > 1:
+        ratio = init[key].double().norm() / trained[key].double().norm()
+        expected = (trained[key].double() * ratio).to(trained[key].dtype)
+        return torch.equal(out[key], expected)
+    return torch.equal(out[key], trained[key])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("end", ["first", "last"])
+def test_partial_state_takes_exactly_the_chosen_layers(arch, end, arch_states):
+    model, init, trained, fresh = arch_states[arch]
+    k = 2
+    groups = variant_layers(f"{end}{k}", model)
+    all_groups = layer_groups(model)
+    assert groups == (all_groups[:k] if end == "first" else all_groups[-k:])
+    out = partial_state(init, trained, fresh, groups)
+    assert list(out) == list(fresh)
+    taken = {key for g in groups for key in g}
+    assert any(trained[key].dim() > 1 for key in taken)  # a weight is among them
+    for key in out:
+        if key in taken:
+            assert _is_rescaled(out, init, trained, key), key
+            if trained[key].dim() > 1:
+                assert out[key].double().norm().item() == pytest.approx(init[key].double().norm().item(), rel=1e-6)
+        else:
+            assert torch.equal(out[key], fresh[key]), key
+            assert out[key] is not fresh[key]
+    # the head is always fresh
+    head = head_prefix(model)
+    assert torch.equal(out[f"{head}.weight"], fresh[f"{head}.weight"])
+    # without rescaling, the trained tensors themselves
+    plain = partial_state(init, trained, fresh, groups, rescale=False)
+    for key in taken:
+        assert torch.equal(plain[key], trained[key]), key
+    load_into(copy.deepcopy(model), out, "test")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_first_all_layers_is_pretrained(arch, arch_states):
+    model, init, trained, fresh = arch_states[arch]
+    n = len(layer_groups(model))
+    head = head_prefix(model)
+    out = partial_state(init, trained, fresh, variant_layers(f"first{n}", model))
+    ref = transferred_state(init, trained, fresh, head=head, rescale=True)
+    assert list(out) == list(ref)
+    for key in out:
+        assert torch.equal(out[key], ref[key]), key
+    last = partial_state(init, trained, fresh, variant_layers(f"last{n}", model))
+    for key in out:
+        assert torch.equal(last[key], ref[key]), key
+
+
+def test_partial_state_checks_groups(states):
+    init, trained, fresh = states
+    with pytest.raises(ValueError, match="classifier.weight"):
+        partial_state(init, trained, fresh, [["classifier.weight"]], head="classifier")
+    with pytest.raises(ValueError, match="nope"):
+        partial_state(init, trained, fresh, [["nope"]])
+    with pytest.raises(ValueError, match="twice"):
+        partial_state(init, trained, fresh, [["conv1.weight"], ["conv1.weight"]])
+    assert partial_state(init, trained, fresh, []).keys() == fresh.keys()
+
+
+def test_variant_parsing():
+    model = build_model(SPEC, SHAPE, 3)  # two non-head layers: conv1, fc1
+    assert variant_layers("first1", model) == [["conv1.weight", "conv1.bias"]]
+    assert variant_layers("last1", model) == [["fc1.weight", "fc1.bias"]]
+    assert variant_layers("first2", model) == variant_layers("last2", model) == layer_groups(model)
+    for other in VARIANTS + ("first", "lastk", "first-1", "First1", " first1", "first1x"):
+        assert variant_layers(other, model) is None, other
+        assert not is_partial(other), other
+    assert is_partial("first1") and is_partial("last12")
+    assert not is_partial("first0")
+    with pytest.raises(ValueError) as err:
+        variant_layers("last3", model)
+    assert "last3" in str(err.value) and "2" in str(err.value)
+    with pytest.raises(ValueError, match="first0"):
+        variant_layers("first0", model)

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import plan
+from . import plan, targets
 from .errors import RandlabelsError
 from .models import model_options
 
@@ -134,11 +134,20 @@ def semantic_errors(config: dict) -> list[str]:
                 problems.append(
                     f"{where}.finetune.from_labels: {settings['from_labels']!r} is not among pretrain.labels {pretrain['labels']}"
                 )
-            if not settings["reset_head"] and settings["labels"] == "random" and split["upstream_classes"] != split["downstream_classes"]:
+            tasks = plan.finetune_tasks(config, exp)
+            if not settings["reset_head"] and any(plan.task_classes(t) not in (None, split["upstream_classes"]) for t in tasks):
                 problems.append(f"{where}.finetune.reset_head: must be true when up- and downstream class counts differ")
+            kinds = finetune.get("labels", "real")
+            if "classes" in finetune and "random" not in ([kinds] if isinstance(kinds, str) else kinds):
+                problems.append(f"{where}.finetune.classes: only random downstream labels take a class count; labels are {kinds}")
+            for variant in settings["variants"]:
+                try:
+                    plan.parse_variant(variant)
+                except ValueError as err:
+                    problems.append(f"{where}.finetune.variants: {err}")
         elif "sample" in entry:
             problems.append(f"{where}.sample: only used by finetune variant 'gaussian', but there is no finetune section")
-    return problems
+    return problems + targets.problems(config)
 
 
 class _StrictLoader(yaml.SafeLoader):

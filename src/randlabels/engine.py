@@ -7,8 +7,9 @@ step has no host-device copy and needs no DataLoader workers: the loss stays on 
 device (summed there over the epoch), so the host never waits for the device inside an
 epoch. On CUDA the model runs in channels_last with bf16 autocast and cuDNN picks its
 fastest convolution algorithms (``cudnn.benchmark``); ``TrainConfig.compile`` adds
-torch.compile. Evaluation runs in large no-grad batches. On CPU the same seed gives
-the same numbers. benchmarks/ measures all this against a plain DataLoader loop
+torch.compile. ``TrainConfig.augment`` crops and flips the training batches on the
+device as well (:mod:`randlabels.augment`). Evaluation runs in large no-grad batches.
+On CPU the same seed gives the same numbers. benchmarks/ measures all this against a plain DataLoader loop
 (docs/PERFORMANCE.md).
 """
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from randlabels.augment import Augmentation
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 SCHEDULES = ("constant", "cosine")
@@ -48,6 +50,10 @@ class TrainConfig:
     # The first steps pay the compilation; the numbers equal eager mode's up to
     # floating-point rounding (fused kernels sum in another order).
     compile: bool = False
+    # Random crops / flips of the training batches, e.g. {"crop": 4, "flip": True}
+    # (see randlabels.augment); None or all off: none. Left out of the hash (a dict is
+    # unhashable), compared as usual.
+    augment: dict | None = field(default=None, hash=False)
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -56,6 +62,7 @@ class TrainConfig:
             )
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"invalid training settings: {self}")
+        Augmentation.from_settings(self.augment)  # refuse bad settings here, not mid-run
 
     @classmethod
     def from_dict(cls, settings: dict) -> "TrainConfig":
@@ -165,7 +172,10 @@ class Trainer:
         seed: int,
         test_data: DeviceData | None = None,
         log: logging.Logger | None = None,
+        probe: Callable[[nn.Module], dict[str, float]] | None = None,
     ):
+        """``probe``, if given, is called on the model at each learning-curve row and its
+        dict is merged into that row (extra columns); it sets eval mode / no_grad itself."""
         self.device = data.device
         self.data, self.test_data, self.config = data, test_data, config
         self.model = model.to(self.device, memory_format=data.memory_format)
@@ -186,6 +196,10 @@ class Trainer:
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.augmentation = Augmentation.from_settings(config.augment)
+        if self.augmentation is not None:
+            self.augmentation.check_inputs(data.input_shape)
+        self.probe = probe
         self.step_count = 0
 
     def _lr_factor(self, step: int) -> float:
@@ -197,6 +211,15 @@ class Trainer:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def training_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch at ``index``, augmented if the config asks for it (the
+        augmentation draws from ``self.generator`` after the epoch's permutation, so a
+        resumed run draws the same numbers)."""
+        inputs, labels = self.data.batch(index)
+        if self.augmentation is not None:
+            inputs = self.augmentation.apply(inputs, self.generator)
+        return inputs, labels
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One SGD step; returns the loss as a device tensor (no host sync)."""
@@ -241,6 +264,19 @@ class Trainer:
             "diverged": not math.isfinite(loss),
         }
 
+    def _with_probe(self, row: dict) -> dict:
+        """A copy of ``row`` with the probe's values added (the row itself if no probe)."""
+        if self.probe is None:
+            return row
+        values = self.probe(self.model)
+        clash = sorted(set(values) & set(row))
+        if clash:
+            raise ValueError(f"probe columns {clash} would overwrite the learning curve's own columns")
+        return {**row, **values}
+
+    def _curve_row(self, epoch: float) -> dict:
+        return self._with_probe(self._record(epoch, math.nan))
+
     def _snapshot(self, progress: dict) -> dict:
         """Everything a rerun needs to continue exactly where this run is now."""
         return {
@@ -274,7 +310,8 @@ class Trainer:
         """Train for ``config.epochs`` epochs.
 
         Records a metrics row at epoch 0 (the initialization) and after each epoch, a
-        learning-curve row every ``eval_every`` steps (if given), and a state copy at
+        learning-curve row every ``eval_every`` steps (if given; with the probe's columns,
+        if the Trainer has a probe), and a state copy at
         each epoch in ``checkpoint_epochs``. Stops early, flagged as diverged, when the
         loss becomes NaN or infinite.
 
@@ -299,7 +336,7 @@ class Trainer:
                 "order": None,  # that epoch's sample order, once drawn
                 "loss_sum": 0.0,
                 "metrics": [{**first, "seconds": 0.0}],
-                "curve": [first] if eval_every else [],
+                "curve": [self._with_probe(first)] if eval_every else [],
                 "checkpoints": {0: self.state()} if 0 in wanted else {},
                 "seconds": 0.0,
             }
@@ -323,9 +360,9 @@ class Trainer:
             done = first_batch
             for b in range(first_batch, self.steps_per_epoch):
                 done = b + 1
-                loss_sum += self.train_step(*self.data.batch(order[b * batch_size : (b + 1) * batch_size]))
+                loss_sum += self.train_step(*self.training_batch(order[b * batch_size : (b + 1) * batch_size]))
                 if eval_every and self.step_count % eval_every == 0:
-                    row = self._record(self.step_count / self.steps_per_epoch, math.nan)
+                    row = self._curve_row(self.step_count / self.steps_per_epoch)
                     curve.append(row)
                     if row["diverged"]:
                         diverged = True

@@ -48,6 +48,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
+from randlabels.augment import Augmentation
 from randlabels.engine import DeviceData, FitResult, TrainConfig
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
@@ -89,6 +90,7 @@ class _PackedData:
             if d.device != first.device:
                 raise ValueError(f"{role} of replica {i} is on {d.device}, replica 0 on {first.device}")
         self.device, self.is_image, self.size = first.device, first.is_image, len(first)
+        self.input_shape = first.input_shape
         self.replicas = len(datasets)
         self.shared = all(_same_tensor(d.inputs, first.inputs) for d in datasets)
         self.inputs = first.inputs if self.shared else torch.stack([d.inputs for d in datasets])
@@ -159,6 +161,8 @@ class PackedTrainer:
     the ``seed`` a :class:`~randlabels.engine.Trainer` would get. ``test_data`` is
     None, one DeviceData, or one per replica. :meth:`fit` returns one
     :class:`~randlabels.engine.FitResult` per replica, as Trainer.fit would.
+    ``config.augment`` crops / flips each replica's training batches with crops and
+    flips drawn from that replica's own generator, as its Trainer would draw them.
     """
 
     def __init__(
@@ -210,6 +214,9 @@ class PackedTrainer:
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        self.augmentation = Augmentation.from_settings(config.augment)
+        if self.augmentation is not None:
+            self.augmentation.check_inputs(self.data.input_shape)
         self.step_count = 0
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -245,6 +252,18 @@ class PackedTrainer:
         """(R, N): each replica's seeded random order of its samples, made on the device."""
         n = len(self.data)
         return torch.stack([torch.randperm(n, generator=g, device=self.device) for g in self.generators])
+
+    def training_batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (R, B, ...) and labels (R, B) of replica r's samples ``index[r]``,
+        augmented if the config asks for it: replica r draws its crops and flips from its
+        own generator, in the order a Trainer with that seed would draw them."""
+        inputs, labels = self.data.batch(index)
+        if self.augmentation is None:
+            return inputs, labels
+        draws = [self.augmentation.draw(index.shape[1], g) for g in self.generators]
+        dy, dx, flip = (torch.cat(parts) for parts in zip(*draws))
+        flat = self.augmentation.transform(inputs.flatten(0, 1), dy, dx, flip)
+        return flat.unflatten(0, inputs.shape[:2]), labels
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One SGD step of every replica on its (B, ...) slice of ``inputs`` (R, B, ...);
@@ -411,7 +430,7 @@ class PackedTrainer:
             done = first_batch
             for b in range(first_batch, self.steps_per_epoch):
                 done = b + 1
-                loss_sum += self.train_step(*self.data.batch(order[:, b * batch_size : (b + 1) * batch_size]))
+                loss_sum += self.train_step(*self.training_batch(order[:, b * batch_size : (b + 1) * batch_size]))
                 if eval_every and self.step_count % eval_every == 0:
                     evaluations = self._evaluations()
                     sums = None

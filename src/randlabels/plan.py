@@ -34,7 +34,12 @@ FINETUNE_DEFAULTS = {
     "eval_every": 10,
     "target_accuracy": 0.9,
     "reset_head": True,
+    "probe_samples": 1024,
 }
+# Keys of an experiment's `finetune` section that say which downstream tasks exist,
+# not how one run trains (see finetune_tasks); left out of finetune_settings.
+TASK_KEYS = ("labels", "classes")
+CONSTRUCT_DEFAULTS = {"batch_size": 512, "samples": 10000}
 RESOURCE_DEFAULTS = {
     "training": {"mem_mb": 4000, "runtime": 120, "cpus_per_task": 2, "gpu": 0},
     "light": {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1},
@@ -43,6 +48,7 @@ DATASET_DEFAULTS = {
     "gaussian": {"seed": 0, "num_classes": 10},
     "cifar10": {"root": "data/cifar10", "download": True},
     "cifar100": {"root": "data/cifar100", "download": True},
+    "imagenet": {"root": "data/imagenet", "resolution": 32},
 }
 
 PATHS = {
@@ -55,15 +61,30 @@ PATHS = {
     "pretrain_packed": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
     "stats": RESULTS + "/{exp}/stats/{labels}/scale{scale}/seed{seed}.h5",
     "gaussian_init": RESULTS + "/{exp}/init/gaussian/scale{scale}/seed{seed}.pt",
-    "finetune": RESULTS + "/{exp}/finetune/{variant}/scale{scale}/seed{seed}.tsv",
+    # Initializations built from data covariances (layerwise{k}, covariance{k}).
+    "constructed_init": RESULTS + "/{exp}/init/{construct}/scale{scale}/seed{seed}.pt",
+    "finetune": RESULTS + "/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.tsv",
     # Resumable training state: beside the outputs, never one of them (Snakemake
     # deletes a job's outputs before rerunning it).
     "pretrain_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.pt",
     "pretrain_packed_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
-    "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{variant}/scale{scale}/seed{seed}.pt",
+    "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.pt",
     "table": RESULTS + "/{exp}/tables/{table}.tsv",
     "figure": RESULTS + "/{exp}/figures/{figure}.png",
+    # The paper's experiments as named targets (see randlabels.targets).
+    "target_table": RESULTS + "/paper/{target}.tsv",
+    "target_figure": RESULTS + "/paper/{target}.png",
 }
+
+# Initialization variants fine-tuned from. The fixed ones, and the families with a
+# depth k: first{k}/last{k} transfer only the first/last k pre-trained layers;
+# layerwise{k}/covariance{k} construct the first k layers from data covariances
+# (with f estimated from a pre-trained network, or parametric: no training at all).
+FIXED_VARIANTS = ("scratch", "pretrained", "pretrained_norescale", "gaussian")
+DEPTH_FAMILIES = ("first", "last", "layerwise", "covariance")
+VARIANT_PATTERN = "|".join(FIXED_VARIANTS) + "|(?:" + "|".join(DEPTH_FAMILIES) + r")\d+"
+CONSTRUCT_PATTERN = r"(?:layerwise|covariance)\d+"
+TASK_PATTERN = r"real|random\d+"
 
 
 def canonical(value):
@@ -138,7 +159,53 @@ def sample_settings(config: dict, exp: str) -> dict:
 
 
 def finetune_settings(config: dict, exp: str) -> dict:
-    return canonical({**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]})
+    """How one fine-tuning run trains (the task it trains on is a wildcard, see finetune_tasks)."""
+    section = {**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]}
+    for key in TASK_KEYS:
+        section.pop(key, None)
+    return canonical(section)
+
+
+def finetune_tasks(config: dict, exp: str) -> list[str]:
+    """The downstream tasks of ``exp``: 'real' (the dataset's labels) and/or
+    'random{C}' (fresh random labels over C classes) for each C of finetune.classes
+    (default: split.downstream_classes)."""
+    section = experiment(config, exp)["finetune"]
+    kinds = section.get("labels", FINETUNE_DEFAULTS["labels"])
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    classes = section.get("classes") or [split_settings(config, exp)["downstream_classes"]]
+    tasks = []
+    for kind in kinds:
+        tasks += ["real"] if kind == "real" else [f"random{int(c)}" for c in classes]
+    return tasks
+
+
+def task_classes(task: str) -> int | None:
+    """Classes of a random-label task ('random10' → 10); None for 'real'."""
+    return None if task == "real" else int(task[len("random"):])
+
+
+def from_labels(config: dict, exp: str) -> str:
+    """The pre-training (random or real labels) that fine-tuning transfers from."""
+    return finetune_settings(config, exp)["from_labels"]
+
+
+def parse_variant(variant: str) -> tuple[str, int | None]:
+    """('layerwise', 2) for 'layerwise2'; ('pretrained', None) for a fixed variant."""
+    if variant in FIXED_VARIANTS:
+        return variant, None
+    for family in DEPTH_FAMILIES:
+        rest = variant[len(family):]
+        if variant.startswith(family) and rest.isdigit():
+            return family, int(rest)
+    raise ValueError(
+        f"unknown variant {variant!r}; valid: {', '.join(FIXED_VARIANTS)}, "
+        f"or {', '.join(f + 'K' for f in DEPTH_FAMILIES)} with a depth K ≥ 1 (e.g. first2)"
+    )
+
+
+def construct_settings(config: dict, exp: str) -> dict:
+    return canonical({**CONSTRUCT_DEFAULTS, **experiment(config, exp).get("construct", {})})
 
 
 def resources(config: dict, kind: str) -> dict:
@@ -155,7 +222,11 @@ def is_conv(config: dict, exp: str) -> bool:
     return experiment(config, exp)["model"]["arch"] != "fc"
 
 
-def seeds(config: dict) -> list[int]:
+def seeds(config: dict, exp: str | None = None) -> list[int]:
+    """The seeds of ``exp``: its own ``seeds`` list if it has one (e.g. many seeds
+    pooled for the eigen-filter figure), else the config's."""
+    if exp is not None and "seeds" in experiment(config, exp):
+        return [int(s) for s in experiment(config, exp)["seeds"]]
     return [int(s) for s in config["seeds"]]
 
 
@@ -170,7 +241,7 @@ def pretrain_runs(config: dict, exp: str, labels: list[str] | None = None) -> li
         {"exp": exp, "labels": kind, "scale": scale, "seed": seed}
         for kind in kinds
         for scale in scale_labels(config, exp)
-        for seed in seeds(config)
+        for seed in seeds(config, exp)
     ]
 
 
@@ -194,7 +265,7 @@ def experiments_pattern(config: dict, packed: bool) -> str:
 
 def seed_groups(config: dict, exp: str) -> list[list[int]]:
     """The seeds cut into consecutive groups of pack_seeds (the last may be smaller)."""
-    size, all_seeds = pack_seeds(config, exp), seeds(config)
+    size, all_seeds = pack_seeds(config, exp), seeds(config, exp)
     return [all_seeds[i : i + size] for i in range(0, len(all_seeds), size)]
 
 
@@ -235,17 +306,18 @@ def pretrain_metric_files(config: dict, exp: str) -> list[str]:
 def finetune_files(config: dict, exp: str) -> list[str]:
     settings = finetune_settings(config, exp)
     return [
-        path("finetune", exp=exp, variant=variant, scale=scale, seed=seed)
+        path("finetune", exp=exp, task=task, variant=variant, scale=scale, seed=seed)
+        for task in finetune_tasks(config, exp)
         for variant in settings["variants"]
         for scale in scale_labels(config, exp)
-        for seed in seeds(config)
+        for seed in seeds(config, exp)
     ]
 
 
 def sample_sources(config: dict, exp: str, scale: str, seed: int) -> list[str]:
     """Checkpoint sets a Gaussian initialization is fitted to (one seed, or all)."""
-    labels = finetune_settings(config, exp)["from_labels"]
-    chosen = seeds(config) if sample_settings(config, exp)["pool_seeds"] else [int(seed)]
+    labels = from_labels(config, exp)
+    chosen = seeds(config, exp) if sample_settings(config, exp)["pool_seeds"] else [int(seed)]
     return [path("checkpoints", exp=exp, labels=labels, scale=scale, seed=s) for s in chosen]
 
 
@@ -279,4 +351,4 @@ def eigenfilter_sources(config: dict, exp: str) -> list[str]:
     kinds = experiment(config, exp)["pretrain"]["labels"]
     kind = "random" if "random" in kinds else kinds[0]
     scale = scale_labels(config, exp)[0]
-    return [path("stats", exp=exp, labels=kind, scale=scale, seed=seed) for seed in seeds(config)]
+    return [path("stats", exp=exp, labels=kind, scale=scale, seed=seed) for seed in seeds(config, exp)]

@@ -2,11 +2,15 @@
 
 Forward hooks capture what a layer receives, so Σx is computed from the inputs exactly
 as that layer sees them (after the layers below, with its own padding and stride).
+ReLU activity is hooked on ``nn.ReLU`` modules: a functional ``F.relu`` in a forward
+is invisible to it, and a ReLU module applied twice would mix two activations under
+one name (which is why models.py gives each ResNet block two ReLU modules).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import re
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -63,15 +67,21 @@ def activation_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     A unit is one channel of a conv feature map or one feature of a linear layer;
     "active" counts positive values over samples (and positions), "never active" is
     a unit that is positive nowhere on the data.
+
+    Only ``nn.ReLU`` modules are seen (not ``F.relu`` calls). A ReLU module applied
+    more than once in one forward pass (a shared module) raises ValueError: its rows
+    would mix different activations.
     """
     relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
     sums: dict[str, dict] = {}
+    calls: dict[str, int] = {}
 
     def make_hook(name):
         def hook(_module, _args, output):
             out = output.float()
             units = out.transpose(0, 1).reshape(out.shape[1], -1) if out.dim() > 2 else out.T
             active = units > 0
+            calls[name] = calls.get(name, 0) + 1
             entry = sums.setdefault(name, {"active": 0.0, "values": 0.0, "count": 0, "ever": torch.zeros(units.shape[0], dtype=torch.bool, device=out.device)})
             entry["active"] += active.sum().item()
             entry["values"] += out.sum().item()
@@ -84,7 +94,15 @@ def activation_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     model.eval()
     try:
         for inputs in batches:
+            calls.clear()
             model(inputs)
+            reused = sorted(name for name, n in calls.items() if n > 1)
+            if reused:
+                raise ValueError(
+                    f"ReLU module(s) {', '.join(reused)} ran more than once in one forward "
+                    "pass; their activation statistics would mix different activations "
+                    "(give each activation its own nn.ReLU)"
+                )
     finally:
         for h in handles:
             h.remove()
@@ -99,3 +117,55 @@ def activation_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
         for name, e in sums.items()
     ]
     return pd.DataFrame(rows, columns=["module", "frac_active", "frac_dead", "mean_activation"])
+
+
+ACTIVATION_STATISTICS = ("frac_active", "frac_dead", "mean_activation")
+_ACTIVATION_COLUMN = re.compile(rf"({'|'.join(ACTIVATION_STATISTICS)}):(.+)")
+
+
+def activation_probe(batches_fn: Callable[[], Iterable[torch.Tensor]]) -> Callable[[nn.Module], dict[str, float]]:
+    """A learning-curve probe (engine's ``probe``) measuring ReLU activity.
+
+    ``batches_fn()`` yields input batches (already on the model's device), afresh on
+    each call. The probe runs :func:`activation_statistics` on them and returns one
+    value per column ``"{statistic}:{module}"``, statistic in frac_active, frac_dead,
+    mean_activation and module the ReLU module's name. The model's mode is restored.
+    """
+
+    def probe(model: nn.Module) -> dict[str, float]:
+        table = activation_statistics(model, batches_fn())
+        return {
+            f"{statistic}:{row['module']}": float(row[statistic])
+            for row in table.to_dict("records")
+            for statistic in ACTIVATION_STATISTICS
+        }
+
+    return probe
+
+
+def melt_activation_columns(curve: pd.DataFrame) -> pd.DataFrame:
+    """The ``"{statistic}:{module}"`` columns of a learning curve as tidy rows.
+
+    Every other column is kept as an id; each (row, activation column) pair becomes a
+    row with ``layer`` (the module name), ``statistic`` and ``value``, in the order of
+    the curve's rows and, within a row, of its columns. The index is not kept. A curve
+    without such columns gives an empty frame with the id columns and those three.
+    """
+    matches = {c: _ACTIVATION_COLUMN.fullmatch(c) for c in curve.columns if isinstance(c, str)}
+    value_columns = [c for c, m in matches.items() if m is not None]
+    id_columns = [c for c in curve.columns if c not in value_columns]
+    out_columns = id_columns + ["layer", "statistic", "value"]
+    if not value_columns:
+        empty = {c: pd.Series(dtype=curve[c].dtype) for c in id_columns}
+        empty.update(layer=pd.Series(dtype=object), statistic=pd.Series(dtype=object),
+                     value=pd.Series(dtype=float))
+        return pd.DataFrame(empty, columns=out_columns)
+    long = curve.reset_index(drop=True).melt(
+        id_vars=id_columns, value_vars=value_columns, var_name="_column", value_name="value",
+        ignore_index=False,
+    )
+    long = long.sort_index(kind="stable").reset_index(drop=True)
+    long["statistic"] = [matches[c].group(1) for c in long["_column"]]
+    long["layer"] = [matches[c].group(2) for c in long["_column"]]
+    long["value"] = long["value"].astype(float)
+    return long[out_columns]

@@ -41,6 +41,21 @@ class Split:
             return real_labels[index]
         return getattr(self, f"{part}_random")
 
+    def downstream_task(self, task: str, real_labels: np.ndarray, num_real_classes: int) -> tuple[np.ndarray, int]:
+        """Labels and class count of a downstream task: 'real', or 'random{C}' (fresh
+        random labels over C classes; C = downstream_classes gives the saved ones)."""
+        if task == "real":
+            return real_labels[self.downstream], int(num_real_classes)
+        if not (task.startswith("random") and task[len("random"):].isdigit()):
+            raise ValueError(f"unknown downstream task {task!r}; valid: real, random{{C}} (e.g. random10)")
+        classes = int(task[len("random"):])
+        if classes < 2:
+            raise ValueError(f"downstream task {task!r}: needs at least 2 classes")
+        if classes == self.downstream_classes:
+            return self.downstream_random, classes
+        rng = stream_rng(self.seed, "labels", "downstream", classes)
+        return rng.integers(0, classes, len(self.downstream)), classes
+
 
 def make_split(
     is_test: np.ndarray,

@@ -24,9 +24,11 @@ import pandas as pd
 from scipy import stats
 
 #: Columns that identify one downstream training run in the curves table.
-RUN_KEYS: list[str] = ["experiment", "init_scale", "variant", "seed"]
+RUN_KEYS: list[str] = ["experiment", "task", "init_scale", "variant", "seed"]
 #: Columns that pair a variant run with its baseline run.
-PAIR_KEYS: list[str] = ["experiment", "init_scale", "seed"]
+PAIR_KEYS: list[str] = ["experiment", "task", "init_scale", "seed"]
+#: The task of curves written before downstream tasks existed (one per experiment).
+DEFAULT_TASK = "default"
 
 SUMMARY_COLUMNS: list[str] = [
     *RUN_KEYS,
@@ -102,11 +104,11 @@ def area_under_curve(curve: pd.DataFrame) -> float:
 
 def transfer_summary(curves: pd.DataFrame, target: float,
                      baseline: str = "scratch") -> pd.DataFrame:
-    """One row per run (experiment, init_scale, variant, seed) with transfer metrics.
+    """One row per run (experiment, task, init_scale, variant, seed) with transfer metrics.
 
     Columns: the run keys, ``target``, ``diverged`` (any step flagged), ``reached``
     (the run's accuracy got to ``target``), ``steps_to_target``, ``auc``, and against
-    the ``baseline`` run of the same experiment, init scale and seed:
+    the ``baseline`` run of the same experiment, downstream task, init scale and seed:
 
     * ``speedup`` = steps_to_target(baseline) / steps_to_target(variant); > 1 means
       positive transfer. NaN when either run did not reach the target or diverged.
@@ -115,8 +117,10 @@ def transfer_summary(curves: pd.DataFrame, target: float,
     Diverged runs keep their row (diverged True, metrics NaN) so that they are counted,
     not silently lost. A run without a matching baseline raises ``ValueError``.
     """
-    _require(curves, [*RUN_KEYS, "step", "train_acc", "diverged"], "transfer_summary")
     frame = curves.copy()
+    if "task" not in frame.columns:
+        frame["task"] = DEFAULT_TASK
+    _require(frame, [*RUN_KEYS, "step", "train_acc", "diverged"], "transfer_summary")
     frame["diverged"] = _as_bool(frame["diverged"])
 
     rows = []
@@ -134,7 +138,7 @@ def transfer_summary(curves: pd.DataFrame, target: float,
     merged = table.merge(base, on=PAIR_KEYS, how="left", indicator=True)
     orphans = merged.loc[merged["_merge"] == "left_only", PAIR_KEYS].drop_duplicates()
     if not orphans.empty:
-        where = "; ".join(f"experiment={r.experiment!r} init_scale={r.init_scale} seed={r.seed}"
+        where = "; ".join(f"experiment={r.experiment!r} task={r.task!r} init_scale={r.init_scale} seed={r.seed}"
                           for r in orphans.itertuples(index=False))
         raise ValueError(f"transfer_summary: no {baseline!r} baseline run for {where}")
 

@@ -8,7 +8,7 @@ SRC = os.path.join(workflow.basedir, "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-from randlabels import plan
+from randlabels import plan, targets
 from randlabels.config import ConfigError, check_config
 
 try:
@@ -31,7 +31,10 @@ wildcard_constraints:
     labels="random|real",
     scale=r"[0-9][0-9.e-]*",
     seed=r"\d+",
-    variant="scratch|pretrained|pretrained_norescale|gaussian",
+    variant=plan.VARIANT_PATTERN,
+    task=plan.TASK_PATTERN,
+    construct=plan.CONSTRUCT_PATTERN,
+    target="|".join(targets.TARGETS),
 
 
 def lib(*modules):
@@ -77,20 +80,37 @@ def scale_of(wildcards):
 
 def finetune_source(wildcards):
     """The file a fine-tuning variant starts from (none for scratch)."""
-    settings = plan.finetune_settings(config, wildcards.exp)
-    if wildcards.variant in ("pretrained", "pretrained_norescale"):
+    family, _depth = plan.parse_variant(wildcards.variant)
+    where = {"exp": wildcards.exp, "scale": wildcards.scale, "seed": wildcards.seed}
+    if family in ("pretrained", "pretrained_norescale", "first", "last"):
+        labels = plan.from_labels(config, wildcards.exp)
+        return {"source": plan.path("checkpoints", labels=labels, **where)}
+    if family == "gaussian":
+        return {"source": plan.path("gaussian_init", **where)}
+    if family in ("layerwise", "covariance"):
         return {
             "source": plan.path(
-                "checkpoints",
-                exp=wildcards.exp,
-                labels=settings["from_labels"],
-                scale=wildcards.scale,
-                seed=wildcards.seed,
+                "constructed_init", construct=wildcards.variant, **where
             )
         }
-    if wildcards.variant == "gaussian":
-        return {"source": plan.path("gaussian_init", **wildcards)}
     return {}
+
+
+def construct_source(wildcards):
+    """The pre-trained network a layer-wise construction estimates f from (none for
+    the parametric covariance construction)."""
+    if plan.parse_variant(wildcards.construct)[0] != "layerwise":
+        return {}
+    labels = plan.from_labels(config, wildcards.exp)
+    return {
+        "source": plan.path(
+            "checkpoints",
+            exp=wildcards.exp,
+            labels=labels,
+            scale=wildcards.scale,
+            seed=wildcards.seed,
+        )
+    }
 
 
 def packed_splits(wildcards):

@@ -7,9 +7,9 @@ rule finetune:
     output:
         plan.PATHS["finetune"],
     log:
-        logs("finetune/{exp}/{variant}/scale{scale}/seed{seed}"),
+        logs("finetune/{exp}/{task}/{variant}/scale{scale}/seed{seed}"),
     benchmark:
-        benchmarks("finetune/{exp}/{variant}/scale{scale}/seed{seed}")
+        benchmarks("finetune/{exp}/{task}/{variant}/scale{scale}/seed{seed}")
     conda:
         ENV
     threads: 1
@@ -20,6 +20,7 @@ rule finetune:
         training=lambda w: plan.finetune_settings(config, w.exp),
         experiment=lambda w: w.exp,
         variant=lambda w: w.variant,
+        task=lambda w: w.task,
         init_scale=scale_of,
         seed=lambda w: int(w.seed),
         device=config.get("device", "auto"),
@@ -27,6 +28,49 @@ rule finetune:
         on_divergence=config.get("on_divergence", "continue"),
         resume=lambda w: plan.path("finetune_resume", **w),
     message:
-        "Fine-tuning {wildcards.exp} from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"
+        "Fine-tuning {wildcards.exp} on {wildcards.task} labels from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:
         "../scripts/finetune.py"
+
+
+rule construct_init:
+    input:
+        unpack(construct_source),
+        dataset=exp_dataset_file,
+        split=plan.PATHS["split"],
+        code=lib(
+            "construct",
+            "probes",
+            "stats",
+            "transfer",
+            "models",
+            "engine",
+            "datasets",
+            "splits",
+            "seeding",
+            "io",
+        ),
+    output:
+        plan.PATHS["constructed_init"],
+    log:
+        logs("construct_init/{exp}/{construct}/scale{scale}/seed{seed}"),
+    benchmark:
+        benchmarks("construct_init/{exp}/{construct}/scale{scale}/seed{seed}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        model=lambda w: plan.model_settings(config, w.exp),
+        method=lambda w: plan.parse_variant(w.construct)[0],
+        depth=lambda w: plan.parse_variant(w.construct)[1],
+        init_scale=scale_of,
+        seed=lambda w: int(w.seed),
+        batch_size=lambda w: plan.construct_settings(config, w.exp)["batch_size"],
+        samples=lambda w: plan.construct_settings(config, w.exp)["samples"],
+        device=config.get("device", "auto"),
+    message:
+        "Constructing the first layers of {wildcards.exp} from data covariances ({wildcards.construct}), init scale {wildcards.scale}, seed {wildcards.seed}"
+    script:
+        "../scripts/construct_init.py"

@@ -1,14 +1,12 @@
 rule gaussian_init:
     input:
         sources=lambda w: plan.sample_sources(config, w.exp, w.scale, w.seed),
-        dataset=exp_dataset_file,
         split=plan.PATHS["split"],
         code=lib(
             "sampling",
             "stats",
             "transfer",
             "models",
-            "datasets",
             "splits",
             "seeding",
             "io",
@@ -25,7 +23,6 @@ rule gaussian_init:
         **RESOURCES_LIGHT,
     params:
         sample=lambda w: plan.sample_settings(config, w.exp),
-        finetune_labels=lambda w: plan.finetune_settings(config, w.exp)["labels"],
         init_scale=scale_of,
         seed=lambda w: int(w.seed),
     message:

@@ -11,61 +11,83 @@ from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
 from randlabels.training_job import run_training
 from randlabels.models import head_prefix
+from randlabels.plan import parse_variant
+from randlabels.probes import activation_probe
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
 from randlabels.transfer import (
     clone_state,
     fresh_model,
     load_into,
+    partial_state,
     read_checkpoints,
     read_init,
     transferred_state,
+    variant_layers,
 )
+
+
+
+def with_fresh_head(state: dict, fresh: dict, head: str) -> dict:
+    """``state`` with the classifier taken from ``fresh`` (this task's class count)."""
+    return {k: fresh[k] if k == head or k.startswith(head + ".") else v for k, v in state.items()}
+
 
 log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 settings = params.training
-variant = params.variant
+variant, task = params.variant, params.task
+family, _depth = parse_variant(variant)
 bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
 device = resolve_device(params.device)
 
 dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
-labels = split.labels("downstream", settings["labels"], dataset.labels)
-num_classes = dataset.num_classes if settings["labels"] == "real" else split.downstream_classes
+labels, num_classes = split.downstream_task(task, dataset.labels, dataset.num_classes)
 train = DeviceData(dataset.images[split.downstream], labels, dataset.norm_mean, dataset.norm_std, device)
 test = None
-if settings["labels"] == "real":
+if task == "real":
     test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
 
 source_diverged = False  # whether the initialization came from a diverged pre-training
 model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
-if variant in ("pretrained", "pretrained_norescale"):
+if family in ("pretrained", "pretrained_norescale", "first", "last"):
     source = read_checkpoints(snakemake.input.source)
     if source["diverged"]:
         log.warning("%s: pre-training diverged; transferring its last finite checkpoint", snakemake.input.source)
-    state = transferred_state(
-        init_state=source["states"][0],
-        trained_state=source["states"][max(source["states"])],
-        fresh_state=clone_state(model),
-        head=head_prefix(model),
-        rescale=variant == "pretrained",
-        reset_head=settings["reset_head"],
-    )
+    init_state, trained_state = source["states"][0], source["states"][max(source["states"])]
+    if family in ("first", "last"):  # only some layers, rescaled; the rest (and the head) fresh
+        groups = variant_layers(variant, model)
+        state = partial_state(init_state, trained_state, clone_state(model), groups, rescale=True)
+        log.info("transferring %s pre-trained layer(s): %s", variant, ", ".join(g[0] for g in groups))
+    else:
+        state = transferred_state(
+            init_state=init_state,
+            trained_state=trained_state,
+            fresh_state=clone_state(model),
+            head=head_prefix(model),
+            rescale=family == "pretrained",
+            reset_head=settings["reset_head"],
+        )
     load_into(model, state, snakemake.input.source)
     source_diverged = bool(source["diverged"])
-elif variant == "gaussian":
+elif family in ("gaussian", "layerwise", "covariance"):
+    # Built for the upstream class count: the head is this task's fresh one.
     init = read_init(snakemake.input.source)
-    load_into(model, init["state"], snakemake.input.source)
+    load_into(model, with_fresh_head(init["state"], clone_state(model), head_prefix(model)), snakemake.input.source)
     source_diverged = bool(init.get("source_diverged", False))
 
 config = TrainConfig.from_dict(settings)
-log.info("fine-tuning from %s on %d samples (%s labels), init scale %g, seed %d, on %s: %s",
-         variant, len(train), settings["labels"], params.init_scale, params.seed, device, config)
-trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "finetune"), test_data=test, log=log)
+log.info("fine-tuning from %s on %d samples (task %s, %d classes), init scale %g, seed %d, on %s: %s",
+         variant, len(train), task, num_classes, params.init_scale, params.seed, device, config)
+probe = None
+if settings["probe_samples"] > 0:  # per-layer ReLU statistics at every curve point
+    probe_images = train.normalized(slice(0, min(settings["probe_samples"], len(train))))
+    probe = activation_probe(lambda: probe_images.split(settings["eval_batch_size"]))
+trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "finetune"), test_data=test, log=log, probe=probe)
 # Everything the numbers depend on; the save interval is not among them.
-run_settings = {key: params[key] for key in ("model", "init_scale", "seed", "variant")}
+run_settings = {key: params[key] for key in ("model", "init_scale", "seed", "variant", "task")}
 run_settings["training"] = {k: v for k, v in settings.items() if k != "resume_every"}
 result, store = run_training(
     trainer,
@@ -79,7 +101,7 @@ result, store = run_training(
     eval_every=settings["eval_every"],
 )
 curve = result.curve.assign(
-    experiment=params.experiment, variant=variant, init_scale=params.init_scale, seed=params.seed,
+    experiment=params.experiment, task=task, variant=variant, init_scale=params.init_scale, seed=params.seed,
     source_diverged=source_diverged,
 )
 write_table(curve, snakemake.output[0])

@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from randlabels import runlog
-from randlabels.datasets import read_dataset
 from randlabels.models import resolve_layer
 from randlabels.sampling import fit_gaussian, sample_gaussian
 from randlabels.seeding import stream_rng, stream_seed
@@ -21,9 +20,9 @@ diverged = [path for path, source in zip(snakemake.input.sources, sources) if so
 for path in diverged:
     log.warning("%s: pre-training diverged; fitting to its last finite checkpoint (flagged downstream)", path)
 first = sources[0]
-dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
-num_classes = dataset.num_classes if params.finetune_labels == "real" else split.downstream_classes
+# The head is re-initialized for each downstream task; it only has to exist here.
+num_classes = split.upstream_classes
 
 fresh = fresh_model(first["spec"], first["input_shape"], num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
 layer = resolve_layer(fresh, params.sample["layer"])

@@ -36,7 +36,7 @@ def plot(curves: pd.DataFrame, out_path: str | os.PathLike) -> None:
     """Draw train accuracy against step per variant and write the PNG to ``out_path``."""
     style.require_columns(curves, COLUMNS, "learning-curves figure")
     style.apply_theme()
-    data = _flag_diverged_runs(curves)
+    data = _flag_diverged_runs(style.with_task_in_experiment(curves))
     variants = style.variant_order(data["variant"])
     palette = style.variant_palette(variants)
     several_rows = data["experiment"].nunique() > 1

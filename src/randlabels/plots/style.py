@@ -61,6 +61,17 @@ BASIS_DASHES: dict[str, tuple | str] = {"data": "", "random": (4, 2)}
 BASIS_MARKERS: dict[str, str] = {"data": "o", "random": "X"}
 
 
+def with_task_in_experiment(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its downstream task folded into the experiment name when an
+    experiment has several tasks (e.g. 'digits_cnn · random10'), so figures that
+    facet by experiment show one facet per task."""
+    if "task" not in table.columns or table["task"].nunique() <= 1:
+        return table
+    named = table.copy()
+    named["experiment"] = named["experiment"].astype(str) + " · " + named["task"].astype(str)
+    return named
+
+
 def apply_theme() -> None:
     """Set the common seaborn theme; called by every ``plot`` so figures look alike."""
     sns.set_theme(context="notebook", style="whitegrid", font_scale=0.85,

@@ -71,6 +71,7 @@ def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
     """
     style.require_columns(summary, COLUMNS, "transfer-summary figure")
     style.apply_theme()
+    summary = style.with_task_in_experiment(summary)
     data = summary[summary["variant"] != baseline]
     if data.empty:
         raise ValueError(f"transfer-summary figure: only the baseline {baseline!r} is present")

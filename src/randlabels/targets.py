@@ -1,0 +1,343 @@
+"""The paper's experiments as named targets: which tables each combines, and how.
+
+A target (``snakemake fig_transfer``) lists experiments in the config's ``targets``
+section. It reads the per-experiment tables the workflow already makes (fine-tuning
+curves and summaries, misalignment, f(σ), activation statistics), combines them into
+one tidy table (results/paper/NAME.tsv) and draws one figure (results/paper/NAME.png)
+with a module of :mod:`randlabels.plots`. What each target needs from an experiment is
+checked when the config is loaded, so a misconfigured target fails before any job.
+
+Plain pandas: tables and figures are rebuilt without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import plan
+
+# Per-experiment tables a target may read (names of plan.tables entries).
+FINETUNE_TABLES = ("finetune_curves", "transfer_summary")
+STATS_TABLES = ("misalignment", "transfer_function", "activations")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One named target: what it reads, what it requires of an experiment, how it is drawn."""
+
+    description: str
+    tables: tuple[str, ...]
+    plot: str  # module of randlabels.plots
+    requires: Callable[[dict, str], list[str]]
+    build: Callable[[dict[str, pd.DataFrame], dict], tuple[pd.DataFrame, pd.DataFrame]]
+    options: dict = field(default_factory=dict)
+    stats_files: bool = False  # reads the statistics files themselves (eigen-filters)
+
+
+# ----------------------------------------------------------------- requirements
+
+
+def _finetune_variants(config: dict, exp: str) -> list[str]:
+    if not plan.has_finetune(config, exp):
+        return []
+    return list(plan.finetune_settings(config, exp)["variants"])
+
+
+def _needs_variants(*wanted: str, families: tuple[str, ...] = ()) -> Callable[[dict, str], list[str]]:
+    """A requirement: fine-tuning with scratch, the ``wanted`` variants and at least one
+    variant of each of ``families`` (e.g. layerwise2)."""
+
+    def check(config: dict, exp: str) -> list[str]:
+        variants = _finetune_variants(config, exp)
+        if not variants:
+            return ["needs a finetune section"]
+        problems = [f"needs finetune variant {v!r}" for v in ("scratch", *wanted) if v not in variants]
+        present = {plan.parse_variant(v)[0] for v in variants}
+        problems += [f"needs a finetune variant {f}K (e.g. {f}1)" for f in families if f not in present]
+        return problems
+
+    return check
+
+
+def _needs_random_tasks(config: dict, exp: str) -> list[str]:
+    problems = _needs_variants()(config, exp)
+    if problems:
+        return problems
+    random_tasks = [t for t in plan.finetune_tasks(config, exp) if t != "real"]
+    return [] if random_tasks else ["needs random downstream labels (finetune.labels: random, finetune.classes: [...])"]
+
+
+def _needs_conv(config: dict, exp: str) -> list[str]:
+    return [] if plan.is_conv(config, exp) else ["needs a convolutional first layer (arch cnn2, vgg16, resnet18)"]
+
+
+def _needs_cnn2(config: dict, exp: str) -> list[str]:
+    arch = plan.experiment(config, exp)["model"]["arch"]
+    return [] if arch == "cnn2" else [f"needs arch cnn2 (its kernel_size is the x axis), not {arch!r}"]
+
+
+def _nothing(config: dict, exp: str) -> list[str]:
+    return []
+
+
+def _specialization_needs(config: dict, exp: str) -> list[str]:
+    problems = _needs_variants("pretrained")(config, exp)
+    if not problems and plan.finetune_settings(config, exp)["probe_samples"] < 1:
+        problems.append("needs finetune.probe_samples ≥ 1 (the activation statistics)")
+    return problems
+
+
+# ----------------------------------------------------------------- table builders
+
+
+def _with_depth(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with ``family`` and ``depth`` (k of firstK etc., NaN otherwise)."""
+    parsed = summary["variant"].map(plan.parse_variant)
+    out = summary.copy()
+    out["family"] = parsed.map(lambda p: p[0])
+    out["depth"] = parsed.map(lambda p: np.nan if p[1] is None else float(p[1]))
+    return out
+
+
+def _variants(table: pd.DataFrame, keep) -> pd.DataFrame:
+    return table[table["variant"].map(keep)].reset_index(drop=True)
+
+
+def _build_transfer(tables: dict, info: dict):
+    keep = lambda v: v in ("scratch", "pretrained", "pretrained_norescale")  # noqa: E731
+    return _variants(tables["transfer_summary"], keep), _variants(tables["finetune_curves"], keep)
+
+
+def _build_gaussian_init(tables: dict, info: dict):
+    keep = lambda v: v in plan.FIXED_VARIANTS  # noqa: E731
+    summary = _variants(tables["transfer_summary"], keep)
+    return summary, summary
+
+
+def _build_depth(families: tuple[str, ...]):
+    """Summary rows of scratch, the fixed variants and the depth families (k = 0 is
+    scratch, drawn at depth 0 of each family)."""
+
+    def build(tables: dict, info: dict):
+        summary = _with_depth(tables["transfer_summary"])
+        summary = summary[summary["family"].isin(families) | summary["depth"].isna()].reset_index(drop=True)
+        return summary, summary
+
+    return build
+
+
+def _build_transfer_map(tables: dict, info: dict):
+    summary = tables["transfer_summary"]
+    summary = summary[summary["task"] != "real"].copy()
+    summary["classes"] = summary["task"].map(plan.task_classes).astype(int)
+    summary = summary[summary["variant"].isin(plan.FIXED_VARIANTS)].reset_index(drop=True)
+    return summary, summary
+
+
+def _experiment_columns(table: pd.DataFrame, info: dict, keys: tuple[str, ...]) -> pd.DataFrame:
+    """The table with per-experiment settings (kernel size, augmentation, ...) as columns."""
+    out = table.copy()
+    for key in keys:
+        out[key] = out["experiment"].map(lambda exp: info[exp][key])
+    return out
+
+
+def _build_misalignment(tables: dict, info: dict):
+    table = _experiment_columns(tables["misalignment"], info, ("model", "augment"))
+    return table, table
+
+
+def _build_transfer_function(tables: dict, info: dict):
+    table = _experiment_columns(tables["transfer_function"], info, ("model",))
+    return table, table
+
+
+def _build_kernel_size(tables: dict, info: dict):
+    table = _experiment_columns(tables["misalignment"], info, ("kernel_size", "augment"))
+    dims = tables["transfer_function"].groupby(["experiment", "layer"])["index"].max() + 1
+    table["dim"] = [int(dims.get((e, l), np.nan)) for e, l in zip(table["experiment"], table["layer"])]
+    return table, table
+
+
+def _build_specialization(tables: dict, info: dict):
+    """Per-layer ReLU statistics before the switch (upstream checkpoints, measured on
+    the upstream data) and after it (every learning-curve point of fine-tuning, on the
+    downstream probe images): tidy rows (phase, x, layer, statistic, value)."""
+    ids = ["experiment", "variant", "init_scale", "seed"]
+    curves = tables["finetune_curves"]
+    stat_columns = [c for c in curves.columns if ":" in c and c.split(":", 1)[0] in ("frac_active", "frac_dead", "mean_activation")]
+    down = curves[[*ids, "task", "step", *stat_columns]].melt(
+        id_vars=[*ids, "task", "step"], var_name="column", value_name="value"
+    )
+    down = down.dropna(subset=["value"])
+    down["statistic"] = down["column"].str.split(":", n=1).str[0]
+    down["layer"] = down["column"].str.split(":", n=1).str[1]
+    down = down.assign(phase="downstream", x=down["step"].astype(float))
+    frames = [down[[*ids, "task", "phase", "x", "layer", "statistic", "value"]]]
+    acts = tables["activations"]
+    if not acts.empty:
+        acts = acts[acts["labels"] == acts["experiment"].map(lambda e: info[e]["from_labels"])]
+        up = acts.melt(
+            id_vars=["experiment", "init_scale", "seed", "epoch", "module"],
+            value_vars=["frac_active", "frac_dead", "mean_activation"],
+            var_name="statistic", value_name="value",
+        )
+        # Upstream rows belong to every downstream variant that starts from them.
+        up = up.rename(columns={"module": "layer"}).assign(phase="upstream", x=up["epoch"].astype(float), variant="pretrained", task="")
+        frames.append(up[[*ids, "task", "phase", "x", "layer", "statistic", "value"]])
+    table = pd.concat(frames, ignore_index=True)
+    table = _experiment_columns(table, info, ("model",))
+    # The figure shows one downstream task per experiment: real labels where there are
+    # any, else the first task (the table keeps them all).
+    down_rows = table["phase"] == "downstream"
+    tasks = table[down_rows].groupby("experiment")["task"].agg(lambda t: "real" if "real" in set(t) else sorted(set(t))[0])
+    shown = ~down_rows | (table["task"] == table["experiment"].map(tasks))
+    return table, table[shown].drop(columns="task")
+
+
+def _build_eigenfilter_table(tables: dict, info: dict):
+    # Built from the statistics files (see eigenfilter_table); nothing to combine here.
+    raise NotImplementedError("fig_eigenfilters is built from statistics files")
+
+
+TARGETS: dict[str, Target] = {
+    "fig_transfer": Target(
+        "Transfer: pre-trained on random labels (rescaled or not) against scratch, downstream on real or fresh random labels, per init scale.",
+        FINETUNE_TABLES, "learning_curves", _needs_variants("pretrained"), _build_transfer),
+    "fig_misalignment": Target(
+        "First-layer misalignment over training, data basis against a random basis, random against real labels.",
+        STATS_TABLES[:1], "misalignment", _nothing, _build_misalignment),
+    "fig_eigenfilters": Target(
+        "Top eigenvectors of the pooled filter covariance beside those of the image-patch covariance.",
+        (), "eigenfilters", _needs_conv, _build_eigenfilter_table, stats_files=True),
+    "fig_transfer_function": Target(
+        "The transfer function f(σ) of the first layer after each checkpoint epoch, random and real labels.",
+        STATS_TABLES[1:2], "transfer_function", _nothing, _build_transfer_function),
+    "fig_gaussian_init": Target(
+        "Downstream training from scratch, pre-trained, pre-trained without rescaling and the first-layer Gaussian approximation.",
+        FINETUNE_TABLES, "transfer_summary", _needs_variants("pretrained", "gaussian"), _build_gaussian_init),
+    "fig_layerwise": Target(
+        "The first k layers constructed layer by layer from data covariances (f estimated from a pre-trained network, or parametric), k = 0..K.",
+        FINETUNE_TABLES, "depth_transfer", _needs_variants(families=("layerwise",)),
+        _build_depth(("layerwise", "covariance"))),
+    "fig_specialization": Target(
+        "Per-layer ReLU statistics across the switch from upstream to downstream training; widened upper layers as the remedy.",
+        FINETUNE_TABLES + STATS_TABLES[2:], "specialization", _specialization_needs, _build_specialization),
+    "fig_transfer_map": Target(
+        "Positive and negative transfer over init scale × number of downstream classes (steps-to-target ratio).",
+        FINETUNE_TABLES, "transfer_map", _needs_random_tasks, _build_transfer_map),
+    "q_augmentation": Target(
+        "Reviewers: does data augmentation (random crops and flips) change the alignment?",
+        STATS_TABLES[:1], "misalignment", _nothing, _build_misalignment),
+    "q_kernel_size": Target(
+        "Reviewers: does a larger kernel raise the misalignment?",
+        STATS_TABLES[:2], "kernel_size", _needs_cnn2, _build_kernel_size),
+    "q_last_layers": Target(
+        "Reviewers: transferring only the last k layers against only the first k.",
+        FINETUNE_TABLES, "depth_transfer", _needs_variants(families=("first", "last")),
+        _build_depth(("first", "last"))),
+    "q_covariance_init": Target(
+        "Reviewers: weights built from the data covariance alone (no training) as an initialization.",
+        FINETUNE_TABLES, "depth_transfer", _needs_variants(families=("covariance",)),
+        _build_depth(("covariance",))),
+}
+
+
+# ----------------------------------------------------------------- plan helpers
+
+
+def configured(config: dict) -> list[str]:
+    """Names of the targets the config defines, in TARGETS order."""
+    chosen = config.get("targets") or {}
+    return [name for name in TARGETS if name in chosen]
+
+
+def experiments(config: dict, name: str) -> list[str]:
+    """The experiments a target combines; a clear error when it is not configured."""
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {name!r}; valid: {', '.join(TARGETS)}")
+    entry = (config.get("targets") or {}).get(name)
+    if entry is None:
+        raise ValueError(
+            f"target {name} is not configured: add targets.{name}.experiments to the config "
+            "(see configs/paper-cifar10.yaml and docs/RESULTS.md)"
+        )
+    return list(entry["experiments"])
+
+
+def problems(config: dict) -> list[str]:
+    """What the configured targets need but their experiments lack (for config checks)."""
+    found = []
+    for name in configured(config):
+        for exp in config["targets"][name]["experiments"]:
+            where = f"targets.{name}.experiments"
+            if exp not in config["experiments"]:
+                found.append(f"{where}: {exp!r} is not an experiment (defined: {', '.join(config['experiments'])})")
+                continue
+            found += [f"{where}: {exp!r} {p}" for p in TARGETS[name].requires(config, exp)]
+    return found
+
+
+def table_inputs(config: dict, name: str) -> dict[str, list[str]]:
+    """Per table kind, the per-experiment table files a target reads."""
+    exps = experiments(config, name)
+    inputs = {kind: [plan.path("table", exp=exp, table=kind) for exp in exps] for kind in TARGETS[name].tables}
+    if TARGETS[name].stats_files:
+        inputs["stats"] = [path for exp in exps for path in plan.eigenfilter_sources(config, exp)]
+    return inputs
+
+
+def experiment_info(config: dict, name: str) -> dict[str, dict]:
+    """Settings of each experiment of a target that its table carries as columns."""
+    info = {}
+    for exp in experiments(config, name):
+        entry = plan.experiment(config, exp)
+        model = entry["model"]
+        augment = entry["pretrain"].get("augment") or {}
+        info[exp] = {
+            "model": model["arch"] + (f" ×{model['upper_width']:g} upper" if model.get("upper_width", 1) != 1 else ""),
+            "kernel_size": int(model.get("kernel_size", 3)) if model["arch"] == "cnn2" else 3,
+            "augment": ", ".join(f"{k} {v}" for k, v in sorted(augment.items()) if v) or "none",
+            "from_labels": plan.from_labels(config, exp) if plan.has_finetune(config, exp) else entry["pretrain"]["labels"][0],
+        }
+    return info
+
+
+def target_files(config: dict, name: str) -> list[str]:
+    experiments(config, name)  # raises when not configured
+    return [plan.path("target_table", target=name), plan.path("target_figure", target=name)]
+
+
+def all_target_files(config: dict) -> list[str]:
+    return [f for name in configured(config) for f in target_files(config, name)]
+
+
+# ----------------------------------------------------------------- building
+
+
+def combine(name: str, tables: dict[str, pd.DataFrame], info: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tidy table, the table the figure is drawn from) of a target."""
+    return TARGETS[name].build(tables, info)
+
+
+def eigenfilter_table(experiment: str, cov_w: np.ndarray, eigvec_x: np.ndarray, eigval_x: np.ndarray, top: int = 16) -> pd.DataFrame:
+    """Rank-by-rank comparison of the pooled Σw's eigenvectors with Σx's: eigenvalues,
+    |cos| between the i-th eigenvectors of each, and the best |cos| of the i-th Σw
+    eigenvector with any of Σx's top ``top``."""
+    from .stats import eigh_descending
+
+    eigval_w, eigvec_w = eigh_descending(cov_w)
+    n = min(top, eigvec_w.shape[1], eigvec_x.shape[1])
+    overlap = np.abs(eigvec_w[:, :n].T @ eigvec_x[:, :n])
+    return pd.DataFrame({
+        "experiment": experiment,
+        "rank": np.arange(1, n + 1),
+        "eigval_w": eigval_w[:n],
+        "eigval_x": np.asarray(eigval_x)[:n],
+        "cos_same_rank": np.diag(overlap),
+        "cos_best_match": overlap.max(axis=1),
+    })

@@ -1,0 +1,243 @@
+"""The paper's experiments as named targets: planning, config checks, dry runs of the
+paper config, and every target end to end at tiny scale (figures and tables opened)."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from randlabels import plan, targets
+from randlabels.config import ConfigError, check_config
+from workflow_helpers import ROOT, copy_project, job_counts, snakemake
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+PAPER = ROOT / "configs" / "paper-cifar10.yaml"
+TINY = ROOT / "tests" / "configs" / "targets.yaml"
+
+
+def load(path):
+    return yaml.safe_load(path.read_text())
+
+
+def refused(config) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_config(config, SCHEMA)
+    return str(info.value)
+
+
+# ----------------------------------------------------------------- planning
+
+
+def test_tasks_are_real_and_one_random_task_per_class_count():
+    config = load(TINY)
+    assert plan.finetune_tasks(config, "tiny") == ["real", "random10"]
+    assert plan.finetune_tasks(config, "tiny_map") == ["random2", "random10"]
+    assert plan.task_classes("random2") == 2 and plan.task_classes("real") is None
+    files = plan.finetune_files(config, "tiny_map")
+    assert len(files) == 2 * 2 * 2 * 2  # tasks × variants × scales × seeds
+    assert "results/tiny_map/finetune/random2/pretrained/scale0.5/seed1.tsv" in files
+
+
+def test_task_keys_are_not_training_settings():
+    # Adding a class count adds runs; it must not change (and so rerun) the existing ones.
+    config = load(TINY)
+    before = plan.finetune_settings(config, "tiny_map")
+    config["experiments"]["tiny_map"]["finetune"]["classes"] = [2, 5, 10]
+    assert plan.finetune_settings(config, "tiny_map") == before
+    assert "labels" not in before and "classes" not in before
+
+
+def test_variants_parse_into_families_and_depths():
+    assert plan.parse_variant("pretrained") == ("pretrained", None)
+    assert plan.parse_variant("layerwise2") == ("layerwise", 2)
+    assert plan.parse_variant("last13") == ("last", 13)
+    for bad in ("first", "firstx", "deep2", "gaussian1"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            plan.parse_variant(bad)
+
+
+def test_an_experiment_may_have_its_own_seeds():
+    config = load(PAPER)
+    assert plan.seeds(config, "eigenfilters_cifar10") == list(range(64))
+    assert plan.seeds(config, "vgg16_transfer") == [0, 1, 2, 3, 4]
+    assert len(plan.eigenfilter_sources(config, "eigenfilters_cifar10")) == 64
+    assert len(plan.seed_groups(config, "eigenfilters_cifar10")) == 4  # packs of 16
+
+
+def test_target_inputs_are_the_tables_of_its_experiments():
+    config = load(TINY)
+    inputs = targets.table_inputs(config, "fig_specialization")
+    assert inputs["finetune_curves"] == ["results/tiny/tables/finetune_curves.tsv", "results/tiny_depth/tables/finetune_curves.tsv"]
+    assert set(inputs) == {"finetune_curves", "transfer_summary", "activations"}
+    assert len(targets.table_inputs(config, "fig_eigenfilters")["stats"]) == 2  # the seeds pooled
+    info = targets.experiment_info(config, "q_kernel_size")
+    assert info["tiny_k5"]["kernel_size"] == 5 and info["tiny_aug"]["augment"] == "crop 1, flip True"
+
+
+def test_an_unconfigured_target_says_how_to_configure_it():
+    config = load(ROOT / "config.yaml")
+    with pytest.raises(ValueError, match="targets.fig_layerwise.experiments"):
+        targets.target_files(config, "fig_layerwise")
+
+
+# ----------------------------------------------------------------- config checks
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["targets"]["fig_layerwise"].update(experiments=["nope"]), "targets.fig_layerwise.experiments: 'nope' is not an experiment"),
+        (lambda c: c["targets"].update(fig_layerwise={"experiments": ["tiny"]}), "'tiny' needs a finetune variant layerwiseK"),
+        (lambda c: c["targets"].update(fig_transfer_map={"experiments": ["tiny_k5"]}), "'tiny_k5' needs a finetune section"),
+        (lambda c: c["targets"].update(q_kernel_size={"experiments": ["tiny_k5", "gauss"]}), "needs arch cnn2"),
+        (lambda c: c["targets"].update(fig_gaussian_init={"experiments": ["tiny_map"]}), "needs finetune variant 'gaussian'"),
+        (lambda c: c["targets"].update(fig_specialization={"experiments": ["tiny_map"]}), "probe_samples"),
+        (lambda c: c["targets"].update(fig_figure={"experiments": ["tiny"]}), "targets"),
+        (lambda c: c["experiments"]["tiny"]["finetune"].update(variants=["scratch", "deep2"]), "variants"),
+        (lambda c: c["experiments"]["tiny"]["finetune"].update(labels="real", classes=[2]), "finetune.classes: only random downstream labels"),
+        (lambda c: c["experiments"]["tiny"]["finetune"].update(classes=[1]), "classes"),
+        (lambda c: c["experiments"]["tiny"]["pretrain"].update(augment={"crop": -1}), "augment"),
+        (lambda c: c["experiments"]["tiny"]["model"].update(upper_width=0.5), "upper_width"),
+    ],
+)
+def test_targets_and_new_settings_are_checked_before_any_job(change, message):
+    config = load(TINY)
+    config["datasets"]["gauss"] = {"source": "gaussian", "dim": 5, "n_samples": 300, "spectrum": {"kind": "linear", "low": 0.1, "high": 1.0}}
+    config["experiments"]["gauss"] = {
+        "dataset": "gauss", "model": {"arch": "fc", "widths": [8]}, "init_scales": [1.0],
+        "split": {"upstream": 100, "downstream": 100}, "pretrain": {"labels": ["random"], "epochs": 1},
+    }
+    check_config(copy.deepcopy(config), SCHEMA)  # the unchanged config is valid
+    change(config)
+    assert message in refused(config)
+
+
+def test_reset_head_false_needs_every_task_to_keep_the_class_count():
+    config = load(TINY)
+    config["experiments"]["tiny_map"]["finetune"]["reset_head"] = False
+    assert "finetune.reset_head" in refused(config)
+
+
+# ----------------------------------------------------------------- dry runs
+
+
+def test_every_target_dry_runs_on_the_paper_config(tmp_path):
+    project = copy_project(tmp_path / "project")
+    start = time.perf_counter()
+    output = snakemake(project, *targets.TARGETS, "-n", "--configfile", "configs/paper-cifar10.yaml").stdout
+    seconds = time.perf_counter() - start
+    counts = job_counts(output)
+    assert counts["paper_target"] == len(targets.TARGETS)
+    for name in targets.TARGETS:
+        assert counts[name] == 1, name
+        assert f"results/paper/{name}.png" in output
+    # The depth variants and the transfer map's tasks are all planned.
+    assert "results/vgg16_transfer/finetune/real/layerwise4/scale2/seed4.tsv" in output
+    assert "results/vgg16_map/finetune/random100/pretrained/scale0.25/seed2.tsv" in output
+    assert "results/vgg16_transfer/init/covariance2/scale0.5/seed0.pt" in output
+    assert counts["pretrain_packed"] >= 4  # the eigen-filter seeds in packs of 16
+    print(f"DAG of {sum(counts.values())} jobs in {seconds:.1f} s (including start-up)")
+
+
+def test_the_paper_config_runs_on_resnet18_and_cifar100(tmp_path):
+    project = copy_project(tmp_path / "project")
+    config = load(PAPER)
+    config["datasets"]["cifar100"] = {"source": "cifar100", "root": "data/cifar100"}
+    for entry in config["experiments"].values():
+        if entry["dataset"] == "cifar10":
+            entry["dataset"] = "cifar100"
+        if entry["model"]["arch"] == "vgg16_bn":
+            entry["model"]["arch"] = "resnet18"
+    (project / "configs" / "resnet-cifar100.yaml").write_text(yaml.safe_dump(config))
+    output = snakemake(project, *targets.TARGETS, "-n", "--configfile", "configs/resnet-cifar100.yaml").stdout
+    assert "results/data/cifar100.h5" in output and "results/data/cifar10.h5" not in output
+    assert job_counts(output)["paper_target"] == len(targets.TARGETS)
+
+
+def test_a_named_target_runs_only_what_it_needs(tmp_path):
+    project = tiny_project(tmp_path)
+    counts = job_counts(snakemake(project, "q_kernel_size", "-n", "--configfile", "configs/targets-tiny.yaml").stdout)
+    assert counts["paper_target"] == 1 and "finetune" not in counts and "construct_init" not in counts
+    assert counts["pretrain"] == 4  # tiny_aug and tiny_k5, 2 seeds, random labels
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def tiny_project(tmp_path):
+    """A project copy with the tiny targets config at configs/targets-tiny.yaml."""
+    project = copy_project(tmp_path / "project")
+    (project / "configs" / "targets-tiny.yaml").write_text(TINY.read_text())
+    return project
+
+
+def _image(path):
+    image = mpimg.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, path
+    assert float(np.std(image)) > 0.01, f"{path} is blank"
+    return image
+
+
+@pytest.mark.slow
+def test_every_target_end_to_end_at_tiny_scale(tmp_path):
+    project = tiny_project(tmp_path)
+    snakemake(project, *targets.TARGETS, "--cores", "2", "--configfile", "configs/targets-tiny.yaml", timeout=2400)
+    paper = project / "results" / "paper"
+    tables = {}
+    for name in targets.TARGETS:
+        _image(paper / f"{name}.png")
+        tables[name] = pd.read_csv(paper / f"{name}.tsv", sep="\t")
+        assert not tables[name].empty, name
+
+    transfer = tables["fig_transfer"]
+    assert set(transfer["task"]) == {"real", "random10"}
+    assert set(transfer["variant"]) == {"scratch", "pretrained", "pretrained_norescale"}
+    assert set(tables["fig_gaussian_init"]["variant"]) >= {"scratch", "gaussian"}
+
+    layerwise = tables["fig_layerwise"]
+    assert set(layerwise["family"]) >= {"layerwise", "covariance", "scratch"}
+    assert set(layerwise.loc[layerwise["family"] == "layerwise", "depth"]) == {1.0, 2.0}
+    last = tables["q_last_layers"]
+    assert set(last["family"]) >= {"first", "last"} and "layerwise" not in set(last["family"])
+    assert set(tables["q_covariance_init"]["family"]) >= {"covariance", "scratch"}
+
+    transfer_map = tables["fig_transfer_map"]
+    assert set(transfer_map["classes"]) == {2, 10} and set(transfer_map["init_scale"]) == {0.5, 1.0}
+    # The speed-up of scratch against itself is 1 wherever it reaches the target after
+    # step 0 (at step 0 it is 0/0: undefined; 30% is below the chance level of 2 classes).
+    scratch = transfer_map[transfer_map["variant"] == "scratch"]
+    later = scratch["steps_to_target"] > 0
+    assert np.allclose(scratch.loc[later, "speedup"], 1.0) and scratch.loc[~later, "speedup"].isna().all()
+    assert (scratch.loc[scratch["classes"] == 2, "steps_to_target"] == 0).all()
+
+    special = tables["fig_specialization"]
+    assert set(special["phase"]) == {"upstream", "downstream"}
+    assert set(special["statistic"]) == {"frac_active", "frac_dead", "mean_activation"}
+    assert special["value"].between(-1e6, 1e6).all()
+    fractions = special[special["statistic"] != "mean_activation"]["value"]
+    assert fractions.between(0, 1).all()
+    assert set(special["experiment"]) == {"tiny", "tiny_depth"}
+
+    kernel = tables["q_kernel_size"]
+    assert dict(kernel.groupby("kernel_size")["dim"].first()) == {3: 9, 5: 25}
+    assert set(tables["q_augmentation"]["augment"]) == {"none", "crop 1, flip True"}
+
+    misalignment = tables["fig_misalignment"]
+    assert set(misalignment["labels"]) == {"random", "real"} and set(misalignment["basis"]) == {"data", "random"}
+    tf = tables["fig_transfer_function"]
+    assert (tf["f"] >= 0).all() and set(tf["epoch"]) == {0, 1, 2}
+
+    eigen = tables["fig_eigenfilters"]
+    assert list(eigen["rank"]) == list(range(1, len(eigen) + 1))
+    assert eigen["cos_best_match"].between(0, 1 + 1e-9).all()
+    assert (eigen["cos_best_match"] >= eigen["cos_same_rank"] - 1e-12).all()
+
+    # Nothing is left to do, and a second request of one target reruns nothing.
+    rerun = snakemake(project, "fig_layerwise", "-n", "--configfile", "configs/targets-tiny.yaml").stdout
+    assert job_counts(rerun) == {}

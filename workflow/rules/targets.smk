@@ -1,0 +1,56 @@
+# The paper's experiments as named targets (randlabels.targets): `snakemake fig_transfer`
+# builds results/paper/fig_transfer.tsv and .png from the experiments that
+# targets.fig_transfer.experiments lists, and everything they need.
+
+
+rule paper_target:
+    input:
+        unpack(lambda w: targets.table_inputs(config, w.target)),
+        code=lib("targets", "plan", "io")
+        + lib(*(f"plots/{m}" for m in {t.plot for t in targets.TARGETS.values()})),
+    output:
+        table=report(
+            plan.PATHS["target_table"],
+            caption="../report/paper_target.rst",
+            category="Paper",
+            subcategory="Tables",
+        ),
+        figure=report(
+            plan.PATHS["target_figure"],
+            caption="../report/paper_target.rst",
+            category="Paper",
+            subcategory="Figures",
+        ),
+    log:
+        logs("paper_target/{target}"),
+    benchmark:
+        benchmarks("paper_target/{target}")
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        target=lambda w: w.target,
+        description=lambda w: targets.TARGETS[w.target].description,
+        experiments=lambda w: targets.experiments(config, w.target),
+        info=lambda w: targets.experiment_info(config, w.target),
+        target_accuracy={
+            exp: plan.finetune_settings(config, exp)["target_accuracy"]
+            for exp in config["experiments"]
+            if plan.has_finetune(config, exp)
+        },
+    message:
+        "Building the paper's {wildcards.target}"
+    script:
+        "../scripts/paper_target.py"
+
+
+# One named rule per target, so that `snakemake NAME` runs it (and only it).
+for _name in targets.TARGETS:
+
+    rule:
+        name:
+            _name
+        input:
+            lambda w, name=_name: targets.target_files(config, name),
+        localrule: True

@@ -1,0 +1,81 @@
+"""Rule construct_init: the first k layers built from the data covariance (paper §2.5).
+
+Method "layerwise" estimates the transfer function g from a network pre-trained on
+random labels (input ``source``, its final checkpoint); method "covariance" uses the
+training-free parametric g (randlabels.construct.parametric_transfer). Σx is measured on
+the first ``samples`` upstream images of the split.
+"""
+
+import _bootstrap  # noqa: F401  (puts src/ on sys.path)
+
+import time
+
+import torch
+
+from randlabels import runlog
+from randlabels.construct import construct_layers, constructible_layers
+from randlabels.datasets import read_dataset
+from randlabels.engine import DeviceData, resolve_device
+from randlabels.models import build_model
+from randlabels.seeding import stream_seed
+from randlabels.splits import read_split
+from randlabels.transfer import clone_state, fresh_model, load_into, read_checkpoints, save_init
+
+log = runlog.start(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+params = snakemake.params
+method, depth = params.method, int(params.depth)
+if int(params.samples) < 2:
+    raise ValueError(f"construct_init: samples must be >= 2 for a covariance, got {params.samples}")
+device = resolve_device(params.device)
+
+dataset = read_dataset(snakemake.input.dataset)
+split = read_split(snakemake.input.split)
+index = split.upstream[: int(params.samples)]
+data = DeviceData(dataset.images[index], dataset.labels[index], dataset.norm_mean, dataset.norm_std, device)
+num_classes = split.upstream_classes
+
+
+def batches():
+    """Normalized upstream inputs, in storage order, on the device."""
+    for inputs, _ in data.batches(int(params.batch_size)):
+        yield inputs
+
+
+model = fresh_model(params.model, data.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune")).to(device)
+
+pretrained = None
+source_diverged = False
+if method == "layerwise":
+    source = read_checkpoints(snakemake.input.source)
+    if source["diverged"]:
+        log.warning("%s: pre-training diverged; estimating g from its last finite checkpoint (flagged downstream)", snakemake.input.source)
+    source_diverged = bool(source["diverged"])
+    pretrained = build_model(source["spec"], source["input_shape"], source["num_classes"])
+    load_into(pretrained, source["states"][max(source["states"])], snakemake.input.source)
+    pretrained.to(device)
+
+layers = constructible_layers(model)[:depth] if depth >= 0 else []
+log.info(
+    "constructing %d layer(s) %s by method %s from %d upstream samples, init scale %g, seed %d, on %s",
+    depth, layers, method, len(data), params.init_scale, params.seed, device,
+)
+start = time.perf_counter()
+diagnostics = construct_layers(model, depth, method, batches, params.seed, pretrained=pretrained)
+for name, info in diagnostics.items():
+    log.info(
+        "layer %s: d = %d, %d units, Σx from %d vectors (rank %d, σ_max %.3g), norm %.4g, %.1f s",
+        name, info["dim"], info["units"], info["samples"], info["rank"], info["sigma_max"], info["norm"], info["seconds"],
+    )
+log.info("constructed in %.1f s", time.perf_counter() - start)
+
+what = "estimated from a random-label pre-training" if method == "layerwise" else "parametric"
+save_init(
+    snakemake.output[0],
+    spec=params.model,
+    input_shape=data.input_shape,
+    num_classes=num_classes,
+    state=clone_state(model),
+    description=f"layer-wise construction (method {method}, g {what}, k = {depth}: {', '.join(layers) or 'no layer'})",
+    source_diverged=source_diverged,
+)
