@@ -135,7 +135,8 @@ def _build_transfer_map(tables: dict, info: dict):
     summary = summary[summary["task"] != "real"].copy()
     summary["classes"] = summary["task"].map(plan.task_classes).astype(int)
     summary = summary[summary["variant"].isin(plan.FIXED_VARIANTS)].reset_index(drop=True)
-    return summary, summary
+    # One map over all class counts: in the figure the tasks differ only by `classes`.
+    return summary, summary.assign(task="random labels")
 
 
 def _experiment_columns(table: pd.DataFrame, info: dict, keys: tuple[str, ...]) -> pd.DataFrame:
