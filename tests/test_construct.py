@@ -253,9 +253,11 @@ def _run_script(monkeypatch, tmp_path, *, method, depth, source=None):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # runlog.start replaces it
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
+    threads = torch.get_num_threads()  # the script sets the job's thread count
     try:
         runpy.run_path(str(SCRIPTS / "construct_init.py"), init_globals={"snakemake": fake}, run_name="__main__")
     finally:
+        torch.set_num_threads(threads)
         for handler in root.handlers:
             if handler not in saved[0]:
                 handler.close()
