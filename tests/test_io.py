@@ -41,3 +41,23 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt"):
         load_torch(bad)
+
+
+def test_a_rerun_removes_temporaries_of_killed_writers_only(tmp_path):
+    """kill -9 leaves `.NAME.tmp-PID` behind; the next write of NAME removes it, but not
+    the temporary of a writer that still runs, nor those of other files."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".table.tsv.tmp-{dead_pid}"
+    live = tmp_path / f".table.tsv.tmp-{os.getppid()}"  # a process that exists
+    other = tmp_path / f".other.tsv.tmp-{dead_pid}"
+    for path in (stale, live, other):
+        path.write_text("partial")
+    with atomic_output(tmp_path / "table.tsv") as tmp:
+        tmp.write_text("done")
+    assert (tmp_path / "table.tsv").read_text() == "done"
+    assert not stale.exists() and live.exists() and other.exists()

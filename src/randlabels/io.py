@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +38,25 @@ def _lack_of_room(err: BaseException | None) -> str | None:
     return None
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Remove temporary files of ``final`` left by writers that no longer run (a job
+    killed with SIGKILL cannot clean up after itself; its rerun does)."""
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
@@ -47,6 +67,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
