@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: venv run test test-gpu test-slurm lint clean bench bench-gpu
+.PHONY: venv run test test-data test-gpu test-slurm lint clean bench bench-gpu
 
 venv: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ run: venv
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 	@echo "report: results/report.html"
 
-test: venv
+# Real images for the tests (Debian's dataset-fashion-mnist, installed when missing).
+test-data:
+	tests/data/fashion_mnist.sh
+
+test: venv test-data
 	$(BIN)/python -m pytest
 
 test-gpu: venv

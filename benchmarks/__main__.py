@@ -9,7 +9,7 @@ import time
 
 from benchmarks import common
 
-BENCHMARKS = ("engine", "packing", "covariance", "workflow")
+BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data")
 
 
 def main(argv=None) -> int:

@@ -48,6 +48,9 @@ class Sizes:
     dag_seeds: list[int]
     dag_trials: list[int]
     notes: list[str] = field(default_factory=list)
+    # Dataset preparation (benchmarks/data.py): the sizes on every device.
+    data_folder_images: int = 10_000
+    data_trials: int = 2
 
 
 SIZES = {

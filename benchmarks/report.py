@@ -46,6 +46,11 @@ benchmark, with the method in its docstring).
   numpy im2col (`sliding_window_view`) and XᵀX, float64, on the CPU.
 - **DAG build**: wall-clock time of `snakemake -n` on the default config with more
   seeds, against the number of jobs.
+- **Dataset preparation**: `randlabels.data` preparing all 70,000 Fashion-MNIST images
+  (Debian's files, `source: torchvision`) and an image folder of 10,000 28×28 PNGs
+  (`source: folder`), checksums and the HDF5 file included, against torchvision's
+  dataset classes with ToTensor over a DataLoader (arrays only). Targets: at most 30 s
+  and 60 s on 2 cores.
 """
 
 TARGETS = [
@@ -234,10 +239,21 @@ def _workflow(result: dict) -> str:
     return "### DAG build (`snakemake -n`)\n\n" + _table(["seeds", "jobs", "seconds", "ms per job", "trials"], table)
 
 
+def _data(result: dict) -> str:
+    rows = result["benchmarks"].get("data")
+    if not rows:
+        return ""
+    table = [[r["dataset"], _num(r["images"]), f"{r['library_seconds']:.1f}", f"{r['baseline_seconds']:.1f}",
+              _ratio(r["ratio"])] for r in rows]
+    return ("### Dataset preparation\n\nLibrary: the prepared HDF5 file, checksums and normalization included; "
+            "baseline: torchvision's dataset class with ToTensor over a DataLoader, arrays only.\n\n"
+            + _table(["source", "images", "library s", "baseline s", "baseline / library"], table))
+
+
 def render_section(result: dict) -> str:
     device = result["machine"]["device"]
     parts = [f"## {DEVICES[device]}", _machine(result), "### Targets", _targets_table(result)]
-    parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result)) if p]
+    parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result), _data(result)) if p]
     notes = result.get("notes") or []
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))

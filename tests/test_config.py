@@ -78,7 +78,7 @@ def test_out_of_range_values_are_refused(path, value):
 def test_unknown_dataset_source_lists_valid_names():
     message = mutate(lambda c: c["datasets"]["digits"].update(source="mnist"))
     assert "datasets.digits.source" in message
-    assert "digits, gaussian, cifar10, cifar100" in message
+    assert "digits, gaussian, torchvision, folder, arrays" in message
 
 
 def test_unknown_architecture_lists_valid_names():
@@ -166,3 +166,78 @@ def test_semantic_rules_are_skipped_only_when_the_schema_fails():
     config = load()
     assert semantic_errors(copy.deepcopy(config)) == []
     assert schema_errors(config, SCHEMA) == []
+
+
+@pytest.mark.parametrize(
+    "spec, shape",
+    [
+        ({"arch": "cnn2", "filters": 4, "hidden": 8, "pool": 2}, (1, 8, 8)),
+        ({"arch": "fc", "widths": [3, 4, 5], "upper_width": 2.0}, (30,)),
+        ({"arch": "fc"}, (30,)),
+        ({"arch": "vgg16"}, (3, 32, 32)),
+        ({"arch": "vgg16_bn", "upper_width": 1.5}, (1, 32, 32)),
+        ({"arch": "resnet18"}, (3, 32, 32)),
+        ({"arch": "resnet18", "upper_width": 0.5}, (1, 64, 64)),
+    ],
+    ids=lambda v: "-".join(map(str, v.values() if isinstance(v, dict) else v)),
+)
+def test_builtin_layer_names_are_those_of_the_built_model(spec, shape):
+    from randlabels.config import builtin_layers
+    from randlabels.models import check_model, weight_layers
+
+    assert builtin_layers(spec) == weight_layers(check_model(spec, shape, 10))
+
+
+def test_builtin_layer_names_are_checked_without_building_the_model(monkeypatch):
+    import randlabels.config
+    import randlabels.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the config check built a model")
+
+    monkeypatch.setattr(randlabels.models, "build_model", refuse)
+    monkeypatch.setattr(randlabels.config, "check_model", refuse)
+    config = load()
+    config.pop("targets")
+    config["datasets"]["c10"] = {"source": "torchvision", "name": "CIFAR10", "root": "data"}
+    entry = config["experiments"]["digits_cnn"]
+    entry.update(dataset="c10", model={"arch": "vgg16_bn"}, stats={"layers": ["first", "features.3", "classifier"]})
+    entry["finetune"]["variants"] = ["scratch", "first13", "last13", "layerwise13"]
+    assert problems(config) == ""
+    entry["stats"]["layers"] = ["features.1"]  # a BatchNorm, not a weight layer
+    entry["finetune"]["variants"] = ["last14", "covariance14"]
+    message = problems(config)
+    assert "experiments.digits_cnn.stats.layers: no conv/linear layer 'features.1'" in message
+    assert "features.0, features.3, features.7" in message and "features.40, classifier" in message
+    assert "variants: last14: variant 'last14' transfers 14 layers, but the model has only 13 non-head layers" in message
+    assert "variants: covariance14: constructs 14 layer(s), but the model has 13 below the classifier" in message
+
+
+def _patterns(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "pattern":
+                yield value
+            else:
+                yield from _patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patterns(value)
+
+
+def test_every_schema_pattern_is_anchored_at_the_true_end_of_the_string():
+    # jsonschema matches patterns with re.search, where "$" matches before a final
+    # newline: "tiny\n" would pass as a name and become a folder.
+    found = list(_patterns(yaml.safe_load(SCHEMA.read_text())))
+    assert len(found) >= 3
+    for pattern in found:
+        assert pattern.startswith("^") and pattern.endswith(r"(?![\s\S])") and "$" not in pattern, pattern
+
+
+def test_integers_are_ints_and_finite_numbers_pass():
+    config = load()
+    config["experiments"]["digits_cnn"]["pretrain"]["lr"] = 1  # an int is a number
+    config["experiments"]["digits_cnn"]["init_scales"] = [1, 0.5]
+    assert problems(config) == ""
+    config["experiments"]["digits_cnn"]["pretrain"]["epochs"] = True  # a bool is no integer
+    assert "experiments.digits_cnn.pretrain.epochs: True is not of type 'integer'" in problems(config)

@@ -18,7 +18,8 @@ from randlabels.construct import (
     estimated_transfer,
     parametric_transfer,
 )
-from randlabels.datasets import prepare_digits, read_dataset
+from randlabels.data.digits import prepare_digits
+from randlabels.data.h5file import read_dataset
 from randlabels.models import build_model
 from randlabels.seeding import stream_seed
 from randlabels.splits import make_split, write_split
@@ -243,6 +244,8 @@ def _run_script(monkeypatch, tmp_path, *, method, depth, source=None):
         input=SimpleNamespace(**inputs),
         output=[str(tmp_path / f"init_{method}_{depth}.pt")],
         log=[str(tmp_path / "logs" / f"construct_{method}.log")],
+        wildcards=SimpleNamespace(exp="test", construct=f"{method}{depth}", scale="0.5", seed="1"),
+        config={"experiments": {"test": {"finetune": {}}}},  # from_labels: the default, random
         threads=1,
         params=SimpleNamespace(
             model=CNN, method=method, depth=depth, init_scale=0.5, seed=1,
@@ -279,8 +282,8 @@ def script_files(tmp_path_factory):
     gen = torch.Generator().manual_seed(0)
     trained = {k: v + 0.3 * v.std() * torch.randn(v.shape, generator=gen) if v.dim() > 1 else v for k, v in init.items()}
     load_into(source, trained, "test")
-    save_checkpoints(tmp / "source.pt", spec=CNN, input_shape=(1, 8, 8), num_classes=5, init_scale=1.0, seed=9,
-                     labels="random", states={0: init, 3: trained}, diverged=True)
+    save_checkpoints(tmp / "source.pt", spec=CNN, input_shape=(1, 8, 8), num_classes=5, init_scale=0.5, seed=1,
+                     labels="random", experiment="test", states={0: init, 3: trained}, diverged=True)
     return tmp
 
 

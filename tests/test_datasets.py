@@ -1,19 +1,13 @@
-"""Tests of randlabels.datasets: file layout, synthetic statistics, CIFAR and
-Downsampled ImageNet ingestion.
-
-CIFAR cannot be downloaded in the test environment, so the tests write small
-archives in CIFAR's own format (a .tar.gz of pickled batches) and run the real code
-path on them, including the download through a file:// URL. Downsampled ImageNet
-needs a login; the tests write tiny batch files in its pickle and npz formats.
+"""Tests of randlabels.data: the file format, the embedded and synthetic sources, the
+source table, and Downsampled ImageNet ingestion (which needs a login, so the tests
+write tiny batch files in its pickle and npz formats). torchvision's datasets and the
+user's own images have test files of their own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
-import struct
-import tarfile
 from importlib import resources
 from pathlib import Path
 
@@ -21,14 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
-from randlabels import datasets as ds
-from randlabels.datasets import ChecksumError, DatasetFileError
+from randlabels.data import digits, gaussian, imagenet, sources
+from randlabels.data.h5file import DatasetFileError, read_dataset
 
 PAPER_SPECTRUM = {"kind": "linear", "low": 0.1, "high": 3.0}
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def _entries(folder: Path) -> list[str]:
@@ -36,179 +26,13 @@ def _entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-# --------------------------------------------------------------------------- CIFAR-format archives
-
-
-def _py2_pickle(obj) -> bytes:
-    """Pickle ``obj`` the way Python 2's cPickle (protocol 2) wrote the CIFAR batches.
-
-    Python 2 ``str`` (here: ``bytes``) becomes BINSTRING, which Python 3 reads back
-    as bytes under ``encoding="bytes"``; uint8 arrays refer to
-    ``numpy.core.multiarray._reconstruct`` as numpy 1.x did. Python 3's pickler
-    cannot produce this, so the opcodes are written by hand.
-    """
-    out = bytearray(b"\x80\x02")  # PROTO 2
-
-    def string(data: bytes) -> None:
-        if len(data) < 256:
-            out.extend(b"U" + bytes([len(data)]) + data)  # SHORT_BINSTRING
-        else:
-            out.extend(b"T" + struct.pack("<i", len(data)) + data)  # BINSTRING
-
-    def emit(value) -> None:
-        if value is None:
-            out.extend(b"N")
-        elif isinstance(value, bool):
-            out.extend(b"\x88" if value else b"\x89")
-        elif isinstance(value, int):
-            out.extend(b"J" + struct.pack("<i", value))
-        elif isinstance(value, bytes):
-            string(value)
-        elif isinstance(value, tuple):
-            out.extend(b"(")
-            for item in value:
-                emit(item)
-            out.extend(b"t")
-        elif isinstance(value, list):
-            out.extend(b"](")
-            for item in value:
-                emit(item)
-            out.extend(b"e")
-        elif isinstance(value, dict):
-            out.extend(b"}(")
-            for key, item in value.items():
-                emit(key)
-                emit(item)
-            out.extend(b"u")
-        elif isinstance(value, np.ndarray):
-            assert value.dtype == np.uint8
-            out.extend(b"cnumpy.core.multiarray\n_reconstruct\n")
-            out.extend(b"cnumpy\nndarray\n")
-            emit((0,))
-            string(b"b")
-            out.extend(b"\x87R")  # TUPLE3, REDUCE
-            out.extend(b"(")  # state: (version, shape, dtype, fortran, raw bytes)
-            emit(1)
-            emit(tuple(value.shape))
-            out.extend(b"cnumpy\ndtype\n")
-            string(b"u1")
-            emit(0)
-            emit(1)
-            out.extend(b"\x87R")
-            emit((3, b"|", None, None, None, -1, -1, 0))
-            out.extend(b"b")  # BUILD (dtype state)
-            emit(False)
-            string(np.ascontiguousarray(value).tobytes())
-            out.extend(b"tb")  # close the state tuple, BUILD (array state)
-        else:
-            raise TypeError(type(value))
-
-    emit(obj)
-    out.extend(b".")
-    return bytes(out)
-
-
-def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
-def _cifar10_members(rng: np.random.Generator, per_batch: int = 4, n_test: int = 3):
-    """Members of a small CIFAR-10 archive (Python 2 pickles) and the arrays in it."""
-    names = [
-        b"airplane",
-        b"automobile",
-        b"bird",
-        b"cat",
-        b"deer",
-        b"dog",
-        b"frog",
-        b"horse",
-        b"ship",
-        b"truck",
-    ]
-    members, rows, labels = {}, [], []
-    batches = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
-    for batch in batches:
-        n = n_test if batch == "test_batch" else per_batch
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        batch_labels = [int(v) for v in rng.integers(0, 10, size=n)]
-        members[f"cifar-10-batches-py/{batch}"] = _py2_pickle(
-            {
-                b"batch_label": batch.encode(),
-                b"labels": batch_labels,
-                b"data": data,
-                b"filenames": [f"img_{i}.png".encode() for i in range(n)],
-            }
-        )
-        rows.append(data)
-        labels.extend(batch_labels)
-    members["cifar-10-batches-py/batches.meta"] = _py2_pickle(
-        {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}
-    )
-    members["cifar-10-batches-py/readme.html"] = b"<html></html>"
-    return members, np.concatenate(rows), np.asarray(labels), [n.decode() for n in names]
-
-
-def _cifar100_members(rng: np.random.Generator, n_train: int = 7, n_test: int = 3):
-    """Members of a small CIFAR-100 archive, pickled by Python 3 (str keys)."""
-    fine = [f"fine_{k}" for k in range(100)]
-    members, rows, labels = {}, [], []
-    for part, n in (("train", n_train), ("test", n_test)):
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        fine_labels = [int(v) for v in rng.integers(0, 100, size=n)]
-        members[f"cifar-100-python/{part}"] = pickle.dumps(
-            {
-                "data": data,
-                "fine_labels": fine_labels,
-                "coarse_labels": [v // 5 for v in fine_labels],
-            },
-            protocol=2,
-        )
-        rows.append(data)
-        labels.extend(fine_labels)
-    members["cifar-100-python/meta"] = pickle.dumps(
-        {"fine_label_names": fine, "coarse_label_names": [f"coarse_{k}" for k in range(20)]}
-    )
-    return members, np.concatenate(rows), np.asarray(labels), fine
-
-
-@pytest.fixture
-def cifar10_archive(tmp_path):
-    """A small CIFAR-10 archive under its official file name, plus what it holds."""
-    members, rows, labels, names = _cifar10_members(np.random.default_rng(1))
-    path = _tar_gz(tmp_path / "src" / "cifar-10-python.tar.gz", members)
-    return path, rows, labels, names
-
-
-def _check_cifar(data: ds.Dataset, rows: np.ndarray, labels: np.ndarray, n_test: int) -> None:
-    """Images are the CHW rows in NHWC order, train first, test last."""
-    n = len(rows)
-    assert data.images.shape == (n, 32, 32, 3) and data.images.dtype == np.uint8
-    np.testing.assert_array_equal(data.images, rows.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1))
-    # One pixel by hand: channel c, row h, column w sits at c*1024 + h*32 + w.
-    assert data.images[2, 5, 7, 1] == rows[2, 1 * 1024 + 5 * 32 + 7]
-    assert data.images[-1, 31, 0, 2] == rows[-1, 2 * 1024 + 31 * 32 + 0]
-    np.testing.assert_array_equal(data.labels, labels)
-    assert data.labels.dtype == np.int64
-    np.testing.assert_array_equal(data.is_test, np.arange(n) >= n - n_test)
-    train = rows[: n - n_test].reshape(-1, 3, 1024) / 255.0
-    np.testing.assert_allclose(data.norm_mean, train.mean(axis=(0, 2)), rtol=1e-12)
-    np.testing.assert_allclose(data.norm_std, train.std(axis=(0, 2)), rtol=1e-12)
-
-
 # --------------------------------------------------------------------------- digits
 
 
 def test_digits_file(tmp_path):
     out = tmp_path / "digits.h5"
-    ds.prepare_digits(out)
-    data = ds.read_dataset(out)
+    digits.prepare_digits(out)
+    data = read_dataset(out)
 
     assert data.images.shape == (1797, 8, 8, 1) and data.images.dtype == np.uint8
     assert data.images.max() == 255 and data.images.min() == 0
@@ -246,8 +70,8 @@ def test_gaussian_paper_covariance(tmp_path):
     instead of variance, off by up to 0.9 per entry) fails by hundreds of errors.
     """
     n, dim = 200_000, 30
-    ds.prepare_gaussian(tmp_path / "g.h5", dim=dim, spectrum=PAPER_SPECTRUM, n_samples=n, seed=0)
-    data = ds.read_dataset(tmp_path / "g.h5")
+    gaussian.prepare_gaussian(tmp_path / "g.h5", dim=dim, spectrum=PAPER_SPECTRUM, n_samples=n, seed=0)
+    data = read_dataset(tmp_path / "g.h5")
 
     assert data.images.shape == (n, dim) and data.images.dtype == np.float32
     assert data.kind == "vector" and data.num_classes == 10
@@ -272,12 +96,12 @@ def test_gaussian_paper_covariance(tmp_path):
 
 def test_gaussian_seeds_and_variances(tmp_path):
     common = dict(dim=30, n_samples=100)
-    ds.prepare_gaussian(tmp_path / "a.h5", spectrum=PAPER_SPECTRUM, seed=3, **common)
-    ds.prepare_gaussian(tmp_path / "b.h5", spectrum=PAPER_SPECTRUM, seed=3, **common)
-    ds.prepare_gaussian(tmp_path / "c.h5", spectrum=PAPER_SPECTRUM, seed=4, **common)
+    gaussian.prepare_gaussian(tmp_path / "a.h5", spectrum=PAPER_SPECTRUM, seed=3, **common)
+    gaussian.prepare_gaussian(tmp_path / "b.h5", spectrum=PAPER_SPECTRUM, seed=3, **common)
+    gaussian.prepare_gaussian(tmp_path / "c.h5", spectrum=PAPER_SPECTRUM, seed=4, **common)
     explicit = list(np.linspace(0.1, 3.0, 30))
-    ds.prepare_gaussian(tmp_path / "d.h5", variances=explicit, seed=3, **common)
-    a, b, c, d = (ds.read_dataset(tmp_path / f"{k}.h5") for k in "abcd")
+    gaussian.prepare_gaussian(tmp_path / "d.h5", variances=explicit, seed=3, **common)
+    a, b, c, d = (read_dataset(tmp_path / f"{k}.h5") for k in "abcd")
 
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
@@ -289,10 +113,10 @@ def test_gaussian_seeds_and_variances(tmp_path):
 
 
 def test_gaussian_num_classes(tmp_path):
-    ds.prepare_gaussian(
+    gaussian.prepare_gaussian(
         tmp_path / "g.h5", dim=2, variances=[1.0, 2.0], n_samples=50, seed=0, num_classes=3
     )
-    data = ds.read_dataset(tmp_path / "g.h5")
+    data = read_dataset(tmp_path / "g.h5")
     assert data.num_classes == 3 and data.class_names == ["class 0", "class 1", "class 2"]
     assert data.labels.max() <= 2
 
@@ -314,143 +138,8 @@ def test_gaussian_num_classes(tmp_path):
 )
 def test_gaussian_bad_params(tmp_path, params, word):
     with pytest.raises(ValueError, match=word):
-        ds.prepare_gaussian(tmp_path / "g.h5", seed=0, **params)
+        gaussian.prepare_gaussian(tmp_path / "g.h5", seed=0, **params)
     assert _entries(tmp_path) == []
-
-
-# --------------------------------------------------------------------------- CIFAR
-
-
-def test_cifar10_archive_on_disk(tmp_path, cifar10_archive):
-    archive, rows, labels, names = cifar10_archive
-    out = tmp_path / "out" / "cifar10.h5"
-    ds.prepare_cifar(out, name="cifar10", root=archive.parent, download=False, md5=_md5(archive))
-    data = ds.read_dataset(out)
-
-    _check_cifar(data, rows, labels, n_test=3)
-    assert len(data) == 23
-    assert data.class_names == names and data.num_classes == 10
-    assert data.attrs["name"] == "cifar10"
-    assert "archive on disk" in data.attrs["source"]
-    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    assert data.attrs["checksum"] == f"sha256:{sha}"
-    assert _entries(out.parent) == ["cifar10.h5"]
-
-
-def test_cifar10_download_file_url(tmp_path, cifar10_archive):
-    archive, rows, labels, _ = cifar10_archive
-    root = tmp_path / "empty_root"
-    out = tmp_path / "out" / "cifar10.h5"
-    url = archive.as_uri()
-    ds.prepare_dataset(out, "cifar10", root=str(root), url=url, md5=_md5(archive))
-
-    assert _entries(root) == ["cifar-10-python.tar.gz"]
-    assert (root / "cifar-10-python.tar.gz").read_bytes() == archive.read_bytes()
-    data = ds.read_dataset(out)
-    _check_cifar(data, rows, labels, n_test=3)
-    assert url in data.attrs["source"]
-    assert _entries(out.parent) == ["cifar10.h5"]
-
-
-def test_cifar100_download_file_url(tmp_path):
-    members, rows, labels, fine = _cifar100_members(np.random.default_rng(2))
-    archive = _tar_gz(tmp_path / "src" / "cifar-100-python.tar.gz", members)
-    root, out = tmp_path / "root", tmp_path / "out" / "c100.h5"
-    ds.prepare_dataset(out, "cifar100", root=root, url=archive.as_uri(), md5=_md5(archive))
-    data = ds.read_dataset(out)
-
-    _check_cifar(data, rows, labels, n_test=3)
-    assert data.num_classes == 100 and data.class_names == fine
-    assert data.attrs["name"] == "cifar100"
-    # A second run finds the archive on disk and gives the same data.
-    ds.prepare_dataset(out, "cifar100", root=root, download=False, md5=_md5(archive))
-    np.testing.assert_array_equal(ds.read_dataset(out).images, data.images)
-    assert _entries(out.parent) == ["c100.h5"]
-
-
-def test_cifar_defaults_are_torchvisions():
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    assert ds._torchvision_defaults("cifar10") == (CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5)
-    assert ds._torchvision_defaults("cifar100") == (
-        CIFAR100.url,
-        CIFAR100.filename,
-        CIFAR100.tgz_md5,
-    )
-
-
-def test_cifar_md5_mismatch_on_disk(tmp_path, cifar10_archive):
-    archive, *_ = cifar10_archive
-    out_dir = tmp_path / "out"
-    # Without an md5 the archive is checked against torchvision's md5 of the real one.
-    with pytest.raises(ChecksumError, match="cifar-10-python.tar.gz") as err:
-        ds.prepare_cifar(out_dir / "c.h5", name="cifar10", root=archive.parent, download=False)
-    assert _md5(archive) in str(err.value) and "elete" in str(err.value)
-    assert not out_dir.exists() or _entries(out_dir) == []
-
-
-def test_cifar_md5_mismatch_on_download(tmp_path, cifar10_archive):
-    archive, *_ = cifar10_archive
-    root, out_dir = tmp_path / "root", tmp_path / "out"
-    with pytest.raises(ChecksumError, match="cifar-10-python.tar.gz"):
-        ds.prepare_cifar(
-            out_dir / "c.h5", name="cifar10", root=root, url=archive.as_uri(), md5="0" * 32
-        )
-    assert _entries(root) == []  # the refused download leaves nothing behind
-    assert not out_dir.exists() or _entries(out_dir) == []
-
-
-def test_cifar_missing_archive_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download: true") as err:
-        ds.prepare_cifar(tmp_path / "c.h5", name="cifar100", root=tmp_path / "none", download=False)
-    assert str(tmp_path / "none" / "cifar-100-python.tar.gz") in str(err.value)
-
-
-def test_cifar_download_unreachable(tmp_path):
-    root = tmp_path / "root"
-    with pytest.raises(ConnectionError, match="by hand"):
-        ds.prepare_cifar(
-            tmp_path / "c.h5",
-            name="cifar10",
-            root=root,
-            url=(tmp_path / "nowhere.tar.gz").as_uri(),
-            md5="0" * 32,
-        )
-    assert _entries(root) == []
-
-
-def test_cifar_truncated_archive(tmp_path, cifar10_archive):
-    archive, *_ = cifar10_archive
-    root = tmp_path / "root"
-    root.mkdir()
-    truncated = root / archive.name
-    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    out_dir = tmp_path / "out"
-    with pytest.raises(DatasetFileError, match="cifar-10-python.tar.gz"):
-        ds.prepare_cifar(out_dir / "c.h5", name="cifar10", root=root, md5=_md5(truncated))
-    assert not out_dir.exists() or _entries(out_dir) == []
-
-
-def test_cifar_archive_missing_member(tmp_path):
-    members, *_ = _cifar10_members(np.random.default_rng(0))
-    del members["cifar-10-batches-py/data_batch_3"]
-    archive = _tar_gz(tmp_path / "root" / "cifar-10-python.tar.gz", members)
-    with pytest.raises(DatasetFileError, match="data_batch_3"):
-        ds.prepare_cifar(tmp_path / "c.h5", name="cifar10", root=archive.parent, md5=_md5(archive))
-
-
-def test_cifar_refuses_foreign_pickle_globals(tmp_path):
-    """A batch whose pickle calls anything but numpy's array rebuilders is refused."""
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    members, *_ = _cifar10_members(np.random.default_rng(0))
-    members["cifar-10-batches-py/batches.meta"] = pickle.dumps({"label_names": Evil()})
-    archive = _tar_gz(tmp_path / "root" / "cifar-10-python.tar.gz", members)
-    with pytest.raises(DatasetFileError, match="refusing to load global builtins.print"):
-        ds.prepare_cifar(tmp_path / "c.h5", name="cifar10", root=archive.parent, md5=_md5(archive))
 
 
 # --------------------------------------------------------------------------- read_dataset
@@ -459,7 +148,7 @@ def test_cifar_refuses_foreign_pickle_globals(tmp_path):
 @pytest.fixture
 def small_file(tmp_path) -> Path:
     out = tmp_path / "g.h5"
-    ds.prepare_gaussian(out, dim=4, variances=[1, 2, 3, 4], n_samples=500, seed=0)
+    gaussian.prepare_gaussian(out, dim=4, variances=[1, 2, 3, 4], n_samples=500, seed=0)
     return out
 
 
@@ -467,32 +156,32 @@ def test_read_truncated_file(tmp_path, small_file):
     broken = tmp_path / "truncated.h5"
     broken.write_bytes(small_file.read_bytes()[: small_file.stat().st_size // 2])
     with pytest.raises(DatasetFileError, match="truncated.h5"):
-        ds.read_dataset(broken)
+        read_dataset(broken)
 
 
 def test_read_missing_file(tmp_path):
     with pytest.raises(DatasetFileError, match="absent.h5"):
-        ds.read_dataset(tmp_path / "absent.h5")
+        read_dataset(tmp_path / "absent.h5")
 
 
 def test_read_not_hdf5(tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(DatasetFileError, match="text.h5"):
-        ds.read_dataset(tmp_path / "text.h5")
+        read_dataset(tmp_path / "text.h5")
 
 
 def test_read_missing_labels(small_file):
     with h5py.File(small_file, "a") as h5:
         del h5["labels"]
     with pytest.raises(DatasetFileError, match=r"g\.h5.*/labels"):
-        ds.read_dataset(small_file)
+        read_dataset(small_file)
 
 
 def test_read_missing_attribute(small_file):
     with h5py.File(small_file, "a") as h5:
         del h5.attrs["norm_std"]
     with pytest.raises(DatasetFileError, match="norm_std"):
-        ds.read_dataset(small_file)
+        read_dataset(small_file)
 
 
 def _replace(h5: h5py.File, name: str, data: np.ndarray) -> None:
@@ -514,23 +203,22 @@ def test_read_inconsistent(small_file, case):
     with h5py.File(small_file, "a") as h5:
         edit(h5)
     with pytest.raises(DatasetFileError, match=word):
-        ds.read_dataset(small_file)
+        read_dataset(small_file)
 
 
 # --------------------------------------------------------------------------- dispatch, atomicity
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(ValueError, match="digits, gaussian, cifar10, cifar100, imagenet"):
-        ds.prepare_dataset(tmp_path / "x.h5", "mnist")
-    assert ds.SOURCES == ("digits", "gaussian", "cifar10", "cifar100", "imagenet")
+    with pytest.raises(ValueError, match="digits, gaussian, torchvision, folder, arrays, imagenet"):
+        sources.prepare_dataset(tmp_path / "x.h5", "mnist")
 
 
 def test_prepare_dataset_dispatch(tmp_path):
-    ds.prepare_dataset(
+    sources.prepare_dataset(
         tmp_path / "g.h5", "gaussian", dim=3, spectrum=PAPER_SPECTRUM, n_samples=20, seed=1
     )
-    data = ds.read_dataset(tmp_path / "g.h5")
+    data = read_dataset(tmp_path / "g.h5")
     np.testing.assert_allclose(data.attrs["variances"], [0.1, 1.55, 3.0])
 
 
@@ -542,15 +230,15 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5py.Group, "create_dataset", fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        ds.prepare_gaussian(tmp_path / "g.h5", dim=2, variances=[1, 1], n_samples=10, seed=0)
+        gaussian.prepare_gaussian(tmp_path / "g.h5", dim=2, variances=[1, 1], n_samples=10, seed=0)
     assert _entries(tmp_path) == []
 
 
 def test_rewrite_replaces_file(tmp_path):
     out = tmp_path / "g.h5"
-    ds.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=10, seed=0)
-    ds.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=12, seed=0)
-    assert len(ds.read_dataset(out)) == 12
+    gaussian.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=10, seed=0)
+    gaussian.prepare_gaussian(out, dim=2, variances=[1, 1], n_samples=12, seed=0)
+    assert len(read_dataset(out)) == 12
     assert _entries(tmp_path) == ["g.h5"]
 
 
@@ -642,8 +330,8 @@ def test_imagenet_pickle_flat(tmp_path, protocol):
     root = tmp_path / "root"
     images, labels, is_val, paths = _write_imagenet(root, protocol=protocol)
     out = tmp_path / "out" / "in16.h5"
-    ds.prepare_imagenet32(out, root=root, resolution=16)
-    data = ds.read_dataset(out)
+    imagenet.prepare_imagenet32(out, root=root, resolution=16)
+    data = read_dataset(out)
 
     assert data.images.shape == (46, 16, 16, 3) and data.images.dtype == np.uint8
     np.testing.assert_array_equal(data.images, images)
@@ -680,8 +368,8 @@ def test_imagenet_npz_in_zip_folders_64(tmp_path):
     )
     assert paths["train_data_batch_7"].parent.name == "Imagenet64_train_part2_npz"
     out = tmp_path / "in64.h5"
-    ds.prepare_dataset(out, "imagenet", root=str(root), resolution=64)
-    data = ds.read_dataset(out)
+    sources.prepare_dataset(out, "imagenet", root=str(root), resolution=64)
+    data = read_dataset(out)
 
     np.testing.assert_array_equal(data.images, images)
     np.testing.assert_array_equal(data.labels, labels - 1)
@@ -696,9 +384,9 @@ def test_imagenet_pickle_and_npz_agree(tmp_path):
     same data; only the checksum differs."""
     _write_imagenet(tmp_path / "a", layout="zips")
     _write_imagenet(tmp_path / "b", fmt="npz")
-    ds.prepare_imagenet32(tmp_path / "a.h5", root=tmp_path / "a", resolution=16)
-    ds.prepare_imagenet32(tmp_path / "b.h5", root=tmp_path / "b", resolution=16)
-    a, b = ds.read_dataset(tmp_path / "a.h5"), ds.read_dataset(tmp_path / "b.h5")
+    imagenet.prepare_imagenet32(tmp_path / "a.h5", root=tmp_path / "a", resolution=16)
+    imagenet.prepare_imagenet32(tmp_path / "b.h5", root=tmp_path / "b", resolution=16)
+    a, b = read_dataset(tmp_path / "a.h5"), read_dataset(tmp_path / "b.h5")
     for key in ("images", "labels", "is_test", "norm_mean", "norm_std"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
     assert "Imagenet16_train/train_data_batch_1" in a.attrs["source"]
@@ -709,8 +397,8 @@ def test_imagenet_classes_subset(tmp_path):
     root = tmp_path / "root"
     images, labels, is_val, _ = _write_imagenet(root, per_batch=6, n_val=12)
     out = tmp_path / "sub.h5"
-    ds.prepare_imagenet32(out, root=root, resolution=16, classes=3)
-    data = ds.read_dataset(out)
+    imagenet.prepare_imagenet32(out, root=root, resolution=16, classes=3)
+    data = read_dataset(out)
 
     keep = labels <= 3
     assert 0 < keep.sum() < len(labels) and (keep & is_val).any()
@@ -730,8 +418,8 @@ def test_imagenet_class_map(tmp_path):
     _, _, _, paths = _write_imagenet(root)
     lines = [f"n{10_000_000 + k:08d} {k} name_{k}" for k in range(1000, 0, -1)]
     (root / "map_clsloc.txt").write_text("\n".join(lines) + "\n")
-    ds.prepare_imagenet32(tmp_path / "m.h5", root=root, resolution=16, classes=2)
-    data = ds.read_dataset(tmp_path / "m.h5")
+    imagenet.prepare_imagenet32(tmp_path / "m.h5", root=root, resolution=16, classes=2)
+    data = read_dataset(tmp_path / "m.h5")
     assert data.class_names == ["n10000001 name_1", "n10000002 name_2"]
     order = [paths[f"train_data_batch_{k}"] for k in range(1, 11)]
     order += [paths["val_data"], root / "map_clsloc.txt"]
@@ -739,13 +427,13 @@ def test_imagenet_class_map(tmp_path):
 
     (root / "map_clsloc.txt").write_text("\n".join(lines[:-1]) + "\n")  # label 1 missing
     with pytest.raises(DatasetFileError, match="map_clsloc.txt.*999 classes"):
-        ds.prepare_imagenet32(tmp_path / "m2.h5", root=root, resolution=16)
+        imagenet.prepare_imagenet32(tmp_path / "m2.h5", root=root, resolution=16)
 
 
 def test_imagenet_missing_files(tmp_path):
     root = tmp_path / "nothing"
     with pytest.raises(DatasetFileError) as err:
-        ds.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=32)
+        imagenet.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=32)
     message = str(err.value)
     assert err.value.path == root
     for name in ("train_data_batch_1", "train_data_batch_10", "val_data", "image-net.org"):
@@ -761,7 +449,7 @@ def test_imagenet_missing_one_batch(tmp_path):
     _, _, _, paths = _write_imagenet(root, layout="zips")
     paths["train_data_batch_7"].unlink()
     with pytest.raises(DatasetFileError, match=r"missing train_data_batch_7 \(") as err:
-        ds.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=16)
+        imagenet.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=16)
     assert "Imagenet16_train" in str(err.value)
     assert _entries(tmp_path) == ["root"]
 
@@ -774,7 +462,7 @@ def test_imagenet_truncated_batch(tmp_path, fmt):
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
     out_dir = tmp_path / "out"
     with pytest.raises(DatasetFileError, match=broken.name) as err:
-        ds.prepare_imagenet32(out_dir / "x.h5", root=root, resolution=16)
+        imagenet.prepare_imagenet32(out_dir / "x.h5", root=root, resolution=16)
     assert err.value.path == broken
     assert not out_dir.exists() or _entries(out_dir) == []
 
@@ -793,7 +481,7 @@ def test_imagenet_refuses_foreign_pickle_globals(tmp_path):
     _, _, _, paths = _write_imagenet(root)
     paths["val_data"].write_bytes(pickle.dumps({"data": Evil(), "labels": [1]}))
     with pytest.raises(DatasetFileError, match=r"val_data: refused: refusing to load global"):
-        ds.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=16)
+        imagenet.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=16)
     assert not marker.exists()
     assert not (tmp_path / "out").exists() or _entries(tmp_path / "out") == []
 
@@ -803,7 +491,7 @@ def test_imagenet_wrong_resolution(tmp_path):
     _write_imagenet(root, size=16, fmt="npz")
     pattern = r"train_data_batch_1.npz.*768 values.*3072.*resolution: 16"
     with pytest.raises(DatasetFileError, match=pattern):
-        ds.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=32)
+        imagenet.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=32)
 
 
 def test_imagenet_zero_based_labels_refused(tmp_path):
@@ -813,7 +501,7 @@ def test_imagenet_zero_based_labels_refused(tmp_path):
     content["labels"][0] = 0
     paths["train_data_batch_2"].write_bytes(pickle.dumps(content))
     with pytest.raises(DatasetFileError, match=r"train_data_batch_2: labels span 0\.\..*one-based"):
-        ds.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=16)
+        imagenet.prepare_imagenet32(tmp_path / "x.h5", root=root, resolution=16)
 
 
 @pytest.mark.parametrize(
@@ -829,7 +517,7 @@ def test_imagenet_zero_based_labels_refused(tmp_path):
 )
 def test_imagenet_bad_params(tmp_path, params, word):
     with pytest.raises(ValueError, match=word):
-        ds.prepare_imagenet32(tmp_path / "x.h5", root=tmp_path, **params)
+        imagenet.prepare_imagenet32(tmp_path / "x.h5", root=tmp_path, **params)
     assert _entries(tmp_path) == []
 
 
@@ -842,5 +530,5 @@ def test_imagenet_no_training_image_kept(tmp_path):
         content["labels"] = [5] * len(content["labels"])
         path.write_bytes(pickle.dumps(content))
     with pytest.raises(ValueError, match="no training image"):
-        ds.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=16, classes=2)
+        imagenet.prepare_imagenet32(tmp_path / "out" / "x.h5", root=root, resolution=16, classes=2)
     assert _entries(tmp_path / "out") == []

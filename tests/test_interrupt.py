@@ -49,7 +49,7 @@ def _start(project: Path) -> subprocess.Popen:
 def _saved_epoch(project: Path) -> int:
     """The epoch the resume state would restart at (0 while there is none)."""
     try:
-        return torch.load(project / RESUME_STATE, weights_only=False)["progress"]["epoch"]
+        return torch.load(project / RESUME_STATE, weights_only=True)["progress"]["epoch"]
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0  # not written yet (saves are atomic: never half-written)
 
@@ -95,8 +95,8 @@ def _assert_same_results(project: Path, reference: Path) -> None:
     metrics = pd.read_csv(project / RUN_DIR / "metrics.tsv", sep="\t").drop(columns="seconds")
     expected = pd.read_csv(reference / RUN_DIR / "metrics.tsv", sep="\t").drop(columns="seconds")
     pd.testing.assert_frame_equal(metrics, expected)
-    got = torch.load(project / TARGET, weights_only=False)["states"]
-    want = torch.load(reference / TARGET, weights_only=False)["states"]
+    got = torch.load(project / TARGET, weights_only=True)["states"]
+    want = torch.load(reference / TARGET, weights_only=True)["states"]
     assert got.keys() == want.keys()
     for epoch in want:
         for name in want[epoch]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from randlabels.io import atomic_output, load_torch, read_table, save_torch, write_table
 
@@ -34,6 +38,19 @@ def test_table_and_checkpoint_round_trip(tmp_path):
     pd.testing.assert_frame_equal(read_table(tmp_path / "t.tsv"), frame)
     save_torch({"x": [1, 2]}, tmp_path / "c.pt")
     assert load_torch(tmp_path / "c.pt") == {"x": [1, 2]}
+
+
+def test_only_what_a_weights_only_load_accepts_is_saved(tmp_path):
+    """A value that load_torch would refuse is refused when saving, naming where it is."""
+    plain = {"w": torch.zeros(2), "m": torch.nn.Linear(2, 2).state_dict(), "t": (1, 2.5, "x", None, True)}
+    save_torch(plain, tmp_path / "ok.pt")
+    assert load_torch(tmp_path / "ok.pt")["t"] == (1, 2.5, "x", None, True)
+    for value, where in [(np.float64(1.0), "['rows'][0]['loss'] is a numpy.float64"),
+                         (np.arange(3), "['rows'][0]['loss'] is a numpy.ndarray"),
+                         (pd.Timestamp(0), "['rows'][0]['loss'] is a pandas.")]:
+        with pytest.raises(TypeError, match=re.escape(where)):
+            save_torch({"rows": [{"loss": value}]}, tmp_path / "bad.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.pt"]
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path):

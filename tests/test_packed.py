@@ -195,6 +195,7 @@ def test_stop_signal_saves_and_rerun_matches_uninterrupted(tmp_path, at):
     with StopSignals() as stop, pytest.raises(TrainingInterrupted) as info:
         _resumable(SignalAtStep, at=at).fit(checkpoint_epochs=CHECKPOINTS, eval_every=2, resume=store, stop=stop)
     assert info.value.step == at
+    assert store.load()["step_count"] == at  # the state loads (weights-only), not started over
     resumed = _resumable().fit(checkpoint_epochs=CHECKPOINTS, eval_every=2, resume=store)
     for a, b in zip(uninterrupted, resumed):  # on the CPU, bit for bit
         pd.testing.assert_frame_equal(a.metrics.drop(columns="seconds"), b.metrics.drop(columns="seconds"))

@@ -148,7 +148,7 @@ def test_every_target_dry_runs_on_the_paper_config(tmp_path):
 def test_the_paper_config_runs_on_resnet18_and_cifar100(tmp_path):
     project = copy_project(tmp_path / "project")
     config = load(PAPER)
-    config["datasets"]["cifar100"] = {"source": "cifar100", "root": "data/cifar100"}
+    config["datasets"]["cifar100"] = {"source": "torchvision", "name": "CIFAR100", "root": "data/cifar100"}
     for entry in config["experiments"].values():
         if entry["dataset"] == "cifar10":
             entry["dataset"] = "cifar100"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -148,6 +149,16 @@ def test_after_a_full_run_nothing_is_scheduled(tiny_run):
     result = snakemake(tiny_run, "-n")
     assert job_counts(result.stdout) == {}
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_copied_project_keeps_its_cache(tiny_run, tmp_path):
+    """Inputs are paths relative to the project: a finished project copied or renamed
+    elsewhere has nothing to do (no "set of input files has changed")."""
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_run, copy, symlinks=True)
+    result = snakemake(copy, "-n")
+    assert job_counts(result.stdout) == {}, result.stdout[-3000:]
 
 
 @pytest.mark.slow

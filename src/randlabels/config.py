@@ -2,22 +2,49 @@
 
 Runs when the Snakefile is read, before any job starts; every problem is reported
 with the dotted path of the key it is about (``experiments.digits_cnn.pretrain.lr``).
+Beyond the schema's standard meaning, an integer must be an int (2.0 is refused), no
+number may be NaN or infinite, and the layer names and depths the stages use are
+looked up in the model. ``python -m randlabels.config FILE...`` checks config files
+without Snakemake (:func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import math
+import sys
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from . import plan, targets
-from .errors import RandlabelsError
-from .models import model_options
+from .errors import ModelError, RandlabelsError
+from .models import ARCHITECTURES, check_model, is_factory, load_factory, model_options, resolve_layer_name, weight_layers
 
-# Training samples of the datasets whose size is known before they are prepared.
-KNOWN_TRAIN_SIZES = {"digits": 1797, "cifar10": 50000, "cifar100": 50000}
+# The schema beside this package in a checkout (the workflow passes its own path).
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+# Training samples of the sources whose size is known before preparation (torchvision's
+# datasets by class name); the split is checked against them before any job.
+KNOWN_TRAIN_SIZES = {
+    "digits": 1797,
+    "MNIST": 60000,
+    "FashionMNIST": 60000,
+    "KMNIST": 60000,
+    "CIFAR10": 50000,
+    "CIFAR100": 50000,
+    "SVHN": 73257,
+    "STL10": 5000,
+}
+
+
+def _train_size(dataset: dict) -> int | None:
+    """Training samples of a dataset entry, where known without preparing it."""
+    if dataset["source"] == "gaussian":
+        return dataset["n_samples"]
+    return KNOWN_TRAIN_SIZES.get(dataset.get("name", dataset["source"]))
 
 
 class ConfigError(RandlabelsError, ValueError):
@@ -51,28 +78,89 @@ def _describe(error: jsonschema.ValidationError, root: dict) -> str:
             hints.append(f"{where}.{key}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         if hints:
             return f"unknown key {', '.join(hints)}; allowed here: {', '.join(allowed)}"
+    if error.validator == "type" and "integer" in _types(error.validator_value) and isinstance(error.instance, float):
+        hint = f" (write {int(error.instance)})" if error.instance.is_integer() else ""
+        return f"{where}: {error.instance!r} is not an integer{hint}"
+    if error.validator == "pattern" and error.schema == root["$defs"]["name"]:
+        return (
+            f"{where}: {error.instance!r} is not a valid name (it is used in file paths): a letter, "
+            "then letters, digits, '_' or '-', nothing else (no spaces, no line break)"
+        )
+    if error.validator == "pattern" and ".finetune.variants." in where:
+        try:
+            plan.parse_variant(error.instance)
+        except ValueError as err:
+            return f"{where}: {err}"
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not valid; valid names: {', '.join(map(str, error.validator_value))}"
+    if _is_arch_choice(error):
+        names = [n for option in error.validator_value for n in option.get("enum", [])]
+        return (
+            f"{where}: {error.instance!r} is not valid; valid names: {', '.join(names)}, or your own "
+            "model's factory as 'package.module:function' (see README, \"Your own model\")"
+        )
     if error.validator == "oneOf" and where.startswith("datasets"):
         return f"{where}: give exactly one of 'variances' or 'spectrum'"
     return f"{where}: {error.message}"
 
 
+def _types(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _is_integer(_checker, instance) -> bool:
+    """JSON schema's "integer", without whole-number floats: 2.0 satisfies the standard
+    one, and a job would then get a float where it counts (``range(2.0)``)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_nonfinite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def schema_errors(config: dict, schema_path: str | Path) -> list[str]:
-    """Messages for every schema violation, deepest (most specific) first per key."""
+    """Messages for every schema violation, deepest (most specific) first per key.
+
+    A value of type integer must be an int: 2.0 is refused (naming the key), not
+    accepted as JSON schema's standard integer type would. Bounds on a non-finite
+    number are left to :func:`nonfinite_errors`, which reports it once.
+    """
     schema = yaml.safe_load(Path(schema_path).read_text())
-    validator_class = jsonschema.validators.validator_for(schema)
+    base = jsonschema.validators.validator_for(schema)
+    validator_class = jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine("integer", _is_integer)
+    )
     validator = validator_class(schema)
     messages = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         # if/then and allOf wrap the real error: report the innermost ones.
-        leaves = _leaf_errors(error)
+        leaves = [leaf for leaf in _leaf_errors(error) if not _is_nonfinite(leaf.instance)]
         messages.extend(_describe(leaf, schema) for leaf in leaves)
     return list(dict.fromkeys(messages))
 
 
+def nonfinite_errors(config, path=()) -> list[str]:
+    """Every NaN or infinite number in ``config``, by key path: they pass every bound
+    of the schema (comparisons with NaN are false) and no setting may be one."""
+    if _is_nonfinite(config):
+        return [f"{_key_path(path)}: {config} is not a finite number"]
+    if isinstance(config, dict):
+        items = config.items()
+    elif isinstance(config, (list, tuple)):
+        items = enumerate(config)
+    else:
+        return []
+    return [message for key, value in items for message in nonfinite_errors(value, (*path, key))]
+
+
+def _is_arch_choice(error: jsonschema.ValidationError) -> bool:
+    """model.arch failed both of its forms: a built-in name, a factory path."""
+    path = list(error.absolute_path)
+    return error.validator == "anyOf" and path[-2:] == ["model", "arch"]
+
+
 def _leaf_errors(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    if error.context and error.validator != "oneOf":
+    if error.context and error.validator != "oneOf" and not _is_arch_choice(error):
         leaves = []
         for sub in error.context:
             leaves.extend(_leaf_errors(sub))
@@ -84,6 +172,8 @@ def semantic_errors(config: dict) -> list[str]:
     """Rules the schema cannot express: references, sizes, and combinations."""
     problems = []
     datasets = config["datasets"]
+    for name, dataset in datasets.items():
+        problems += _dataset_errors(f"datasets.{name}", dataset)
     for exp, entry in config["experiments"].items():
         where = f"experiments.{exp}"
         if entry["dataset"] not in datasets:
@@ -93,21 +183,21 @@ def semantic_errors(config: dict) -> list[str]:
             )
             continue
         source = datasets[entry["dataset"]]["source"]
+        model_problems = []
         try:
             model_options(entry["model"])
         except ValueError as err:
-            problems.append(f"{where}.model: {err}")
+            model_problems.append(f"{where}.model: {err}")
         arch = entry["model"]["arch"]
-        if source == "gaussian" and arch != "fc":
-            problems.append(f"{where}.model.arch: {arch!r} needs images; dataset {entry['dataset']!r} is vector data (use 'fc')")
+        if source == "gaussian" and arch in ARCHITECTURES and arch != "fc":
+            model_problems.append(f"{where}.model.arch: {arch!r} needs images; dataset {entry['dataset']!r} is vector data (use 'fc')")
         if arch in ("vgg16", "vgg16_bn") and source == "digits":
-            problems.append(f"{where}.model.arch: vgg16 needs images of at least 32×32; digits are 8×8")
+            model_problems.append(f"{where}.model.arch: vgg16 needs images of at least 32×32; digits are 8×8")
         if arch == "cnn2" and entry["model"].get("kernel_size", 3) % 2 == 0:
-            problems.append(f"{where}.model.kernel_size: must be odd ('same' padding)")
+            model_problems.append(f"{where}.model.kernel_size: must be odd ('same' padding)")
+        problems += model_problems or model_errors(config, exp)
         split = plan.split_settings(config, exp)
-        size = KNOWN_TRAIN_SIZES.get(source)
-        if source == "gaussian":
-            size = datasets[entry["dataset"]]["n_samples"]
+        size = _train_size(datasets[entry["dataset"]])
         from_pool = source in ("digits", "gaussian")  # no official test set: test comes from the pool
         need = split["upstream"] + split["downstream"] + ((split["test"] or 0) if from_pool else 0)
         if size is not None and need > size:
@@ -150,6 +240,142 @@ def semantic_errors(config: dict) -> list[str]:
     return problems + targets.problems(config)
 
 
+def _dataset_errors(where: str, dataset: dict) -> list[str]:
+    """Settings of one dataset that agree with the schema but not with each other."""
+    problems = []
+    if dataset["source"] == "gaussian":
+        variances, dim = dataset.get("variances"), dataset["dim"]
+        if variances is not None and len(variances) != dim:
+            problems.append(f"{where}.variances: {len(variances)} values for dim {dim}; give one variance per dimension")
+        spectrum = dataset.get("spectrum")
+        if spectrum is not None and spectrum["low"] > spectrum["high"]:
+            problems.append(
+                f"{where}.spectrum: low ({spectrum['low']}) is above high ({spectrum['high']}); "
+                "the variances ramp from low up to high"
+            )
+    return problems
+
+
+# The layout of torchvision's VGG16 feature extractor (cfg "D"): channels of each 3×3
+# conv, "M" for a max-pool. A conv is followed by a ReLU (vgg16) or a BatchNorm and a
+# ReLU (vgg16_bn), which is what numbers the modules of ``features``.
+_VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def builtin_layers(spec: dict) -> list[str]:
+    """The weight layers (:func:`randlabels.models.weight_layers`) a built-in network
+    has, from its spec alone: without building it, so without torchvision's import
+    (seconds per Snakefile parse) and without the input shape, which names no layer.
+    tests/test_config.py checks them against the built networks."""
+    options = model_options(spec)
+    arch = options["arch"]
+    if arch == "cnn2":
+        return ["conv1", "fc1", "classifier"]
+    if arch == "fc":
+        return [f"fc{i}" for i in range(1, len(options["widths"]) + 1)] + ["classifier"]
+    if arch in ("vgg16", "vgg16_bn"):
+        per_conv = 3 if arch == "vgg16_bn" else 2
+        layers, index = [], 0
+        for entry in _VGG16_CONFIG:
+            if entry != "M":
+                layers.append(f"features.{index}")
+            index += 1 if entry == "M" else per_conv
+        return layers + ["classifier"]
+    if arch == "resnet18":
+        layers = ["conv1"]
+        for stage in range(1, 5):
+            for block in range(2):
+                layers += [f"layer{stage}.{block}.conv1", f"layer{stage}.{block}.conv2"]
+                if stage > 1 and block == 0:  # stride 2: a projection shortcut
+                    layers.append(f"layer{stage}.{block}.downsample.0")
+        return layers + ["fc"]
+    raise ValueError(f"not a built-in architecture: {arch!r}")
+
+
+def model_errors(config: dict, exp: str) -> list[str]:
+    """The model of ``exp`` against its data and the stages that name its layers.
+
+    ``stats.layers``, ``sample.layer``, and the depth of firstK / lastK / layerwiseK /
+    covarianceK are looked up in the model's layers: a built-in network's are known from
+    its spec (:func:`builtin_layers`). An own model's factory (``arch:
+    "package.module:function"``) is imported here, so a module that does not import
+    stops the run before any job; where the input shape is known before the data are
+    prepared (:func:`randlabels.plan.input_shape`), the model is built cheaply
+    (:func:`randlabels.models.check_model`; a factory that raises or returns an
+    unusable model is reported here, otherwise in the first job that builds it) and its
+    layers are checked.
+    """
+    where = f"experiments.{exp}"
+    spec = config["experiments"][exp]["model"]
+    if not is_factory(spec["arch"]):
+        return _layer_errors(config, exp, builtin_layers(spec))
+    try:
+        load_factory(spec["arch"], f"{where}.model")
+    except ModelError as err:
+        return [str(err)]
+    shape = plan.input_shape(config, exp)
+    if shape is None:
+        return []
+    try:
+        model = check_model(spec, shape, plan.split_settings(config, exp)["upstream_classes"], f"{where}.model")
+    except ModelError as err:
+        return [str(err)]
+    return _layer_errors(config, exp, weight_layers(model), model)
+
+
+def _layer_errors(config: dict, exp: str, layers: list[str], model=None) -> list[str]:
+    """Layer names and depths of ``exp``'s stages that a model with the weight layers
+    ``layers`` (in order; the last is the classifier) does not have. ``model``, if
+    given (an own model, built), is checked for what the names do not tell: grouped
+    convolutions, and layer groups a partial transfer can take."""
+    where = f"experiments.{exp}"
+    entry = config["experiments"][exp]
+    problems = []
+    named = [(f"{where}.stats.layers", layer) for layer in plan.stats_settings(config, exp)["layers"]]
+    finetune = entry.get("finetune")
+    variants = plan.finetune_settings(config, exp)["variants"] if finetune is not None else []
+    if "gaussian" in variants or "sample" in entry:
+        named.append((f"{where}.sample.layer", plan.sample_settings(config, exp)["layer"]))
+    modules = dict(model.named_modules()) if model is not None else {}
+    below = layers[:-1]  # below the classifier: what firstK / lastK / layerwiseK can take
+    for key, layer in named:
+        try:
+            name = resolve_layer_name(layers, layer)
+        except ValueError as err:
+            problems.append(f"{key}: {err}")
+            continue
+        if getattr(modules.get(name), "groups", 1) != 1:
+            problems.append(f"{key}: {layer!r} ({name}) is a grouped convolution; Σx is defined for groups = 1 only")
+    for variant in variants:
+        try:
+            family, depth = plan.parse_variant(variant)
+        except ValueError:
+            continue  # reported by semantic_errors
+        try:
+            if family in ("first", "last"):
+                if model is not None:
+                    from .transfer import variant_layers
+
+                    variant_layers(variant, model)  # also checks its layer groups
+                elif depth > len(below):
+                    raise ValueError(
+                        f"variant {variant!r} transfers {depth} layers, but the model has only "
+                        f"{len(below)} non-head layers ({', '.join(below)})"
+                    )
+            elif family in ("layerwise", "covariance"):
+                if depth > len(below):
+                    raise ValueError(
+                        f"constructs {depth} layer(s), but the model has {len(below)} below the "
+                        f"classifier ({', '.join(below)})"
+                    )
+                grouped = [n for n in below[:depth] if getattr(modules.get(n), "groups", 1) != 1]
+                if grouped:
+                    raise ValueError(f"grouped convolutions cannot be constructed from Σx: {', '.join(grouped)}")
+        except ValueError as err:
+            problems.append(f"{where}.finetune.variants: {variant}: {err}")
+    return problems
+
+
 class _StrictLoader(yaml.SafeLoader):
     """A YAML loader that refuses a key given twice in one mapping.
 
@@ -170,25 +396,79 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def duplicate_key_errors(paths) -> list[str]:
-    """Messages for keys given twice in the YAML config files ``paths``."""
+def yaml_errors(paths) -> list[str]:
+    """One line per YAML config file of ``paths`` that does not read: a syntax error or
+    a key given twice, as ``FILE, line N: problem``."""
     problems = []
     for path in paths:
         try:
-            yaml.load(Path(path).read_text(), Loader=_StrictLoader)
+            yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_StrictLoader)
         except yaml.MarkedYAMLError as err:
-            mark = err.problem_mark
-            problems.append(f"{path}, line {mark.line + 1}: {err.problem}")
+            mark = err.problem_mark or err.context_mark
+            where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+            context = ""
+            if err.context and err.context_mark is not None and err.problem_mark is not None:
+                context = f" ({err.context} begun on line {err.context_mark.line + 1})"
+            problems.append(f"{where}: {err.problem or err.context}{context}")
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+            problems.append(f"{path}: {' '.join(str(err).split())}")
     return problems
+
 
 
 def check_config(config: dict, schema_path: str | Path, files=()) -> None:
     """Raise :class:`ConfigError` naming every problem, or return silently.
 
-    ``files``: the YAML files the config was read from, checked for duplicate keys.
+    ``files``: the YAML files the config was read from, checked for syntax errors and
+    duplicate keys.
     """
-    problems = duplicate_key_errors(files) + schema_errors(config, schema_path)
+    problems = yaml_errors(files) + nonfinite_errors(config) + schema_errors(config, schema_path)
     if not problems:
         problems = semantic_errors(config)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """``update`` merged into ``base`` key by key, as Snakemake merges config files."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def main(argv=None) -> int:
+    """``python -m randlabels.config FILE...``: check config files as the workflow would
+    with ``--configfile FILE...`` (merged in order), one line per problem, without
+    Snakemake. Snakemake reads the files named on its command line before the
+    workflow's check runs, and reports a YAML syntax error in one of them naming
+    neither file nor line; this names both."""
+    parser = argparse.ArgumentParser(prog="python -m randlabels.config", description=main.__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="+", type=Path, help="YAML config files")
+    parser.add_argument("--schema", type=Path, default=SCHEMA, help="the JSON schema (default: %(default)s)")
+    args = parser.parse_args(argv)
+    problems = yaml_errors(args.files)
+    if not problems:
+        config: dict = {}
+        for path in args.files:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                problems.append(f"{path}: not a mapping of keys at the top level")
+            else:
+                _merge(config, loaded)
+        if not problems:
+            try:
+                check_config(config, args.schema)
+            except ConfigError as err:
+                problems = str(err).split("\n  - ")[1:]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{', '.join(map(str, args.files))}: valid")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,9 @@ from . import plan, targets
 # costed at the rate of the nearest measured one (fc is far cheaper than cnn2, so its
 # cost is an upper bound).
 BENCHMARKED_AS = {"cnn2": "cnn2", "fc": "cnn2", "vgg16": "vgg16", "vgg16_bn": "vgg16", "resnet18": "resnet18"}
+# An own model (arch "module:function") has no benchmark: its images are counted under
+# "custom" and its hours are not known (NaN).
+UNBENCHMARKED = "custom"
 
 
 def experiment_images(config: dict, exp: str) -> dict[str, int]:
@@ -61,7 +64,7 @@ def cost_table(config: dict, bench_rates: dict[str, float] | None = None) -> pd.
     if rows:
         rows.append(_row(config, "all targets", sorted(everything), bench_rates))
     table = pd.DataFrame(rows)
-    per_arch = [f"images_{m}" for m in dict.fromkeys(BENCHMARKED_AS.values()) if f"images_{m}" in table]
+    per_arch = [f"images_{m}" for m in dict.fromkeys([*BENCHMARKED_AS.values(), UNBENCHMARKED]) if f"images_{m}" in table]
     table[per_arch] = table[per_arch].fillna(0).astype("int64")
     return table[["target", "experiments", "images", *per_arch, *(["hours"] if bench_rates else [])]]
 
@@ -71,11 +74,12 @@ def _row(config: dict, name: str, exps: list[str], bench_rates: dict[str, float]
     seconds = 0.0
     for exp in exps:
         arch = plan.experiment(config, exp)["model"]["arch"]
+        measured = BENCHMARKED_AS.get(arch, UNBENCHMARKED)
         count = sum(experiment_images(config, exp).values())
         row["images"] += count
-        row[f"images_{BENCHMARKED_AS[arch]}"] = row.get(f"images_{BENCHMARKED_AS[arch]}", 0) + count
+        row[f"images_{measured}"] = row.get(f"images_{measured}", 0) + count
         if bench_rates is not None:
-            seconds += count / bench_rates[BENCHMARKED_AS[arch]]
+            seconds += count / bench_rates[measured] if measured in bench_rates else float("nan")
     if bench_rates is not None:
         row["hours"] = seconds / 3600
     return row

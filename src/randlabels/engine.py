@@ -310,8 +310,9 @@ class Trainer:
         """Train for ``config.epochs`` epochs.
 
         Records a metrics row at epoch 0 (the initialization) and after each epoch, a
-        learning-curve row every ``eval_every`` steps (if given; with the probe's columns,
-        if the Trainer has a probe), and a state copy at
+        learning-curve row at step 0, every ``eval_every`` steps and at the last step (if
+        ``eval_every`` is given; with the probe's columns, if the Trainer has a probe),
+        and a state copy at
         each epoch in ``checkpoint_epochs``. Stops early, flagged as diverged, when the
         loss becomes NaN or infinite.
 
@@ -397,6 +398,10 @@ class Trainer:
                 raise TrainingInterrupted(
                     stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
                 )
+        if eval_every and not diverged and curve and curve[-1]["step"] != self.step_count:
+            # The trained model too, when the step count is no multiple of eval_every
+            # (with eval_every above it, the curve would hold the initialization alone).
+            curve.append(self._curve_row(self.step_count / self.steps_per_epoch))
         return FitResult(
             metrics=pd.DataFrame(metrics),
             curve=pd.DataFrame(curve),

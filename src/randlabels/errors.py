@@ -24,18 +24,23 @@ class InputFileError(RandlabelsError, ValueError):
 
 
 class OutputWriteError(RandlabelsError, OSError):
-    """An output could not be written (disk full, file-size limit, ...)."""
+    """An output could not be written (disk full, file-size limit, read-only folder, ...)."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(
+        self, path: str | os.PathLike, reason: str, advice: str = "Free space (or raise the limit) and rerun the workflow."
+    ):
         self.path = str(path)
-        super().__init__(
-            f"{path}: could not be written ({reason}); no partial file was left behind. "
-            "Free space (or raise the limit) and rerun the workflow."
-        )
+        super().__init__(f"{path}: could not be written ({reason}); no partial file was left behind. {advice}")
 
 
 class ResourceError(RandlabelsError, RuntimeError):
     """The device ran out of memory; the message names the setting to lower."""
+
+
+class ModelError(RandlabelsError, ValueError):
+    """A model the config names cannot be built or used: its factory does not import,
+    raises, or returns something the workflow cannot train and measure. The message
+    names the config key (``experiments.NAME.model.arch``) and the cause."""
 
 
 class TrainingDiverged(RandlabelsError):

@@ -94,6 +94,20 @@ def measure_layer(
     )
 
 
+def _sees_raw_inputs(model: nn.Module, first: str) -> bool:
+    """Whether nothing with state can act before layer ``first``: no parameter or
+    buffer on a module registered before it (its ancestors, the model itself, earlier
+    siblings). True for the built-in networks; an own model with, e.g., a learned input
+    scale or an input batch norm has its first layer's Σx measured at every checkpoint.
+    """
+    for name, module in model.named_modules():
+        if name == first:
+            return True
+        if next(module.parameters(recurse=False), None) is not None or next(module.buffers(recurse=False), None) is not None:
+            return False
+    return True
+
+
 def measure_checkpoints(
     model: nn.Module,
     states: dict[int, dict],
@@ -106,12 +120,15 @@ def measure_checkpoints(
     """Measure every checkpoint in ``states`` (epoch → state dict).
 
     ``batches()`` yields the normalized upstream inputs afresh for each pass. The
-    first layer's Σx does not depend on the weights and is computed once; deeper
+    first layer's Σx does not depend on the weights and is computed once (unless
+    parameters or buffers come before it, see :func:`_sees_raw_inputs`); deeper
     layers see the data through the checkpoint's own lower layers.
     """
     log = log or logging.getLogger("randlabels")
     names = [resolve_layer(model, layer) for layer in layers]
     first = weight_layers(model)[0]
+    if not _sees_raw_inputs(model, first):
+        first = None  # an own model with parameters before its first layer: measure it afresh
     cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     records = []
     for epoch in sorted(states):

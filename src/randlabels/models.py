@@ -21,18 +21,61 @@ Widths are ``max(1, floor(width · upper_width + 0.5))`` (round half up). The mu
 must be a finite number > 0: values < 1 narrow the upper layers, which is the natural
 control for the widening experiment. With 1.0 (the default) every model is exactly the
 model built without the option: same modules, names, shapes and initial weights.
+
+Your own model: ``arch`` may instead name a factory, ``"package.module:function"``
+(:func:`is_factory`). It is called as ``function(input_shape, num_classes, **options)``
+with ``input_shape`` a tuple, (C, H, W) for images or (D,) for vectors, ``num_classes``
+an int and ``options`` every other key of the spec, passed as they are in the config
+(lists stay lists), and must return an ``nn.Module`` whose forward maps a batch
+(N, *input_shape) to logits (N, num_classes). The module is imported by name:
+installed, on ``PYTHONPATH``, or (failing those) found relative to the working
+directory, where Snakemake runs every job (:func:`load_factory`). What the workflow
+needs of the model, checked when it is built (:func:`build_model`), is what the
+paper's methods need of a layer order:
+
+- at least one ``Conv2d`` or ``Linear`` layer (the *weight layers*,
+  :func:`weight_layers`), registered in the order ``forward`` calls them, each
+  called exactly once per forward (no shared or unused ones), so that "first",
+  firstK/lastK and the layer-wise construction follow the data's path;
+- the last of them is the classifier, with ``num_classes`` outputs (re-initialized
+  for each downstream task);
+- no lazy modules (``LazyLinear``...): the factory knows the input shape.
+
+It is initialized like the built-in networks (:func:`initialize`); parameters the
+rule does not cover keep the factory's own initialization, drawn under a generator
+seeded from the run's seed (:func:`randlabels.transfer.fresh_model`).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import math
+import os
+import re
+import sys
+import traceback
 from collections import OrderedDict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .errors import ModelError
+
 ARCHITECTURES = ("cnn2", "fc", "vgg16", "vgg16_bn", "resnet18")
+
+# ``arch`` naming the user's own factory: "package.module:function". The schema's
+# pattern for model.arch is the same (workflow/schemas/config.schema.yaml).
+FACTORY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+# Arguments the workflow gives a factory; a spec may not set them as options.
+FACTORY_ARGUMENTS = ("input_shape", "num_classes")
+# The layers the statistics, the layer order and the classifier are made of.
+WEIGHT_LAYER_TYPES = (nn.Conv2d, nn.Linear)
+# Layers whose weight the He × init_scale rule draws (a superset: the other convs).
+HE_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Normalization layers reset to weight 1, bias 0 (and fresh running statistics).
+NORM_LAYER_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 _DEFAULTS = {
     "cnn2": {"filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0},
@@ -43,12 +86,30 @@ _DEFAULTS = {
 }
 
 
+def is_factory(arch) -> bool:
+    """Whether ``arch`` names the user's own factory, ``"package.module:function"``."""
+    return isinstance(arch, str) and FACTORY_PATTERN.fullmatch(arch) is not None
+
+
 def model_options(spec: dict) -> dict:
-    """The spec with the architecture's defaults filled in; unknown names are refused."""
+    """The spec with the architecture's defaults filled in; unknown names are refused.
+
+    A factory's spec is returned as it is (its options are the factory's to check),
+    except that it may not set the factory's own arguments (``FACTORY_ARGUMENTS``).
+    """
     arch = spec.get("arch")
+    if is_factory(arch):
+        given = [name for name in FACTORY_ARGUMENTS if name in spec]
+        if given:
+            raise ValueError(
+                f"model option(s) {given} are the factory's arguments, set by the workflow "
+                "(the dataset's input shape, the number of classes); remove them from the config"
+            )
+        return dict(spec)
     if arch not in ARCHITECTURES:
         raise ValueError(
-            f"unknown architecture {arch!r}; valid names: {', '.join(ARCHITECTURES)}"
+            f"unknown architecture {arch!r}; valid names: {', '.join(ARCHITECTURES)}, "
+            "or your own factory as 'package.module:function'"
         )
     options = {**_DEFAULTS[arch], **{k: v for k, v in spec.items() if k != "arch"}}
     unknown = set(options) - set(_DEFAULTS[arch])
@@ -76,12 +137,19 @@ def _widened(width: int, upper_width: float) -> int:
 
 
 def build_model(
-    spec: dict, input_shape: Sequence[int], num_classes: int
+    spec: dict, input_shape: Sequence[int], num_classes: int, where: str = "model"
 ) -> nn.Module:
-    """Build an (uninitialized) model for inputs of ``input_shape`` = (C, H, W) or (D,)."""
+    """Build an (uninitialized) model for inputs of ``input_shape`` = (C, H, W) or (D,).
+
+    ``where`` is the spec's config key (``experiments.NAME.model``), named by the
+    :class:`~randlabels.errors.ModelError` a factory's model raises when it cannot be
+    imported, built or used (see the module docstring).
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if is_factory(spec.get("arch")):
+        return _build_custom(spec, shape, int(num_classes), where)
     opts = model_options(spec)
     arch = opts["arch"]
-    shape = tuple(int(s) for s in input_shape)
     upper = float(opts["upper_width"])
     if arch == "fc":
         widths = [int(w) for w in opts["widths"]]
@@ -226,42 +294,255 @@ def _resnet18_cifar(shape: tuple, num_classes: int, upper_width: float = 1.0) ->
     return model
 
 
+# --------------------------------------------------------------------------- your own model
+
+
+def _import_module(name: str):
+    """``importlib.import_module(name)``; if its top-level package is nowhere on
+    sys.path, once more with the working directory appended (last, so installed
+    packages win), as ``python -c`` would find it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        top = name.split(".")[0]
+        cwd = os.getcwd()
+        if err.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        importlib.invalidate_caches()
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as again:
+            if again.name == top:  # not there either: leave sys.path as it was
+                sys.path.remove(cwd)
+                raise err from None
+            raise
+
+
+def _error_text(err: BaseException) -> str:
+    """``Kind: message (at file:line)``: the exception and the innermost line of the
+    user's code it came from (not this module's call, not the import machinery)."""
+    frames = [
+        frame for frame in traceback.extract_tb(err.__traceback__)
+        if not frame.filename.startswith("<frozen") and os.path.abspath(frame.filename) != os.path.abspath(__file__)
+    ]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(err).__name__}: {err}{where}"
+
+
+def load_factory(arch: str, where: str = "model") -> Callable[..., nn.Module]:
+    """The callable that ``arch`` = ``"package.module:function"`` names.
+
+    Raises :class:`~randlabels.errors.ModelError`, naming ``{where}.arch``, if the
+    module does not import (with the import's own error), has no such attribute, or
+    the attribute is not callable.
+    """
+    key = f"{where}.arch"
+    if not is_factory(arch):
+        raise ModelError(f"{key}: {arch!r} is not a factory path 'package.module:function'")
+    module_name, function = arch.split(":")
+    try:
+        module = _import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any error of the user's module is reported
+        hint = ""
+        if isinstance(err, ModuleNotFoundError):
+            hint = (
+                "; the module must be importable: installed in this environment, on "
+                f"PYTHONPATH, or found from the working directory ({os.getcwd()})"
+            )
+        raise ModelError(f"{key}: cannot import {module_name!r} for factory {arch!r}: {_error_text(err)}{hint}") from err
+    if not hasattr(module, function):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(function, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ModelError(
+            f"{key}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no {function!r}{hint}"
+        )
+    factory = getattr(module, function)
+    if not callable(factory):
+        raise ModelError(f"{key}: {arch!r} is an object of type {type(factory).__name__!r}, not a callable that returns a model")
+    return factory
+
+
+def factory_file(arch: str) -> str | None:
+    """The source file of the module a factory path names (None for a built-in arch
+    or a module without a file): what an edit of reruns the model's stages."""
+    if not is_factory(arch):
+        return None
+    module = _import_module(arch.split(":")[0])
+    return getattr(module, "__file__", None)
+
+
+def _build_custom(spec: dict, shape: tuple, num_classes: int, where: str) -> nn.Module:
+    """Call the spec's factory and check what it returns (see the module docstring)."""
+    arch = spec["arch"]
+    try:
+        options = model_options(spec)
+    except ValueError as err:
+        raise ModelError(f"{where}: {err}") from err
+    options.pop("arch")
+    factory = load_factory(arch, where)
+    call = f"{arch}({shape}, {num_classes}{''.join(f', {k}={v!r}' for k, v in options.items())})"
+    try:
+        model = factory(shape, num_classes, **options)
+    except Exception as err:  # noqa: BLE001 - the user's code: report, naming the key
+        raise ModelError(f"{where}: the factory raised an error: {call}: {_error_text(err)}") from err
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"{where}: the factory returned an object of type {type(model).__name__!r}, not a torch.nn.Module: {call}"
+        )
+    _check_custom_model(model, shape, num_classes, f"{where}: the model of {arch!r}")
+    return model
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+@torch.no_grad()
+def _check_custom_model(model: nn.Module, shape: tuple, num_classes: int, what: str) -> None:
+    """Refuse a model the workflow cannot initialize, measure or transfer (ModelError)."""
+    lazy = [name for name, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ModelError(
+            f"{what} has lazy (uninitialized) parameters {', '.join(lazy)}: build the layers "
+            "with their input sizes (the factory gets the input shape)"
+        )
+    layers = weight_layers(model)
+    if not layers:
+        raise ModelError(
+            f"{what} has no Conv2d or Linear layer: the statistics, the He × init_scale "
+            "initialization and the classifier need at least one"
+        )
+    modules = dict(model.named_modules())
+    calls: list[str] = []
+    handles = [
+        modules[name].register_forward_pre_hook(lambda _m, _a, name=name: calls.append(name)) for name in layers
+    ]
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(torch.zeros((2, *shape), device=device))
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"{what} fails on a batch of shape {(2, *shape)}: {_error_text(err)}") from err
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, num_classes):
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelError(
+            f"{what} maps a batch of shape {(2, *shape)} to {got}; expected logits of shape (2, {num_classes})"
+        )
+    counts = {name: calls.count(name) for name in layers}
+    unused = [name for name in layers if counts[name] == 0]
+    shared = [f"{name} ({counts[name]}×)" for name in layers if counts[name] > 1]
+    if unused or shared:
+        problems = ([f"never called by forward: {', '.join(unused)}"] if unused else []) + (
+            [f"called more than once per forward: {', '.join(shared)}"] if shared else []
+        )
+        raise ModelError(
+            f"{what}: every conv/linear layer must be called exactly once per forward (its Σx, "
+            f"the layer order and the classifier depend on it); {'; '.join(problems)}"
+        )
+    if calls != layers:
+        raise ModelError(
+            f"{what} registers its conv/linear layers in another order than forward calls them "
+            f"(registered: {', '.join(layers)}; called: {', '.join(calls)}): create the modules in "
+            "the order forward uses them ('first', firstK/lastK, the layer-wise construction and "
+            "the classifier, the last layer, follow that order)"
+        )
+    head = modules[layers[-1]]
+    if _out_features(head) != num_classes:
+        raise ModelError(
+            f"{what}: its last conv/linear layer {layers[-1]!r} is the classifier (re-initialized for "
+            f"each downstream task) and must have num_classes = {num_classes} outputs, not {_out_features(head)}"
+        )
+
+
+def check_model(spec: dict, input_shape: Sequence[int], num_classes: int, where: str = "model") -> nn.Module:
+    """Build ``spec`` cheaply to see that it can be built: on the ``meta`` device (no
+    memory, no arithmetic) and, if that fails (a factory or forward that needs real
+    values), once more on the CPU, whose error is the one raised. The model is for
+    looking at (its layers), not for training."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec, input_shape, num_classes, where)
+    except Exception:  # noqa: BLE001 - retried for real below
+        pass
+    return build_model(spec, input_shape, num_classes, where)
+
+
 def weight_layers(model: nn.Module) -> list[str]:
-    """Names of the conv and linear modules, in the order they were registered."""
+    """Names of the conv (``Conv2d``) and linear modules, in the order they were registered."""
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
+        if isinstance(module, WEIGHT_LAYER_TYPES)
     ]
 
 
 def resolve_layer(model: nn.Module, name: str) -> str:
-    """Map 'first' / 'last' to a module name and check that the layer exists."""
-    layers = weight_layers(model)
+    """Map 'first' / 'last' to a module name and check that the layer exists.
+
+    Layers are named by module path (``features.0``, ``layer1.0.conv1``); an unknown
+    name is refused with the list of the model's layers.
+    """
+    return resolve_layer_name(weight_layers(model), name)
+
+
+def resolve_layer_name(layers: Sequence[str], name: str) -> str:
+    """:func:`resolve_layer` on a model's :func:`weight_layers` (the config check
+    knows them for the built-in networks without building one)."""
+    if not layers:
+        raise ValueError("the model has no conv (Conv2d) or linear layer")
     if name == "first":
         return layers[0]
     if name == "last":
         return layers[-1]
     if name not in layers:
-        raise ValueError(f"no conv/linear layer {name!r}; layers: {', '.join(layers)}")
+        close = difflib.get_close_matches(str(name), layers, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"no conv/linear layer {name!r}{hint}; the model's layers (module paths, in "
+            f"order; or 'first' / 'last'): {', '.join(layers)}"
+        )
     return name
 
 
 @torch.no_grad()
 def initialize(model: nn.Module, init_scale: float, seed: int) -> nn.Module:
-    """He-normal (fan-in, ReLU) × init_scale for every conv/linear weight, zero biases."""
+    """He-normal (fan-in, ReLU) × init_scale for every conv/linear weight, zero biases.
+
+    Conv layers are ``Conv1d``/``Conv2d``/``Conv3d`` (the built-in networks have only
+    Conv2d); normalization layers (batch, instance, layer, group norm) are reset to
+    weight 1, bias 0. Other parameters (an own model's embedding, say) are left as
+    they are: see :func:`uncovered_parameters`.
+    """
     generator = torch.Generator().manual_seed(int(seed))
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, HE_LAYER_TYPES):
             nn.init.kaiming_normal_(
                 module.weight, mode="fan_in", nonlinearity="relu", generator=generator
             )
             module.weight.mul_(float(init_scale))
             if module.bias is not None:
                 module.bias.zero_()
-        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        elif isinstance(module, NORM_LAYER_TYPES):
             module.reset_parameters()
     return model
+
+
+def uncovered_parameters(model: nn.Module) -> list[str]:
+    """Parameters :func:`initialize` leaves as the model was built (not a conv/linear
+    weight or bias, not a normalization layer's): none for the built-in networks."""
+    covered = set()
+    for name, module in model.named_modules():
+        if isinstance(module, HE_LAYER_TYPES + NORM_LAYER_TYPES):
+            covered |= {f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)}
+    return [name for name, _ in model.named_parameters() if name not in covered]
 
 
 def head_prefix(model: nn.Module) -> str:

@@ -474,6 +474,12 @@ class PackedTrainer:
                 raise TrainingInterrupted(
                     stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
                 )
+        # The last step's row, as a Trainer records it (see Trainer.fit).
+        pending = [r for r in range(R) if eval_every and active[r] and curve[r] and curve[r][-1]["step"] != self.step_count]
+        if pending:
+            evaluations = self._evaluations()
+            for r in pending:
+                curve[r].append(self._row(evaluations, r, self.step_count / self.steps_per_epoch, math.nan))
         return [
             FitResult(
                 metrics=pd.DataFrame(metrics[r]),

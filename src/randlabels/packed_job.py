@@ -22,10 +22,12 @@ import pandas as pd
 
 from randlabels.engine import FitResult
 from randlabels.errors import InputFileError
+from randlabels.identity import expect_identity
 from randlabels.io import load_torch, save_torch
 from randlabels.packed import PackedTrainer
 from randlabels.resume import ResumeStore
 from randlabels.training_job import run_training
+from randlabels.transfer import checkpoint_fields, checkpoint_identity
 
 BUNDLE_FORMAT = "randlabels-pretrain-bundle-1"
 
@@ -49,7 +51,7 @@ def save_bundle(path: str | os.PathLike, runs: dict[int, dict]) -> None:
             "format": BUNDLE_FORMAT,
             "runs": {
                 int(seed): {
-                    "checkpoints": run["checkpoints"],
+                    "checkpoints": checkpoint_fields(**run["checkpoints"]),
                     # Plain lists, not a pickled DataFrame (stable across pandas versions).
                     "metrics": {column: run["metrics"][column].tolist() for column in run["metrics"].columns},
                 }
@@ -60,12 +62,19 @@ def save_bundle(path: str | os.PathLike, runs: dict[int, dict]) -> None:
     )
 
 
-def read_bundle_run(path: str | os.PathLike, seed: int) -> tuple[dict, pd.DataFrame]:
-    """One seed's save_checkpoints keyword arguments and metrics table from a bundle."""
+def read_bundle_run(path: str | os.PathLike, seed: int, expect: dict | None = None) -> tuple[dict, pd.DataFrame]:
+    """One seed's save_checkpoints keyword arguments and metrics table from a bundle.
+
+    Given ``expect`` (an identity, see :func:`randlabels.identity.expected`), the
+    seed's entry must have been written for that run (experiment, labels, init scale,
+    seed): a bundle of another configuration copied here is refused naming both.
+    """
     data = load_torch(path)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise InputFileError(path, f"not a randlabels pre-training bundle (format {BUNDLE_FORMAT})")
     if int(seed) not in data["runs"]:
         raise InputFileError(path, f"holds seeds {sorted(data['runs'])}, not seed {seed}")
     run = data["runs"][int(seed)]
+    if expect is not None:
+        expect_identity(checkpoint_identity(run["checkpoints"]), expect, path)
     return run["checkpoints"], pd.DataFrame(run["metrics"])

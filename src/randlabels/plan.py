@@ -8,6 +8,10 @@ exactly when one of *its* settings changes.
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+
 RESULTS = "results"
 
 # Defaults of optional keys (the schema documents the same values; a test checks it).
@@ -46,8 +50,9 @@ RESOURCE_DEFAULTS = {
 }
 DATASET_DEFAULTS = {
     "gaussian": {"seed": 0, "num_classes": 10},
-    "cifar10": {"root": "data/cifar10", "download": True},
-    "cifar100": {"root": "data/cifar100", "download": True},
+    "torchvision": {"download": True},
+    "folder": {"resize": None, "color": "auto"},
+    "arrays": {"num_classes": None},
     "imagenet": {"root": "data/imagenet", "resolution": 32},
 }
 
@@ -218,8 +223,87 @@ def has_finetune(config: dict, exp: str) -> bool:
 
 
 def is_conv(config: dict, exp: str) -> bool:
-    """Whether the measured first layer is a convolution (eigen-filters are images)."""
-    return experiment(config, exp)["model"]["arch"] != "fc"
+    """Whether the measured first layer is a convolution (eigen-filters are images).
+
+    For an own model (a factory path) the model is built cheaply
+    (:func:`randlabels.models.check_model`) where the input shape is known before the
+    data are prepared (:func:`input_shape`); where it is not, or the build fails (the
+    config check reports that), the answer is no (no eigen-filter figure).
+    """
+    arch = experiment(config, exp)["model"]["arch"]
+    from .models import is_factory
+
+    if not is_factory(arch):
+        return arch != "fc"
+    shape = input_shape(config, exp)
+    if shape is None or len(shape) != 3:
+        return False
+    spec = json.dumps(model_settings(config, exp), sort_keys=True, default=str)
+    return _first_layer_is_conv(spec, shape, split_settings(config, exp)["upstream_classes"])
+
+
+@functools.lru_cache(maxsize=None)
+def _first_layer_is_conv(spec_json: str, shape: tuple, num_classes: int) -> bool:
+    """Cached: the Snakefile asks once per experiment and target."""
+    from torch import nn
+
+    from .models import check_model, weight_layers
+
+    try:
+        model = check_model(json.loads(spec_json), shape, num_classes)
+    except Exception:  # noqa: BLE001 - reported by the config check
+        return False
+    return isinstance(model.get_submodule(weight_layers(model)[0]), nn.Conv2d)
+
+
+# The input shape a model sees, for datasets where it is known before they are prepared
+# (by source, or torchvision's class name): (C, H, W). The config check builds an own
+# model (a factory) with it; see input_shape.
+KNOWN_INPUT_SHAPES = {
+    "digits": (1, 8, 8),
+    "MNIST": (1, 28, 28),
+    "FashionMNIST": (1, 28, 28),
+    "KMNIST": (1, 28, 28),
+    "CIFAR10": (3, 32, 32),
+    "CIFAR100": (3, 32, 32),
+    "SVHN": (3, 32, 32),
+    "STL10": (3, 96, 96),
+}
+
+
+def input_shape(config: dict, exp: str) -> tuple[int, ...] | None:
+    """What the model of ``exp`` sees, (C, H, W) or (D,), if known from the config
+    alone; None where only the prepared data tell (e.g. a folder of images in
+    ``color: auto``, an arrays file)."""
+    entry = config["datasets"][experiment(config, exp)["dataset"]]
+    source = entry["source"]
+    if source == "gaussian":
+        return (int(entry["dim"]),)
+    if source == "imagenet":
+        side = int(entry.get("resolution", DATASET_DEFAULTS["imagenet"]["resolution"]))
+        return (3, side, side)
+    if source == "folder" and entry.get("resize") and entry.get("color") in ("grayscale", "rgb"):
+        return (1 if entry["color"] == "grayscale" else 3, *(int(n) for n in entry["resize"]))
+    return KNOWN_INPUT_SHAPES.get(entry.get("name", source))
+
+
+def model_code(config: dict, exp: str) -> list[str]:
+    """The source file of an own model's factory module (empty for a built-in arch):
+    the stages that build the model depend on it like on the library. Relative to the
+    working directory when it lies below it."""
+    from .models import factory_file
+
+    try:
+        path = factory_file(experiment(config, exp)["model"]["arch"])
+    except Exception:  # noqa: BLE001 - the config check reports a factory that does not import
+        return []
+    if path is None:
+        return []
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return [path]
+    return [path if relative.startswith("..") else relative]
 
 
 def seeds(config: dict, exp: str | None = None) -> list[int]:

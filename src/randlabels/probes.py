@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -21,14 +20,43 @@ from torch.nn import functional as F
 from .stats import StreamingCovariance
 
 
+def _explicit_padding(module: nn.Conv2d, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The conv's input padded as the layer pads it, and the padding left to unfold.
+
+    Numeric zero padding is left to unfold (as before); padding "same"/"valid" and a
+    padding_mode other than zeros (reflect, replicate, circular) are applied here,
+    exactly as ``nn.Conv2d`` does ("same": the odd extra row/column at the end).
+    """
+    if not isinstance(module.padding, str) and module.padding_mode == "zeros":
+        return inputs, module.padding
+    if module.padding == "valid":
+        pads = [0, 0, 0, 0]
+    elif module.padding == "same":
+        pads = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size)):  # F.pad: last dim first
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+    else:
+        (ph, pw) = module.padding
+        pads = [pw, pw, ph, ph]
+    if any(pads):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        inputs = F.pad(inputs, pads, mode=mode)
+    return inputs, (0, 0)
+
+
 def _layer_samples(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The vectors one unit's weights multiply: patches for a conv, rows for a linear."""
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
-            raise ValueError("grouped convolutions are not supported for Σx")
+            raise ValueError(
+                f"grouped convolutions (groups = {module.groups}) are not supported for Σx: "
+                "a unit's weights see only its group's channels"
+            )
+        inputs, padding = _explicit_padding(module, inputs)
         patches = F.unfold(
             inputs, module.kernel_size, dilation=module.dilation,
-            padding=module.padding, stride=module.stride,
+            padding=padding, stride=module.stride,
         )  # (B, C·kh·kw, L), flattened in the weight's (C_in, kh, kw) order
         return patches.transpose(1, 2).reshape(-1, patches.shape[1])
     if isinstance(module, nn.Linear):

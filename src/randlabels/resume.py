@@ -7,27 +7,41 @@ everything the run's numbers depend on (settings, input files, library code): a
 state written for other settings or data is ignored, never resumed from.
 
 SLURM announces preemption with SIGTERM and an approaching time limit with the
-signal the profile asks for (SIGUSR1). :class:`StopSignals` turns either into a
-flag that the training loop checks after each step; the loop then saves its state
-and raises :class:`TrainingInterrupted`, so the job exits non-zero and a requeue or
-a rerun resumes at that step. A ``kill -9`` gives no warning: the rerun resumes
-from the last periodic save, losing at most one save interval.
+signal the profile asks for (SIGUSR1); Ctrl-C in a terminal sends SIGINT.
+:class:`StopSignals` turns any of them into a flag that the training loop checks
+after each step; the loop then saves its state and raises
+:class:`TrainingInterrupted`, so the job exits non-zero and a requeue or a rerun
+resumes at that step. A ``kill -9`` gives no warning: the rerun resumes from the
+last periodic save, losing at most one save interval.
+
+Two processes never train one run at once: :class:`RunLock` is an exclusive
+``flock`` on ``<resume state>.lock``, taken by a training script before it does
+anything else (:func:`hold_run`: before it opens, and so truncates, the run's log,
+or reads or writes its state) and given back once the run's outputs are written
+(:meth:`ResumeStore.clear`). The
+kernel drops it when its process ends, however it ends, so a dead job's lock never
+blocks a rerun. A second process (a second Snakemake after ``snakemake --unlock``
+on a live run, a job submitted twice) is refused with a message naming the run and
+the holder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import signal
+import socket
+import time
 from pathlib import Path
 from typing import Iterable
 
 from randlabels.errors import RandlabelsError
 from randlabels.io import load_torch, save_torch
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 log = logging.getLogger("randlabels")
 
@@ -55,12 +69,106 @@ def fingerprint(settings: dict, files: Iterable[str | os.PathLike] = ()) -> str:
     return digest.hexdigest()
 
 
+class RunLocked(RandlabelsError):
+    """Another live process is training this run (it holds the run's :class:`RunLock`)."""
+
+    def __init__(self, resume_path: str | os.PathLike, holder: str):
+        self.path, self.holder = str(resume_path), holder
+        super().__init__(
+            f"{resume_path}: this run is being trained by another process ({holder}); one run is "
+            "never trained by two processes at once, so this job stops here and leaves the run to "
+            "it. Let that process finish (a second snakemake on this folder, started after "
+            "`snakemake --unlock`?), then rerun the workflow"
+        )
+
+
+_HELD: dict[str, object] = {}  # lock path → open, locked file, for locks this process holds
+
+
+class RunLock:
+    """An exclusive lock on the run whose resume state is ``resume_path``.
+
+    An ``flock`` on ``<resume_path>.lock``, which records the holder (pid, host, since
+    when) for the message of a refused second process. Held per process: acquiring a
+    lock this process already holds does nothing. :meth:`release` removes the file
+    while still holding it; an acquirer that opened the removed file notices and
+    locks the new one, so two processes never both hold the run.
+    """
+
+    def __init__(self, resume_path: str | os.PathLike):
+        self.resume_path = Path(resume_path)
+        self.path = self.resume_path.with_name(self.resume_path.name + ".lock")
+        self._key = os.path.abspath(self.path)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._key in _HELD
+
+    def acquire(self) -> "RunLock":
+        """Take the lock, or raise :class:`RunLocked` naming the live holder."""
+        if self.held:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "a process that is just starting"
+                handle.close()
+                raise RunLocked(self.resume_path, holder) from None
+            try:
+                current = os.path.samestat(os.fstat(handle.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            handle.close()  # its holder removed it while releasing: lock the file there now
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        _HELD[self._key] = handle
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (and remove its file); nothing if this process does not hold it."""
+        handle = _HELD.pop(self._key, None)
+        if handle is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked (see the class docstring)
+        handle.close()
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def hold_run(resume_path: str | os.PathLike) -> RunLock:
+    """For a training script, first thing: take the run's lock, or stop the process
+    with the one-line :class:`RunLocked` message (exit status 1) when another process
+    trains that run. Before the log is opened, since opening it truncates it. The lock
+    is held until :meth:`ResumeStore.clear` or the end of the process."""
+    try:
+        return RunLock(resume_path).acquire()
+    except RunLocked as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 class ResumeStore:
-    """The resume state of one training run, kept in one file outside the outputs."""
+    """The resume state of one training run, kept in one file outside the outputs.
+
+    :attr:`lock` is the run's :class:`RunLock`; :meth:`clear` releases it.
+    """
 
     def __init__(self, path: str | os.PathLike, fingerprint: str):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.lock = RunLock(self.path)
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none or it belongs to another run.
@@ -88,12 +196,14 @@ class ResumeStore:
         save_torch({**state, "fingerprint": self.fingerprint}, self.path)
 
     def clear(self) -> None:
-        """Remove the state once the run's outputs are written."""
+        """Remove the state once the run's outputs are written, and give the run's lock back."""
         self.path.unlink(missing_ok=True)
+        self.lock.release()
 
 
 class StopSignals:
-    """While active, SIGTERM and SIGUSR1 set :attr:`received` instead of killing.
+    """While active, SIGTERM, SIGUSR1 and SIGINT (Ctrl-C) set :attr:`received` instead
+    of killing (or raising KeyboardInterrupt).
 
     Use as a context manager around training; the previous handlers come back on exit.
     A second signal of the same kind while a save is pending is ignored, so the save

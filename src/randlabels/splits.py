@@ -66,11 +66,15 @@ def make_split(
     upstream_classes: int,
     downstream_classes: int,
     seed: int,
+    source: str | os.PathLike = "the dataset",
+    where: str = "split",
 ) -> Split:
     """Draw disjoint subsets; the test part is the official test set when there is one.
 
     Without an official test set (``is_test`` all False) the test part is drawn from the
-    remaining samples. ``test=None`` means "all that is available".
+    remaining samples. ``test=None`` means "all that is available". A dataset too small
+    for the sizes asked for raises an :class:`InputFileError` naming ``source`` (the
+    dataset file), the config section ``where`` (``experiments.X.split``) and the numbers.
     """
     is_test = np.asarray(is_test, dtype=bool)
     pool = np.flatnonzero(~is_test)
@@ -78,14 +82,21 @@ def make_split(
     rng = stream_rng(seed, "split")
     pool = rng.permutation(pool)
     if upstream + downstream > len(pool):
-        raise ValueError(
-            f"split.upstream ({upstream}) + split.downstream ({downstream}) exceeds the "
-            f"{len(pool)} training samples of the dataset"
+        raise InputFileError(
+            source,
+            f"{len(pool)} training samples, too few for {where}: upstream {upstream} + downstream "
+            f"{downstream} = {upstream + downstream}; lower {where}.upstream / {where}.downstream "
+            "or use a larger dataset",
         )
     up, down = pool[:upstream], pool[upstream : upstream + downstream]
     rest = official if len(official) else pool[upstream + downstream :]
     if test is not None and test > len(rest):
-        raise ValueError(f"split.test ({test}) exceeds the {len(rest)} samples left for testing")
+        left = "in its test set" if len(official) else f"left for testing after upstream {upstream} + downstream {downstream}"
+        raise InputFileError(
+            source,
+            f"{len(rest)} samples {left}, too few for {where}.test = {test}; lower {where}.test "
+            "(or leave it out: all that are left) or use a larger dataset",
+        )
     test_index = np.sort(rng.permutation(rest)[: len(rest) if test is None else test])
     return Split(
         upstream=np.sort(up),

@@ -12,6 +12,9 @@ Layout (readable with h5dump)::
                                mean_activation
 
 An undefined misalignment is stored as NaN with the reason in ``undefined_reason``.
+The root attributes experiment, labels, init_scale and seed are the file's identity
+(:mod:`randlabels.identity`), which its readers check against the file's path
+(:func:`expect_path_identities`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputFileError
+from .identity import expect_identity, expected, path_wildcards
 from .io import atomic_output
 
 FORMAT = "randlabels-stats/1"
@@ -80,6 +84,20 @@ def _run_columns(f) -> dict:
         "seed": int(f.attrs["seed"]),
         "diverged": bool(f.attrs.get("diverged", False)),
     }
+
+
+def identity(path: str | os.PathLike) -> dict:
+    """The run a statistics file was written for: experiment, labels, init_scale, seed
+    (``None`` for what it does not record)."""
+    with _open(path) as f:
+        return {key: f.attrs.get(key) for key in ("experiment", "labels", "init_scale", "seed")}
+
+
+def expect_path_identities(paths: Iterable[str | os.PathLike], template: str) -> None:
+    """Refuse any of ``paths`` whose recorded identity differs from what its path says
+    in ``template`` (``plan.PATHS["stats"]``): a file copied over another run's."""
+    for path in paths:
+        expect_identity(identity(path), expected(path_wildcards(template, path)), path)
 
 
 def _epochs(f):

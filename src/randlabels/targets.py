@@ -72,7 +72,7 @@ def _needs_random_tasks(config: dict, exp: str) -> list[str]:
 
 
 def _needs_conv(config: dict, exp: str) -> list[str]:
-    return [] if plan.is_conv(config, exp) else ["needs a convolutional first layer (arch cnn2, vgg16, resnet18)"]
+    return [] if plan.is_conv(config, exp) else ["needs a convolutional first layer (arch cnn2, vgg16, resnet18, or an own model whose first layer is a Conv2d)"]
 
 
 def _needs_cnn2(config: dict, exp: str) -> list[str]:

@@ -43,18 +43,36 @@ def run_training(
     state is saved every ``save_every`` epochs. For a
     :class:`~randlabels.packed.PackedTrainer`, ``seeds`` names its replicas and the
     result is one :class:`FitResult` per seed.
+
+    The run's lock (:class:`~randlabels.resume.RunLock`) is taken first (a script
+    holds it already, see :func:`~randlabels.resume.hold_run`): a run another process
+    trains raises :class:`~randlabels.resume.RunLocked`. It is held on return, until
+    the returned store's ``clear()`` (after the outputs are written), and given back
+    if training fails. A learning curve sparser than the run (``eval_every`` above
+    its number of steps) is reported in the log.
     """
     if on_divergence not in DIVERGENCE_POLICIES:
         raise ValueError(f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}")
     config = trainer.config
     store = ResumeStore(resume_path, fingerprint(run_settings, inputs))
+    store.lock.acquire()  # before the state is read or written: one process per run
+    eval_every = fit_options.get("eval_every")
+    total_steps = getattr(trainer, "total_steps", None)
+    if eval_every and total_steps is not None and eval_every > total_steps:
+        log.warning(
+            "%s.eval_every (%d) is more than the %d training steps of this run: its learning curve "
+            "has the initialization and the last step only; lower %s.eval_every for a finer curve",
+            where, eval_every, total_steps, where,
+        )
     with StopSignals() as stop:
         try:
             outcome = trainer.fit(resume=store, stop=stop, save_every=save_every, **fit_options)
         except TrainingInterrupted as stopped:
+            store.lock.release()
             log.error("%s", stopped)
             raise SystemExit(EXIT_INTERRUPTED) from None
         except torch.cuda.OutOfMemoryError as err:
+            store.lock.release()
             packed = f" for each of {len(seeds)} packed seeds" if seeds else ""
             also = f" or {where}.pack_seeds" if seeds else ""
             raise ResourceError(
@@ -62,6 +80,9 @@ def run_training(
                 f"(evaluation batches of {config.eval_batch_size}): lower {where}.batch_size, "
                 f"{where}.eval_batch_size{also}. ({str(err).splitlines()[0]})"
             ) from err
+        except BaseException:
+            store.lock.release()
+            raise
     results: list[FitResult] = outcome if seeds else [outcome]
     names = [f"run of seed {seed}" for seed in seeds] if seeds else ["run"]
     messages = []

@@ -1,14 +1,16 @@
 # Helpers shared by the rule files (functions only; rules live in the other .smk files).
+import importlib.util
 import os
-import sys
 
-# The Snakefile plans with the library of this checkout (rule scripts do the same
-# through workflow/scripts/_bootstrap.py).
+# The Snakefile plans with the library of this checkout: _bootstrap, which every rule
+# script imports first, puts its src/ ahead of any other copy on sys.path.
 SRC = os.path.join(workflow.basedir, "src")
-if SRC not in sys.path:
-    sys.path.insert(0, SRC)
+_spec = importlib.util.spec_from_file_location(
+    "_bootstrap", os.path.join(workflow.basedir, "workflow/scripts/_bootstrap.py")
+)
+_spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
-from randlabels import plan, targets
+from randlabels import codedeps, plan, targets
 from randlabels.config import ConfigError, check_config
 
 try:
@@ -37,29 +39,19 @@ wildcard_constraints:
     target="|".join(targets.TARGETS),
 
 
-def lib(*modules):
-    """Library files a rule's result depends on: edits to them rerun the rule."""
-    return [os.path.join(SRC, "randlabels", f"{m}.py") for m in modules]
+def script_code(script, *modules):
+    """The library files that workflow/scripts/SCRIPT.py runs, read off its imports
+    (randlabels.codedeps), plus ``modules`` it imports by a name known only at run
+    time: as inputs, edits to them rerun the rule. Relative paths, so that a copied or
+    moved project keeps its cache."""
+    path = os.path.join(workflow.basedir, "workflow/scripts", f"{script}.py")
+    return [os.path.relpath(f) for f in codedeps.code_files(path, SRC, modules)]
 
 
 # Experiments whose seeds are pre-trained one per job (pretrain) or in groups
 # (pack_seeds > 1: pretrain_packed, then unpack_pretrain), as wildcard constraints.
 UNPACKED_EXPERIMENTS = plan.experiments_pattern(config, packed=False)
 PACKED_EXPERIMENTS = plan.experiments_pattern(config, packed=True)
-
-
-# The library a training job runs: an edit to any of these reruns training.
-TRAINING_CODE = lib(
-    "engine",
-    "resume",
-    "training_job",
-    "models",
-    "transfer",
-    "datasets",
-    "splits",
-    "seeding",
-    "io",
-)
 
 
 def logs(name):

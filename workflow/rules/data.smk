@@ -1,6 +1,6 @@
 rule prepare_dataset:
     input:
-        code=lib("datasets", "io"),
+        code=script_code("prepare_dataset"),
     output:
         plan.PATHS["dataset"],
     log:
@@ -22,7 +22,7 @@ rule prepare_dataset:
 rule make_split:
     input:
         dataset=exp_dataset_file,
-        code=lib("splits", "seeding", "datasets", "io"),
+        code=script_code("make_split"),
     output:
         plan.PATHS["split"],
     log:

@@ -3,7 +3,8 @@ rule finetune:
         unpack(finetune_source),
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
-        code=TRAINING_CODE,
+        code=script_code("finetune"),
+        model_code=lambda w: plan.model_code(config, w.exp),
     output:
         plan.PATHS["finetune"],
     log:
@@ -38,18 +39,8 @@ rule construct_init:
         unpack(construct_source),
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
-        code=lib(
-            "construct",
-            "probes",
-            "stats",
-            "transfer",
-            "models",
-            "engine",
-            "datasets",
-            "splits",
-            "seeding",
-            "io",
-        ),
+        code=script_code("construct_init"),
+        model_code=lambda w: plan.model_code(config, w.exp),
     output:
         plan.PATHS["constructed_init"],
     log:

@@ -2,7 +2,8 @@ rule pretrain:
     input:
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
-        code=TRAINING_CODE,
+        code=script_code("pretrain"),
+        model_code=lambda w: plan.model_code(config, w.exp),
     output:
         checkpoints=plan.PATHS["checkpoints"],
         metrics=plan.PATHS["pretrain_metrics"],
@@ -38,7 +39,8 @@ rule pretrain_packed:
     input:
         dataset=exp_dataset_file,
         splits=packed_splits,
-        code=TRAINING_CODE + lib("packed", "packed_job"),
+        code=script_code("pretrain_packed"),
+        model_code=lambda w: plan.model_code(config, w.exp),
     output:
         bundle=plan.PATHS["pretrain_packed"],
     log:
@@ -72,7 +74,7 @@ rule pretrain_packed:
 rule unpack_pretrain:
     input:
         bundle=packed_bundle,
-        code=lib("packed_job", "transfer", "io"),
+        code=script_code("unpack_pretrain"),
     output:
         checkpoints=plan.PATHS["checkpoints"],
         metrics=plan.PATHS["pretrain_metrics"],

@@ -1,7 +1,7 @@
 rule aggregate_pretraining:
     input:
         metrics=lambda w: plan.pretrain_metric_files(config, w.exp),
-        code=lib("io"),
+        code=script_code("aggregate_pretraining"),
     output:
         report(
             plan.path("table", exp="{exp}", table="pretrain_metrics"),
@@ -17,16 +17,19 @@ rule aggregate_pretraining:
         ENV
     resources:
         **RESOURCES_LIGHT,
+    params:
+        split=lambda w: plan.split_settings(config, w.exp),
     message:
         "Collecting pre-training metrics of {wildcards.exp}"
     script:
-        "../scripts/concat_tables.py"
+        "../scripts/aggregate_pretraining.py"
 
 
 rule aggregate_statistics:
     input:
         stats=lambda w: plan.stats_files(config, w.exp),
-        code=lib("statsfile", "io"),
+        pretrain_metrics=plan.path("table", exp="{exp}", table="pretrain_metrics"),
+        code=script_code("aggregate_statistics"),
     output:
         misalignment=report(
             plan.path("table", exp="{exp}", table="misalignment"),
@@ -53,7 +56,7 @@ rule aggregate_statistics:
 rule aggregate_finetuning:
     input:
         curves=lambda w: plan.finetune_files(config, w.exp),
-        code=lib("summary", "io"),
+        code=script_code("aggregate_finetuning"),
     output:
         curves=plan.path("table", exp="{exp}", table="finetune_curves"),
         summary=report(
@@ -81,7 +84,7 @@ rule aggregate_finetuning:
 rule plot_misalignment:
     input:
         table=plan.path("table", exp="{exp}", table="misalignment"),
-        code=lib("plots/misalignment", "plots/style", "io"),
+        code=script_code("plot_table", "randlabels.plots.misalignment"),
     output:
         report(
             plan.path("figure", exp="{exp}", figure="misalignment"),
@@ -109,7 +112,7 @@ rule plot_misalignment:
 rule plot_transfer_function:
     input:
         table=plan.path("table", exp="{exp}", table="transfer_function"),
-        code=lib("plots/transfer_function", "plots/style", "io"),
+        code=script_code("plot_table", "randlabels.plots.transfer_function"),
     output:
         report(
             plan.path("figure", exp="{exp}", figure="transfer_function"),
@@ -137,7 +140,7 @@ rule plot_transfer_function:
 rule plot_learning_curves:
     input:
         table=plan.path("table", exp="{exp}", table="finetune_curves"),
-        code=lib("plots/learning_curves", "plots/style", "io"),
+        code=script_code("plot_table", "randlabels.plots.learning_curves"),
     output:
         report(
             plan.path("figure", exp="{exp}", figure="learning_curves"),
@@ -165,7 +168,7 @@ rule plot_learning_curves:
 rule plot_transfer_summary:
     input:
         table=plan.path("table", exp="{exp}", table="transfer_summary"),
-        code=lib("plots/transfer_summary", "plots/style", "io"),
+        code=script_code("plot_table", "randlabels.plots.transfer_summary"),
     output:
         report(
             plan.path("figure", exp="{exp}", figure="transfer_summary"),
@@ -195,7 +198,7 @@ rule plot_transfer_summary:
 rule plot_eigenfilters:
     input:
         stats=lambda w: plan.eigenfilter_sources(config, w.exp),
-        code=lib("plots/eigenfilters", "plots/style", "statsfile", "stats", "io"),
+        code=script_code("plot_eigenfilters"),
     output:
         report(
             plan.path("figure", exp="{exp}", figure="eigenfilters"),

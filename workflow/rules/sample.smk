@@ -2,15 +2,8 @@ rule gaussian_init:
     input:
         sources=lambda w: plan.sample_sources(config, w.exp, w.scale, w.seed),
         split=plan.PATHS["split"],
-        code=lib(
-            "sampling",
-            "stats",
-            "transfer",
-            "models",
-            "splits",
-            "seeding",
-            "io",
-        ),
+        code=script_code("gaussian_init"),
+        model_code=lambda w: plan.model_code(config, w.exp),
     output:
         plan.PATHS["gaussian_init"],
     log:

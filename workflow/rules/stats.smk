@@ -3,19 +3,8 @@ rule statistics:
         checkpoints=plan.PATHS["checkpoints"],
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
-        code=lib(
-            "measure",
-            "stats",
-            "probes",
-            "statsfile",
-            "models",
-            "transfer",
-            "engine",
-            "datasets",
-            "splits",
-            "seeding",
-            "io",
-        ),
+        code=script_code("statistics"),
+        model_code=lambda w: plan.model_code(config, w.exp),
     output:
         plan.PATHS["stats"],
     log:

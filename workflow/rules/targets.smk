@@ -6,8 +6,7 @@
 rule paper_target:
     input:
         unpack(lambda w: targets.table_inputs(config, w.target)),
-        code=lib("targets", "plan", "io")
-        + lib(*(f"plots/{m}" for m in {t.plot for t in targets.TARGETS.values()})),
+        code=script_code("paper_target"),
     output:
         table=report(
             plan.PATHS["target_table"],

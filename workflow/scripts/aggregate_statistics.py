@@ -2,13 +2,16 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import runlog
-from randlabels.io import write_table
-from randlabels.statsfile import activation_table, misalignment_table, transfer_function_table
+from randlabels import plan, runlog
+from randlabels.io import read_table, write_table
+from randlabels.memorization import with_collapsed
+from randlabels.statsfile import activation_table, expect_path_identities, misalignment_table, transfer_function_table
 
 log = runlog.start(snakemake.log[0])
 paths = list(snakemake.input.stats)
-write_table(misalignment_table(paths), snakemake.output.misalignment)
-write_table(transfer_function_table(paths), snakemake.output.transfer_function)
-write_table(activation_table(paths), snakemake.output.activations)
+expect_path_identities(paths, plan.PATHS["stats"])  # each file written for the run its path names
+runs = read_table(snakemake.input.pretrain_metrics)  # carries each run's collapsed flag
+write_table(with_collapsed(misalignment_table(paths), runs), snakemake.output.misalignment)
+write_table(with_collapsed(transfer_function_table(paths), runs), snakemake.output.transfer_function)
+write_table(with_collapsed(activation_table(paths), runs), snakemake.output.activations)
 log.info("tables from %d statistics files written", len(paths))

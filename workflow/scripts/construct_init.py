@@ -14,12 +14,14 @@ import torch
 
 from randlabels import runlog
 from randlabels.construct import construct_layers, constructible_layers
-from randlabels.datasets import read_dataset
+from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, resolve_device
+from randlabels.identity import expected
 from randlabels.models import build_model
+from randlabels.plan import from_labels
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
-from randlabels.transfer import clone_state, fresh_model, load_into, read_checkpoints, save_init
+from randlabels.transfer import buildable_spec, clone_state, fresh_model, load_into, read_checkpoints, save_init
 
 log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -42,16 +44,22 @@ def batches():
         yield inputs
 
 
-model = fresh_model(params.model, data.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune")).to(device)
+model = fresh_model(params.model, data.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"),
+                    where=f"experiments.{snakemake.wildcards.exp}.model").to(device)
 
 pretrained = None
 source_diverged = False
 if method == "layerwise":
-    source = read_checkpoints(snakemake.input.source)
+    # The pre-training transferred from (finetune.from_labels) of this experiment, scale
+    # and seed; a checkpoint set of another run copied here is refused, naming both.
+    run = expected(snakemake.wildcards, labels=from_labels(snakemake.config, snakemake.wildcards.exp))
+    run.pop("init", None)  # the construction's own name: the source is a pre-training
+    source = read_checkpoints(snakemake.input.source, expect=run)
     if source["diverged"]:
         log.warning("%s: pre-training diverged; estimating g from its last finite checkpoint (flagged downstream)", snakemake.input.source)
     source_diverged = bool(source["diverged"])
-    pretrained = build_model(source["spec"], source["input_shape"], source["num_classes"])
+    spec = buildable_spec(source, snakemake.input.source, params.model)  # a file's own-model factory runs only if configured
+    pretrained = build_model(spec, source["input_shape"], source["num_classes"], where=f"experiments.{snakemake.wildcards.exp}.model")
     load_into(pretrained, source["states"][max(source["states"])], snakemake.input.source)
     pretrained.to(device)
 
@@ -78,4 +86,8 @@ save_init(
     state=clone_state(model),
     description=f"layer-wise construction (method {method}, g {what}, k = {depth}: {', '.join(layers) or 'no layer'})",
     source_diverged=source_diverged,
+    experiment=snakemake.wildcards.exp,
+    init=snakemake.wildcards.construct,
+    init_scale=params.init_scale,
+    seed=params.seed,
 )

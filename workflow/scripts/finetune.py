@@ -6,12 +6,14 @@ import torch
 
 from randlabels import runlog
 from randlabels.gpus import bind_gpus
-from randlabels.datasets import read_dataset
+from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
+from randlabels.resume import hold_run
 from randlabels.training_job import run_training
 from randlabels.models import head_prefix
-from randlabels.plan import parse_variant
+from randlabels.identity import expected
+from randlabels.plan import from_labels, parse_variant
 from randlabels.probes import activation_probe
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
@@ -33,6 +35,9 @@ def with_fresh_head(state: dict, fresh: dict, head: str) -> dict:
     return {k: fresh[k] if k == head or k.startswith(head + ".") else v for k, v in state.items()}
 
 
+# First: one process per run (a second job on a run another process trains stops here,
+# before opening, and so truncating, the run's log). Given back by store.clear().
+hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
@@ -51,9 +56,15 @@ if task == "real":
     test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
 
 source_diverged = False  # whether the initialization came from a diverged pre-training
-model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
+model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"),
+                    where=f"experiments.{params.experiment}.model")
 if family in ("pretrained", "pretrained_norescale", "first", "last"):
-    source = read_checkpoints(snakemake.input.source)
+    # The pre-training transferred from (finetune.from_labels) of this experiment, scale
+    # and seed; a checkpoint set of another run copied here is refused, naming both.
+    source = read_checkpoints(
+        snakemake.input.source,
+        expect=expected(snakemake.wildcards, labels=from_labels(snakemake.config, params.experiment)),
+    )
     if source["diverged"]:
         log.warning("%s: pre-training diverged; transferring its last finite checkpoint", snakemake.input.source)
     init_state, trained_state = source["states"][0], source["states"][max(source["states"])]
@@ -74,7 +85,7 @@ if family in ("pretrained", "pretrained_norescale", "first", "last"):
     source_diverged = bool(source["diverged"])
 elif family in ("gaussian", "layerwise", "covariance"):
     # Built for the upstream class count: the head is this task's fresh one.
-    init = read_init(snakemake.input.source)
+    init = read_init(snakemake.input.source, expect=expected(snakemake.wildcards, init=variant))
     load_into(model, with_fresh_head(init["state"], clone_state(model), head_prefix(model)), snakemake.input.source)
     source_diverged = bool(init.get("source_diverged", False))
 

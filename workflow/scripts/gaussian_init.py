@@ -5,17 +5,23 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import numpy as np
 import torch
 
-from randlabels import runlog
+from randlabels import plan, runlog
+from randlabels.identity import expected, path_wildcards
 from randlabels.models import resolve_layer
 from randlabels.sampling import fit_gaussian, sample_gaussian
 from randlabels.seeding import stream_rng, stream_seed
 from randlabels.splits import read_split
 from randlabels.stats import weight_vectors
-from randlabels.transfer import clone_state, fresh_model, read_checkpoints, save_init
+from randlabels.transfer import buildable_spec, clone_state, fresh_model, read_checkpoints, save_init
 
 log = runlog.start(snakemake.log[0])
 params = snakemake.params
-sources = [read_checkpoints(path) for path in snakemake.input.sources]
+# Each source must be the pre-training its path names (experiment, from_labels, scale,
+# seed): a checkpoint set of another run copied there is refused, naming both.
+sources = [
+    read_checkpoints(path, expect=expected(path_wildcards(plan.PATHS["checkpoints"], path)))
+    for path in snakemake.input.sources
+]
 diverged = [path for path, source in zip(snakemake.input.sources, sources) if source["diverged"]]
 for path in diverged:
     log.warning("%s: pre-training diverged; fitting to its last finite checkpoint (flagged downstream)", path)
@@ -24,7 +30,10 @@ split = read_split(snakemake.input.split)
 # The head is re-initialized for each downstream task; it only has to exist here.
 num_classes = split.upstream_classes
 
-fresh = fresh_model(first["spec"], first["input_shape"], num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"))
+# The spec recorded in the checkpoint; an own model's factory runs only if the config names it.
+spec = buildable_spec(first, snakemake.input.sources[0], snakemake.config["experiments"][snakemake.wildcards.exp]["model"])
+fresh = fresh_model(spec, first["input_shape"], num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"),
+                    where=f"experiments.{snakemake.wildcards.exp}.model")
 layer = resolve_layer(fresh, params.sample["layer"])
 key = layer + ".weight"
 vectors = np.concatenate([weight_vectors(s["states"][max(s["states"])][key]) for s in sources])
@@ -39,10 +48,14 @@ log.info(
 )
 save_init(
     snakemake.output[0],
-    spec=first["spec"],
+    spec=spec,
     input_shape=first["input_shape"],
     num_classes=num_classes,
     state=state,
     description=f"Gaussian approximation of {layer} ({len(sources)} run(s), zero_mean={params.sample['zero_mean']})",
     source_diverged=bool(diverged),
+    experiment=snakemake.wildcards.exp,
+    init="gaussian",
+    init_scale=params.init_scale,
+    seed=params.seed,
 )

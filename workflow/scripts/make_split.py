@@ -3,7 +3,7 @@
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 from randlabels import runlog
-from randlabels.datasets import read_dataset
+from randlabels.data.h5file import read_dataset
 from randlabels.splits import make_split, write_split
 
 log = runlog.start(snakemake.log[0])
@@ -17,6 +17,8 @@ split = make_split(
     upstream_classes=settings["upstream_classes"],
     downstream_classes=settings["downstream_classes"],
     seed=snakemake.params.seed,
+    source=snakemake.input.dataset,  # named, with the config section, if it is too small
+    where=f"experiments.{snakemake.wildcards.exp}.split",
 )
 write_split(split, snakemake.output[0])
 log.info(

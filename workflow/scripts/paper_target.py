@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 import pandas as pd
 
-from randlabels import runlog, targets
+from randlabels import plan, runlog, targets
 from randlabels.io import read_table, write_table
 
 log = runlog.start(snakemake.log[0])
@@ -19,10 +19,11 @@ log.info("%s: %s (experiments %s)", name, spec.description, ", ".join(params.exp
 if spec.stats_files:  # fig_eigenfilters: pooled filters of the first experiment's seeds
     from randlabels.plots import eigenfilters
     from randlabels.stats import eigh_descending, weight_statistics
-    from randlabels.statsfile import first_layer_name, last_epoch, read_layer
+    from randlabels.statsfile import expect_path_identities, first_layer_name, last_epoch, read_layer
 
     frames, drawn = [], False
     paths = list(snakemake.input.stats)
+    expect_path_identities(paths, plan.PATHS["stats"])  # each file written for the run its path names
     for exp in params.experiments:
         mine = [p for p in paths if f"/{exp}/stats/" in p]
         layer = first_layer_name(mine[0])

@@ -4,13 +4,14 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import numpy as np
 
-from randlabels import runlog
+from randlabels import plan, runlog
 from randlabels.plots import eigenfilters
 from randlabels.stats import eigh_descending, weight_statistics
-from randlabels.statsfile import last_epoch, read_layer, first_layer_name
+from randlabels.statsfile import expect_path_identities, first_layer_name, last_epoch, read_layer
 
 log = runlog.start(snakemake.log[0])
 paths = list(snakemake.input.stats)
+expect_path_identities(paths, plan.PATHS["stats"])  # each file written for the run its path names
 layer = first_layer_name(paths[0])
 records = [read_layer(path, last_epoch(path), layer) for path in paths]
 pooled = np.concatenate([r["weights"] for r in records])

@@ -3,7 +3,7 @@
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 from randlabels import runlog
-from randlabels.datasets import prepare_dataset
+from randlabels.data.sources import prepare_dataset
 
 log = runlog.start(snakemake.log[0])
 settings = dict(snakemake.params.settings)

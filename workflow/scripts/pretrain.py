@@ -6,14 +6,18 @@ import torch
 
 from randlabels import runlog
 from randlabels.gpus import bind_gpus
-from randlabels.datasets import read_dataset
+from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
+from randlabels.resume import hold_run
 from randlabels.training_job import run_training
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
 from randlabels.transfer import fresh_model, save_checkpoints
 
+# First: one process per run (a second job on a run another process trains stops here,
+# before opening, and so truncating, the run's log). Given back by store.clear().
+hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
@@ -30,7 +34,8 @@ test = None
 if labels_kind == "real":
     test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
 
-model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init"))
+model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init"),
+                    where=f"experiments.{snakemake.wildcards.exp}.model")
 config = TrainConfig.from_dict(params.training)
 log.info(
     "pre-training %s on %d samples with %s labels (%d classes), init scale %g, seed %d, on %s: %s",
@@ -61,6 +66,7 @@ save_checkpoints(
     init_scale=params.init_scale,
     seed=params.seed,
     labels=labels_kind,
+    experiment=snakemake.wildcards.exp,
     states=result.checkpoints,
     diverged=result.diverged,
 )

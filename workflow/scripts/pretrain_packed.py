@@ -12,14 +12,18 @@ import torch
 
 from randlabels import runlog
 from randlabels.gpus import bind_gpus
-from randlabels.datasets import read_dataset
+from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, TrainConfig, resolve_device
 from randlabels.packed import PackedTrainer
+from randlabels.resume import hold_run
 from randlabels.packed_job import run_packed_training, save_bundle
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
 from randlabels.transfer import fresh_model
 
+# First: one process per run (a second job on a run another process trains stops here,
+# before opening, and so truncating, the run's log). Given back by store.clear().
+hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
@@ -41,7 +45,8 @@ for seed, split_path in zip(seeds, snakemake.input.splits, strict=True):
         )
     trains.append(train)
     classes.append(num_classes)
-    models.append(fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(seed, "init")))
+    models.append(fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(seed, "init"),
+                              where=f"experiments.{snakemake.wildcards.exp}.model"))
 if len(set(classes)) != 1:
     raise ValueError(f"seeds {seeds} have different numbers of classes {classes}; they cannot be packed")
 
@@ -84,6 +89,7 @@ for seed, train, num_classes, result in zip(seeds, trains, classes, results):
         init_scale=params.init_scale,
         seed=seed,
         labels=labels_kind,
+        experiment=snakemake.wildcards.exp,
         states=result.checkpoints,
         diverged=result.diverged,
     )

@@ -5,25 +5,29 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import torch
 
 from randlabels import runlog
-from randlabels.datasets import read_dataset
+from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, resolve_device
+from randlabels.identity import expected
 from randlabels.measure import measure_checkpoints
 from randlabels.models import build_model
 from randlabels.splits import read_split
 from randlabels.statsfile import write_stats
-from randlabels.transfer import load_into, read_checkpoints
+from randlabels.transfer import buildable_spec, load_into, read_checkpoints
 
 log = runlog.start(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 device = resolve_device(params.device)
-checkpoints = read_checkpoints(snakemake.input.checkpoints)
+# A checkpoint set of another run (copied here) is refused, naming both runs.
+checkpoints = read_checkpoints(snakemake.input.checkpoints, expect=expected(snakemake.wildcards))
 dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
 data = DeviceData(
     dataset.images[split.upstream], split.upstream_random, dataset.norm_mean, dataset.norm_std, device
 )
-model = build_model(checkpoints["spec"], checkpoints["input_shape"], checkpoints["num_classes"]).to(device)
+# The spec recorded in the checkpoint; an own model's factory runs only if the config names it.
+spec = buildable_spec(checkpoints, snakemake.input.checkpoints, snakemake.config["experiments"][snakemake.wildcards.exp]["model"])
+model = build_model(spec, checkpoints["input_shape"], checkpoints["num_classes"], where=f"experiments.{snakemake.wildcards.exp}.model").to(device)
 batch_size = params.stats["batch_size"]
 records = measure_checkpoints(
     model,
@@ -39,7 +43,7 @@ write_stats(
     records,
     {
         "experiment": params.experiment,
-        "labels": checkpoints["labels"],
+        "labels": checkpoints["labels"],  # checked against the wildcards above
         "init_scale": checkpoints["init_scale"],
         "seed": checkpoints["seed"],
         "arch": checkpoints["spec"]["arch"],

@@ -4,13 +4,15 @@ bundle, the same files the pretrain rule writes for a seed trained alone."""
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 from randlabels import runlog
+from randlabels.identity import expected
 from randlabels.io import write_table
 from randlabels.packed_job import read_bundle_run
 from randlabels.transfer import save_checkpoints
 
 log = runlog.start(snakemake.log[0])
 seed = snakemake.params.seed
-checkpoints, metrics = read_bundle_run(snakemake.input.bundle, seed)
+# The seed's entry must be this run's (experiment, labels, scale, seed): a bundle of another is refused.
+checkpoints, metrics = read_bundle_run(snakemake.input.bundle, seed, expect=expected(snakemake.wildcards))
 save_checkpoints(snakemake.output.checkpoints, **checkpoints)
 write_table(metrics, snakemake.output.metrics)
 log.info("seed %d from %s: checkpoints at epochs %s%s", seed, snakemake.input.bundle,

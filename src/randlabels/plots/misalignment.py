@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from randlabels.memorization import collapsed_count
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "basis", "misalignment"]
@@ -104,6 +105,9 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
             n_diverged = int(runs["diverged"].astype(str).str.lower().eq("true").sum())
             if n_diverged:
                 title += f"\n{n_diverged} diverged run(s): drawn up to their last finite checkpoint"
+        n_collapsed = collapsed_count(facet)
+        if n_collapsed:
+            title += f"\n{n_collapsed} collapsed run(s) (random labels never left chance) included"
         if defined.empty:
             ax.text(0.5, 0.5, "all values undefined", transform=ax.transAxes,
                     ha="center", va="center", color="0.4")

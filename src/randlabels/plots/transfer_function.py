@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from randlabels.memorization import collapsed_count
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "index", "sigma", "f"]
@@ -69,7 +70,9 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike) -> None:
     if len(experiments) == 1:
         subject = f"{experiments[0]}, {subject}"
     n_seeds = int(data["n_seeds"].max())
+    n_collapsed = collapsed_count(table, keys=("experiment", "labels", "init_scale", "seed"))
+    collapsed = f"; {n_collapsed} collapsed run(s) included" if n_collapsed else ""
     grid.figure.suptitle(f"Transfer function f(σ) over training ({subject}; "
-                         f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+                         f"mean over {n_seeds} seed{'s' if n_seeds != 1 else ''}{collapsed})")
     grid.tight_layout()
     style.save_figure(grid.figure, out_path)

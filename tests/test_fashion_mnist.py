@@ -1,0 +1,108 @@
+"""configs/fashion-mnist.yaml end to end on real images, shrunk to test size.
+
+The real files are Debian's dataset-fashion-mnist (`make test` installs it when
+missing); they go through the real code path (torchvision source, no network), and
+every stage, table, figure and paper target of the config is produced and opened.
+Only sizes shrink: the experiments, variants, tasks and targets are the config's own.
+"""
+
+from __future__ import annotations
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from workflow_helpers import ROOT, copy_project, snakemake
+
+CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
+
+
+def shrunk(config: dict) -> dict:
+    """The config at test size: fewer images, epochs, filters; everything else kept."""
+    config["device"] = "cpu"
+    config["seeds"] = [0, 1]
+    for entry in config["experiments"].values():
+        entry["model"]["filters"] = 16  # 2 seeds × 16 filters > 25 dimensions: pooled Σw invertible
+        entry["split"].update(upstream=300, downstream=200, test=200)
+        entry["pretrain"].update(epochs=3, checkpoints=[0, 1, 3])
+        entry["finetune"].update(epochs=2, eval_every=5)
+    return config
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("fashion") / "project")
+    config = shrunk(yaml.safe_load(CONFIG.read_text()))
+    (project / "configs" / "fashion-small.yaml").write_text(yaml.safe_dump(config))
+    snakemake(project, "--cores", "2", "--configfile", "configs/fashion-small.yaml")
+    return project
+
+
+def _png(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.slow
+def test_the_config_reads_debians_files_with_no_download():
+    config = yaml.safe_load(CONFIG.read_text())
+    entry = config["datasets"]["fmnist"]
+    assert entry == {
+        "source": "torchvision",
+        "name": "FashionMNIST",
+        "root": "/usr/share/datasets/fashion-mnist",
+        "download": False,
+    }
+
+
+@pytest.mark.slow
+def test_every_stage_on_real_images(fashion_run):
+    results = fashion_run / "results"
+    with h5py.File(results / "data" / "fmnist.h5") as f:
+        assert f["images"].shape == (70000, 28, 28, 1)
+        assert "/usr/share/datasets/fashion-mnist" in f.attrs["source"]
+        assert int(f["is_test"][()].sum()) == 10000
+    with h5py.File(results / "fmnist_cnn" / "splits" / "seed0.h5") as f:
+        test = f["test"][()]
+    assert (test >= 60000).all()  # the test set comes from the official test images
+
+    metrics = pd.read_csv(results / "fmnist_cnn" / "tables" / "pretrain_metrics.tsv", sep="\t")
+    assert set(metrics["labels"]) == {"random", "real"} and set(metrics["epoch"]) == {0, 1, 2, 3}
+    assert metrics["collapsed"].dtype == bool  # every run judged: memorized, or at chance
+    real = metrics.query("labels == 'real' and epoch == 3")["test_acc"]
+    assert (real > 0.3).all(), real  # three short epochs of real labels already beat chance (0.1)
+
+    misalignment = pd.read_csv(results / "fmnist_cnn" / "tables" / "misalignment.tsv", sep="\t")
+    conv = misalignment.query("layer == 'conv1'")
+    assert set(conv["basis"]) == {"data", "random"} and set(conv["epoch"]) == {0, 1, 3}
+    flags = metrics.drop_duplicates(["labels", "seed"]).set_index(["labels", "seed"])["collapsed"]
+    for run in conv.itertuples():  # the statistics tables carry each run's flag
+        assert run.collapsed == flags[(run.labels, run.seed)]
+    with h5py.File(results / "fmnist_cnn" / "stats" / "random" / "scale1" / "seed1.h5") as f:
+        assert f["epoch_0003"]["conv1"]["cov_x"].shape == (25, 25)  # 5×5 patches of one channel
+
+    summary = pd.read_csv(results / "fmnist_cnn" / "tables" / "transfer_summary.tsv", sep="\t")
+    assert {"scratch", "pretrained", "pretrained_norescale", "gaussian"} <= set(summary["variant"])
+    curves = pd.read_csv(results / "fmnist_cnn" / "tables" / "finetune_curves.tsv", sep="\t")
+    assert set(curves["task"]) == {"real", "random10"}  # real labels, fresh random labels over 10 classes
+
+    for figure in ("misalignment", "transfer_function", "eigenfilters", "learning_curves", "transfer_summary"):
+        width, height = _png(results / "fmnist_cnn" / "figures" / f"{figure}.png")
+        assert width > 200 and height > 100, figure
+    for target in ("fig_transfer", "fig_misalignment", "fig_eigenfilters", "fig_transfer_function",
+                   "fig_gaussian_init", "fig_specialization"):
+        assert _png(results / "paper" / f"{target}.png")[0] > 200, target
+        assert len(pd.read_csv(results / "paper" / f"{target}.tsv", sep="\t")) > 0, target
+
+
+@pytest.mark.slow
+def test_eigenfilters_are_pooled_over_seeds(fashion_run):
+    """Two seeds × 16 filters in 25 dimensions: only the pooled Σw has full rank (one
+    seed's 16 filters would leave 9 eigenvalues at zero)."""
+    table = pd.read_csv(fashion_run / "results" / "paper" / "fig_eigenfilters.tsv", sep="\t")
+    assert sorted(table["rank"]) == list(range(1, 26))
+    assert (table["eigval_w"] > 1e-6).all() and table["cos_best_match"].between(0, 1).all()
