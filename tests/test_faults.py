@@ -235,6 +235,20 @@ def test_duplicate_key_stops_snakemake(tmp_path):
     assert "key 'seeds' given twice" in result.stdout + result.stderr
 
 
+def test_a_yaml_syntax_error_in_config_yaml_names_file_and_line(tmp_path):
+    """Snakemake's own message names neither; the workflow reads config.yaml first."""
+    project = copy_project(tmp_path / "project")
+    lines = (ROOT / "config.yaml").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("seeds:"))
+    lines[at] = "seeds: [0, 1"
+    (project / "config.yaml").write_text("\n".join(lines) + "\n")
+    result = snakemake(project, "-n", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "config.yaml, line " in output and "expected ',' or ']'" in output
+    assert f"(while parsing a flow sequence begun on line {at + 1})" in output
+
+
 # --------------------------------------------------------------------------- input files
 
 

@@ -1,14 +1,8 @@
 # Helpers shared by the rule files (functions only; rules live in the other .smk files).
-import importlib.util
 import os
 
-# The Snakefile plans with the library of this checkout: _bootstrap, which every rule
-# script imports first, puts its src/ ahead of any other copy on sys.path.
+# The library of this checkout, first on sys.path since preflight.smk.
 SRC = os.path.join(workflow.basedir, "src")
-_spec = importlib.util.spec_from_file_location(
-    "_bootstrap", os.path.join(workflow.basedir, "workflow/scripts/_bootstrap.py")
-)
-_spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
 from randlabels import codedeps, plan, targets
 from randlabels.config import ConfigError, check_config
