@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow_helpers import BIN, copy_project, snakemake
+from workflow_helpers import BIN, NO_CLUSTER, copy_project, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,8 @@ def _start(project: Path) -> subprocess.Popen:
     """Snakemake (targets first: --configfile takes all words after it) in its own session, so that the whole run can be signalled at once."""
     return subprocess.Popen(
         [str(BIN / "snakemake"), TARGET, "--cores", "1", "--configfile", CONFIG],
-        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=project, env={**os.environ, **NO_CLUSTER},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import BIN, ROOT, copy_project, job_counts, snakemake
+from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, snakemake
 
 CONFIG_DIR = ROOT / "tests" / "configs"
 
@@ -253,7 +253,7 @@ def _kill_during(project: Path, stage: str, env: dict, rng: random.Random, force
     if force:  # the stage already ran (before the stage killed last): make it run again
         command += ["--forcerun", stage]
     run = subprocess.Popen(command, cwd=project,
-                           env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, **NO_CLUSTER, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     logs = project / "results" / "logs" / stage
     while run.poll() is None:

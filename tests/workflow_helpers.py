@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT_PARTS = ("Snakefile", "config.yaml", "workflow", "src", "profiles", "envs", "configs")
 
+# Snakemake loads the SLURM executor plugin at start-up, which asks `scontrol show config`
+# for MinJobAge: with a SLURM client installed but no controller running (as after
+# `make test-slurm`), that waits 9 s on every start. Runs that do not use the cluster
+# point SLURM at an empty config instead, which fails at once.
+NO_CLUSTER = {"SLURM_CONF": os.devnull}
+
 
 def copy_project(destination: Path) -> Path:
     """Copy what the workflow needs (not results/, not .venv) to ``destination``."""
@@ -27,13 +33,15 @@ def copy_project(destination: Path) -> Path:
 
 
 def snakemake(
-    project: Path, *args: str, check: bool = True, timeout: int = 900, env: dict | None = None
+    project: Path, *args: str, check: bool = True, timeout: int = 900, env: dict | None = None,
+    cluster: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run the venv's snakemake in ``project`` (``env`` adds variables); on failure show its output."""
+    """Run the venv's snakemake in ``project`` (``env`` adds variables; ``cluster``: SLURM's
+    commands see the real cluster config); on failure show its output."""
     result = subprocess.run(
         [str(BIN / "snakemake"), *args],
         cwd=project,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **({} if cluster else NO_CLUSTER), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

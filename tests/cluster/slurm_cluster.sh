@@ -3,7 +3,7 @@
 # (tests/cluster/test_slurm.py, `make test-slurm`).
 #
 #   tests/cluster/slurm_cluster.sh up      install (if missing), configure, start, wait until idle
-#   tests/cluster/slurm_cluster.sh down    cancel its jobs and stop the daemons
+#   tests/cluster/slurm_cluster.sh down    cancel its jobs, stop the daemons, remove its slurm.conf
 #   tests/cluster/slurm_cluster.sh status  show what runs
 #
 # Needs root. Uses Debian's slurm-wlm and munge (installed with apt-get when
@@ -15,7 +15,9 @@
 # Environment: RANDLABELS_SLURM_DIR (state, spool and logs; default
 # /var/spool/randlabels-slurm), RANDLABELS_SLURM_PARTITION (default `test`).
 # It writes /etc/slurm/slurm.conf, so that every SLURM command finds the cluster,
-# and refuses to replace a slurm.conf it did not write.
+# and refuses to replace a slurm.conf it did not write. `down` removes it again: a
+# slurm.conf naming a controller that does not run makes `scontrol` wait 9 s, and
+# Snakemake's SLURM plugin calls it whenever Snakemake starts.
 set -euo pipefail
 
 DIR=${RANDLABELS_SLURM_DIR:-/var/spool/randlabels-slurm}
@@ -100,7 +102,7 @@ write_config() {
     install -d -m 0755 "$DIR" "$DIR/ctld" "$DIR/d" "$DIR/log" /etc/slurm
     new=$(cat <<EOF
 $MARKER
-# Remove it with: tests/cluster/slurm_cluster.sh down && rm $CONF
+# tests/cluster/slurm_cluster.sh down stops the cluster and removes this file.
 ClusterName=randlabels
 SlurmctldHost=localhost
 SlurmUser=root
@@ -212,6 +214,9 @@ down() {
     stop_daemon slurmd "$DIR/slurmd.pid"
     stop_daemon slurmctld "$DIR/slurmctld.pid"
     stop_daemon munged "$MUNGE_PID"
+    if [ -e "$CONF" ] && grep -qxF "$MARKER" "$CONF"; then
+        rm -f "$CONF"
+    fi
     say "stopped"
 }
 

@@ -125,6 +125,7 @@ def slurm_run(cluster, projects):
         "--slurm-keep-successful-logs",
         *CONFIG_ARGS,
         timeout=TIMEOUT,
+        cluster=True,
     )
     return project, result.stdout + result.stderr
 
@@ -133,7 +134,7 @@ def slurm_run(cluster, projects):
 def local_run(slurm_run, projects):
     """The same config on this machine (after the SLURM run: one workflow at a time)."""
     project = projects[1]
-    snakemake(project, "--cores", str(min(2, os.cpu_count() or 1)), *CONFIG_ARGS, timeout=TIMEOUT)
+    snakemake(project, "--cores", str(min(2, os.cpu_count() or 1)), *CONFIG_ARGS, timeout=TIMEOUT, cluster=True)
     return project
 
 
