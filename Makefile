@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: venv run test test-data test-gpu test-slurm lint clean bench bench-gpu
+.PHONY: venv run check test test-data test-gpu test-slurm lint clean bench bench-gpu
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,18 @@ run: venv
 test-data:
 	tests/data/fashion_mnist.sh
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file on one worker so
+# that a file's shared workflow run is made once.
+TEST_WORKERS ?= 2
+
+# The fast tier, for the inner loop: everything but the end-to-end workflow runs
+# (marker `slow`), about 2 minutes on 2 cores.
+check: venv
+	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" -n $(TEST_WORKERS)
+
+# Everything but the GPU and cluster tests.
 test: venv test-data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-gpu: venv
 	$(BIN)/python -m pytest -m gpu

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -182,10 +184,24 @@ def test_semantic_rules_are_skipped_only_when_the_schema_fails():
     ids=lambda v: "-".join(map(str, v.values() if isinstance(v, dict) else v)),
 )
 def test_builtin_layer_names_are_those_of_the_built_model(spec, shape):
-    from randlabels.config import builtin_layers
+    from randlabels.architectures import builtin_layers
     from randlabels.models import check_model, weight_layers
 
     assert builtin_layers(spec) == weight_layers(check_model(spec, shape, 10))
+
+
+def test_the_config_check_of_built_in_models_does_not_import_torch():
+    """It runs at every Snakemake start; importing torch there costs about 2 s."""
+    code = (
+        "import sys, yaml\n"
+        "from randlabels.config import check_config\n"
+        "for name in ('config.yaml', 'configs/paper-cifar10.yaml'):\n"
+        "    check_config(yaml.safe_load(open(name)), 'workflow/schemas/config.schema.yaml')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_builtin_layer_names_are_checked_without_building_the_model(monkeypatch):
@@ -196,7 +212,7 @@ def test_builtin_layer_names_are_checked_without_building_the_model(monkeypatch)
         raise AssertionError("the config check built a model")
 
     monkeypatch.setattr(randlabels.models, "build_model", refuse)
-    monkeypatch.setattr(randlabels.config, "check_model", refuse)
+    monkeypatch.setattr(randlabels.models, "check_model", refuse)
     config = load()
     config.pop("targets")
     config["datasets"]["c10"] = {"source": "torchvision", "name": "CIFAR10", "root": "data"}

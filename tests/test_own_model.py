@@ -49,8 +49,8 @@ from randlabels.transfer import (
     partial_state,
     read_checkpoints,
     save_checkpoints,
-    variant_layers,
 )
+from randlabels.variants import transferred_layers
 from workflow_helpers import ROOT, copy_project, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -197,15 +197,15 @@ def test_first_and_last_k_of_an_own_model(pretrained):
         ["features.conv2.weight", "features.conv2.bias"],
         ["head.fc.weight", "head.fc.bias"],
     ]
-    assert variant_layers("first1", model) == groups[:1] and variant_layers("last2", model) == groups[1:]
-    state = partial_state(init, states[2], fresh, variant_layers("last1", model), head=head_prefix(model))
+    assert transferred_layers("first1", model) == groups[:1] and transferred_layers("last2", model) == groups[1:]
+    state = partial_state(init, states[2], fresh, transferred_layers("last1", model), head=head_prefix(model))
     trained, initial = states[2]["head.fc.weight"], init["head.fc.weight"]
     assert torch.allclose(state["head.fc.weight"], trained * (initial.norm() / trained.norm()))
     assert torch.equal(state["features.conv1.weight"], fresh["features.conv1.weight"])
     assert torch.equal(state["head.classifier.weight"], fresh["head.classifier.weight"])
     load_into(model, state, "test")
     with pytest.raises(ValueError, match="only 3 non-head layers"):
-        variant_layers("first4", model)
+        transferred_layers("first4", model)
 
 
 def test_layerwise_construction_of_an_own_model(pretrained):
@@ -278,7 +278,7 @@ def test_batch_norm_and_padding_modes_of_an_own_model():
 def test_partial_transfer_refuses_a_model_whose_state_has_no_layer_group():
     model = build_model(own("layernorm_net"), SHAPE, 10)
     with pytest.raises(ValueError) as err:
-        variant_layers("first1", model)
+        transferred_layers("first1", model)
     assert "scale" in str(err.value) and "firstK/lastK" in str(err.value)
 
 

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from randlabels.models import ARCHITECTURES, build_model, head_prefix, initialize, weight_layers
+from randlabels.variants import transferred_layers
 from randlabels.transfer import (
-    VARIANTS,
     clone_state,
     fresh_model,
-    is_partial,
     layer_groups,
     load_into,
     partial_state,
@@ -21,7 +20,6 @@ from randlabels.transfer import (
     save_checkpoints,
     save_init,
     transferred_state,
-    variant_layers,
 )
 
 SPEC = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 5}
@@ -273,7 +271,7 @@ def _is_rescaled(out, init, trained, key):
 def test_partial_state_takes_exactly_the_chosen_layers(arch, end, arch_states):
     model, init, trained, fresh = arch_states[arch]
     k = 2
-    groups = variant_layers(f"{end}{k}", model)
+    groups = transferred_layers(f"{end}{k}", model)
     all_groups = layer_groups(model)
     assert groups == (all_groups[:k] if end == "first" else all_groups[-k:])
     out = partial_state(init, trained, fresh, groups)
@@ -303,12 +301,12 @@ def test_first_all_layers_is_pretrained(arch, arch_states):
     model, init, trained, fresh = arch_states[arch]
     n = len(layer_groups(model))
     head = head_prefix(model)
-    out = partial_state(init, trained, fresh, variant_layers(f"first{n}", model))
+    out = partial_state(init, trained, fresh, transferred_layers(f"first{n}", model))
     ref = transferred_state(init, trained, fresh, head=head, rescale=True)
     assert list(out) == list(ref)
     for key in out:
         assert torch.equal(out[key], ref[key]), key
-    last = partial_state(init, trained, fresh, variant_layers(f"last{n}", model))
+    last = partial_state(init, trained, fresh, transferred_layers(f"last{n}", model))
     for key in out:
         assert torch.equal(last[key], ref[key]), key
 
@@ -322,20 +320,3 @@ def test_partial_state_checks_groups(states):
     with pytest.raises(ValueError, match="twice"):
         partial_state(init, trained, fresh, [["conv1.weight"], ["conv1.weight"]])
     assert partial_state(init, trained, fresh, []).keys() == fresh.keys()
-
-
-def test_variant_parsing():
-    model = build_model(SPEC, SHAPE, 3)  # two non-head layers: conv1, fc1
-    assert variant_layers("first1", model) == [["conv1.weight", "conv1.bias"]]
-    assert variant_layers("last1", model) == [["fc1.weight", "fc1.bias"]]
-    assert variant_layers("first2", model) == variant_layers("last2", model) == layer_groups(model)
-    for other in VARIANTS + ("first", "lastk", "first-1", "First1", " first1", "first1x"):
-        assert variant_layers(other, model) is None, other
-        assert not is_partial(other), other
-    assert is_partial("first1") and is_partial("last12")
-    assert not is_partial("first0")
-    with pytest.raises(ValueError) as err:
-        variant_layers("last3", model)
-    assert "last3" in str(err.value) and "2" in str(err.value)
-    with pytest.raises(ValueError, match="first0"):
-        variant_layers("first0", model)

@@ -19,9 +19,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import plan, targets
+from . import plan, targets, variants
 from .errors import ModelError, RandlabelsError
-from .models import ARCHITECTURES, check_model, is_factory, load_factory, model_options, resolve_layer_name, weight_layers
+from .architectures import ARCHITECTURES, builtin_layers, is_factory, model_options, resolve_layer_name
 
 # The schema beside this package in a checkout (the workflow passes its own path).
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -88,7 +88,7 @@ def _describe(error: jsonschema.ValidationError, root: dict) -> str:
         )
     if error.validator == "pattern" and ".finetune.variants." in where:
         try:
-            plan.parse_variant(error.instance)
+            variants.parse(error.instance)
         except ValueError as err:
             return f"{where}: {err}"
     if error.validator == "enum":
@@ -232,7 +232,7 @@ def semantic_errors(config: dict) -> list[str]:
                 problems.append(f"{where}.finetune.classes: only random downstream labels take a class count; labels are {kinds}")
             for variant in settings["variants"]:
                 try:
-                    plan.parse_variant(variant)
+                    variants.parse(variant)
                 except ValueError as err:
                     problems.append(f"{where}.finetune.variants: {err}")
         elif "sample" in entry:
@@ -256,42 +256,6 @@ def _dataset_errors(where: str, dataset: dict) -> list[str]:
     return problems
 
 
-# The layout of torchvision's VGG16 feature extractor (cfg "D"): channels of each 3×3
-# conv, "M" for a max-pool. A conv is followed by a ReLU (vgg16) or a BatchNorm and a
-# ReLU (vgg16_bn), which is what numbers the modules of ``features``.
-_VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-
-
-def builtin_layers(spec: dict) -> list[str]:
-    """The weight layers (:func:`randlabels.models.weight_layers`) a built-in network
-    has, from its spec alone: without building it, so without torchvision's import
-    (seconds per Snakefile parse) and without the input shape, which names no layer.
-    tests/test_config.py checks them against the built networks."""
-    options = model_options(spec)
-    arch = options["arch"]
-    if arch == "cnn2":
-        return ["conv1", "fc1", "classifier"]
-    if arch == "fc":
-        return [f"fc{i}" for i in range(1, len(options["widths"]) + 1)] + ["classifier"]
-    if arch in ("vgg16", "vgg16_bn"):
-        per_conv = 3 if arch == "vgg16_bn" else 2
-        layers, index = [], 0
-        for entry in _VGG16_CONFIG:
-            if entry != "M":
-                layers.append(f"features.{index}")
-            index += 1 if entry == "M" else per_conv
-        return layers + ["classifier"]
-    if arch == "resnet18":
-        layers = ["conv1"]
-        for stage in range(1, 5):
-            for block in range(2):
-                layers += [f"layer{stage}.{block}.conv1", f"layer{stage}.{block}.conv2"]
-                if stage > 1 and block == 0:  # stride 2: a projection shortcut
-                    layers.append(f"layer{stage}.{block}.downsample.0")
-        return layers + ["fc"]
-    raise ValueError(f"not a built-in architecture: {arch!r}")
-
-
 def model_errors(config: dict, exp: str) -> list[str]:
     """The model of ``exp`` against its data and the stages that name its layers.
 
@@ -309,6 +273,8 @@ def model_errors(config: dict, exp: str) -> list[str]:
     spec = config["experiments"][exp]["model"]
     if not is_factory(spec["arch"]):
         return _layer_errors(config, exp, builtin_layers(spec))
+    from .models import check_model, load_factory, weight_layers  # torch: only for own models
+
     try:
         load_factory(spec["arch"], f"{where}.model")
     except ModelError as err:
@@ -333,8 +299,8 @@ def _layer_errors(config: dict, exp: str, layers: list[str], model=None) -> list
     problems = []
     named = [(f"{where}.stats.layers", layer) for layer in plan.stats_settings(config, exp)["layers"]]
     finetune = entry.get("finetune")
-    variants = plan.finetune_settings(config, exp)["variants"] if finetune is not None else []
-    if "gaussian" in variants or "sample" in entry:
+    names = plan.finetune_settings(config, exp)["variants"] if finetune is not None else []
+    if "gaussian" in names or "sample" in entry:
         named.append((f"{where}.sample.layer", plan.sample_settings(config, exp)["layer"]))
     modules = dict(model.named_modules()) if model is not None else {}
     below = layers[:-1]  # below the classifier: what firstK / lastK / layerwiseK can take
@@ -346,23 +312,22 @@ def _layer_errors(config: dict, exp: str, layers: list[str], model=None) -> list
             continue
         if getattr(modules.get(name), "groups", 1) != 1:
             problems.append(f"{key}: {layer!r} ({name}) is a grouped convolution; Σx is defined for groups = 1 only")
-    for variant in variants:
+    for variant in names:
         try:
-            family, depth = plan.parse_variant(variant)
+            parsed = variants.parse(variant)
+            family, depth = parsed.family, parsed.depth
         except ValueError:
             continue  # reported by semantic_errors
         try:
-            if family in ("first", "last"):
+            if parsed.partial:
                 if model is not None:
-                    from .transfer import variant_layers
-
-                    variant_layers(variant, model)  # also checks its layer groups
+                    variants.transferred_layers(variant, model)  # also checks its layer groups
                 elif depth > len(below):
                     raise ValueError(
                         f"variant {variant!r} transfers {depth} layers, but the model has only "
                         f"{len(below)} non-head layers ({', '.join(below)})"
                     )
-            elif family in ("layerwise", "covariance"):
+            elif family in variants.CONSTRUCTED:
                 if depth > len(below):
                     raise ValueError(
                         f"constructs {depth} layer(s), but the model has {len(below)} below the "

@@ -52,7 +52,6 @@ import difflib
 import importlib
 import math
 import os
-import re
 import sys
 import traceback
 from collections import OrderedDict
@@ -61,75 +60,15 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .architectures import ARCHITECTURES, FACTORY_ARGUMENTS, check_upper_width, is_factory, model_options, resolve_layer_name
 from .errors import ModelError
 
-ARCHITECTURES = ("cnn2", "fc", "vgg16", "vgg16_bn", "resnet18")
-
-# ``arch`` naming the user's own factory: "package.module:function". The schema's
-# pattern for model.arch is the same (workflow/schemas/config.schema.yaml).
-FACTORY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
-# Arguments the workflow gives a factory; a spec may not set them as options.
-FACTORY_ARGUMENTS = ("input_shape", "num_classes")
 # The layers the statistics, the layer order and the classifier are made of.
 WEIGHT_LAYER_TYPES = (nn.Conv2d, nn.Linear)
 # Layers whose weight the He × init_scale rule draws (a superset: the other convs).
 HE_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Normalization layers reset to weight 1, bias 0 (and fresh running statistics).
 NORM_LAYER_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
-_DEFAULTS = {
-    "cnn2": {"filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0},
-    "fc": {"widths": [2048, 256], "upper_width": 1.0},
-    "vgg16": {"upper_width": 1.0},
-    "vgg16_bn": {"upper_width": 1.0},
-    "resnet18": {"upper_width": 1.0},
-}
-
-
-def is_factory(arch) -> bool:
-    """Whether ``arch`` names the user's own factory, ``"package.module:function"``."""
-    return isinstance(arch, str) and FACTORY_PATTERN.fullmatch(arch) is not None
-
-
-def model_options(spec: dict) -> dict:
-    """The spec with the architecture's defaults filled in; unknown names are refused.
-
-    A factory's spec is returned as it is (its options are the factory's to check),
-    except that it may not set the factory's own arguments (``FACTORY_ARGUMENTS``).
-    """
-    arch = spec.get("arch")
-    if is_factory(arch):
-        given = [name for name in FACTORY_ARGUMENTS if name in spec]
-        if given:
-            raise ValueError(
-                f"model option(s) {given} are the factory's arguments, set by the workflow "
-                "(the dataset's input shape, the number of classes); remove them from the config"
-            )
-        return dict(spec)
-    if arch not in ARCHITECTURES:
-        raise ValueError(
-            f"unknown architecture {arch!r}; valid names: {', '.join(ARCHITECTURES)}, "
-            "or your own factory as 'package.module:function'"
-        )
-    options = {**_DEFAULTS[arch], **{k: v for k, v in spec.items() if k != "arch"}}
-    unknown = set(options) - set(_DEFAULTS[arch])
-    if unknown:
-        raise ValueError(
-            f"model option(s) {sorted(unknown)} do not apply to arch {arch!r}; "
-            f"it takes {sorted(_DEFAULTS[arch]) or 'no options'}"
-        )
-    _check_upper_width(options["upper_width"])
-    return {"arch": arch, **options}
-
-
-def _check_upper_width(value) -> None:
-    """``upper_width`` must be a finite number > 0 (see the module docstring)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"model option upper_width must be a finite number > 0 (1.0 = the standard "
-            f"widths, 2.0 = upper layers twice as wide), got {value!r}"
-        )
-
 
 def _widened(width: int, upper_width: float) -> int:
     """``width`` × ``upper_width``, rounded half up, at least 1 (exactly ``width`` at 1.0)."""
@@ -491,25 +430,6 @@ def resolve_layer(model: nn.Module, name: str) -> str:
     name is refused with the list of the model's layers.
     """
     return resolve_layer_name(weight_layers(model), name)
-
-
-def resolve_layer_name(layers: Sequence[str], name: str) -> str:
-    """:func:`resolve_layer` on a model's :func:`weight_layers` (the config check
-    knows them for the built-in networks without building one)."""
-    if not layers:
-        raise ValueError("the model has no conv (Conv2d) or linear layer")
-    if name == "first":
-        return layers[0]
-    if name == "last":
-        return layers[-1]
-    if name not in layers:
-        close = difflib.get_close_matches(str(name), layers, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"no conv/linear layer {name!r}{hint}; the model's layers (module paths, in "
-            f"order; or 'first' / 'last'): {', '.join(layers)}"
-        )
-    return name
 
 
 @torch.no_grad()

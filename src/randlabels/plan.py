@@ -12,6 +12,8 @@ import functools
 import json
 import os
 
+from .architectures import is_factory
+
 RESULTS = "results"
 
 # Defaults of optional keys (the schema documents the same values; a test checks it).
@@ -81,14 +83,6 @@ PATHS = {
     "target_figure": RESULTS + "/paper/{target}.png",
 }
 
-# Initialization variants fine-tuned from. The fixed ones, and the families with a
-# depth k: first{k}/last{k} transfer only the first/last k pre-trained layers;
-# layerwise{k}/covariance{k} construct the first k layers from data covariances
-# (with f estimated from a pre-trained network, or parametric: no training at all).
-FIXED_VARIANTS = ("scratch", "pretrained", "pretrained_norescale", "gaussian")
-DEPTH_FAMILIES = ("first", "last", "layerwise", "covariance")
-VARIANT_PATTERN = "|".join(FIXED_VARIANTS) + "|(?:" + "|".join(DEPTH_FAMILIES) + r")\d+"
-CONSTRUCT_PATTERN = r"(?:layerwise|covariance)\d+"
 TASK_PATTERN = r"real|random\d+"
 
 
@@ -195,20 +189,6 @@ def from_labels(config: dict, exp: str) -> str:
     return finetune_settings(config, exp)["from_labels"]
 
 
-def parse_variant(variant: str) -> tuple[str, int | None]:
-    """('layerwise', 2) for 'layerwise2'; ('pretrained', None) for a fixed variant."""
-    if variant in FIXED_VARIANTS:
-        return variant, None
-    for family in DEPTH_FAMILIES:
-        rest = variant[len(family):]
-        if variant.startswith(family) and rest.isdigit():
-            return family, int(rest)
-    raise ValueError(
-        f"unknown variant {variant!r}; valid: {', '.join(FIXED_VARIANTS)}, "
-        f"or {', '.join(f + 'K' for f in DEPTH_FAMILIES)} with a depth K ≥ 1 (e.g. first2)"
-    )
-
-
 def construct_settings(config: dict, exp: str) -> dict:
     return canonical({**CONSTRUCT_DEFAULTS, **experiment(config, exp).get("construct", {})})
 
@@ -231,8 +211,6 @@ def is_conv(config: dict, exp: str) -> bool:
     config check reports that), the answer is no (no eigen-filter figure).
     """
     arch = experiment(config, exp)["model"]["arch"]
-    from .models import is_factory
-
     if not is_factory(arch):
         return arch != "fc"
     shape = input_shape(config, exp)
@@ -291,6 +269,8 @@ def model_code(config: dict, exp: str) -> list[str]:
     """The source file of an own model's factory module (empty for a built-in arch):
     the stages that build the model depend on it like on the library. Relative to the
     working directory when it lies below it."""
+    if not is_factory(experiment(config, exp)["model"]["arch"]):
+        return []
     from .models import factory_file
 
     try:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import plan
+from . import plan, variants
 
 # Per-experiment tables a target may read (names of plan.tables entries).
 FINETUNE_TABLES = ("finetune_curves", "transfer_summary")
@@ -52,11 +52,11 @@ def _needs_variants(*wanted: str, families: tuple[str, ...] = ()) -> Callable[[d
     variant of each of ``families`` (e.g. layerwise2)."""
 
     def check(config: dict, exp: str) -> list[str]:
-        variants = _finetune_variants(config, exp)
-        if not variants:
+        names = _finetune_variants(config, exp)
+        if not names:
             return ["needs a finetune section"]
-        problems = [f"needs finetune variant {v!r}" for v in ("scratch", *wanted) if v not in variants]
-        present = {plan.parse_variant(v)[0] for v in variants}
+        problems = [f"needs finetune variant {v!r}" for v in ("scratch", *wanted) if v not in names]
+        present = {variants.parse(v).family for v in names}
         problems += [f"needs a finetune variant {f}K (e.g. {f}1)" for f in families if f not in present]
         return problems
 
@@ -96,10 +96,10 @@ def _specialization_needs(config: dict, exp: str) -> list[str]:
 
 def _with_depth(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary with ``family`` and ``depth`` (k of firstK etc., NaN otherwise)."""
-    parsed = summary["variant"].map(plan.parse_variant)
+    parsed = summary["variant"].map(variants.parse)
     out = summary.copy()
-    out["family"] = parsed.map(lambda p: p[0])
-    out["depth"] = parsed.map(lambda p: np.nan if p[1] is None else float(p[1]))
+    out["family"] = parsed.map(lambda p: p.family)
+    out["depth"] = parsed.map(lambda p: np.nan if p.depth is None else float(p.depth))
     return out
 
 
@@ -113,7 +113,7 @@ def _build_transfer(tables: dict, info: dict):
 
 
 def _build_gaussian_init(tables: dict, info: dict):
-    keep = lambda v: v in plan.FIXED_VARIANTS  # noqa: E731
+    keep = lambda v: v in variants.FIXED  # noqa: E731
     summary = _variants(tables["transfer_summary"], keep)
     return summary, summary
 
@@ -134,7 +134,7 @@ def _build_transfer_map(tables: dict, info: dict):
     summary = tables["transfer_summary"]
     summary = summary[summary["task"] != "real"].copy()
     summary["classes"] = summary["task"].map(plan.task_classes).astype(int)
-    summary = summary[summary["variant"].isin(plan.FIXED_VARIANTS)].reset_index(drop=True)
+    summary = summary[summary["variant"].isin(variants.FIXED)].reset_index(drop=True)
     # One map over all class counts: in the figure the tasks differ only by `classes`.
     return summary, summary.assign(task="random labels")
 

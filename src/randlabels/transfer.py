@@ -1,26 +1,17 @@
-"""Initialization variants for downstream training, built from checkpoints.
+"""Weight transfer from a pre-trained network into a fresh one, and the checkpoint
+and initialization files it reads.
 
-- scratch: a fresh He × init_scale initialization;
-- pretrained: the pre-trained weights, each weight tensor rescaled to the ℓ2 norm it
-  had at initialization (PAPER.md); biases and batch-norm tensors are kept as trained,
-  since a zero initial norm cannot be rescaled to;
-- pretrained_norescale: the pre-trained weights as they are;
-- gaussian: a fresh initialization whose chosen layer is replaced by filters sampled
-  from the Gaussian fitted to the pre-trained filters (made by the sampling stage).
-The classifier is re-initialized by default: the downstream labels have no relation
-to the upstream (random) ones, and their number may differ.
-
-Partial transfer (a reviewers' question: which layers carry the effect?): the variants
-``first{k}`` and ``last{k}`` (k ≥ 1) take the first / last k non-head layers of
-:func:`layer_groups` from the pre-trained network, rescaled as in "pretrained", and
-leave every other layer, and the head, at the fresh initialization
-(:func:`variant_layers`, :func:`partial_state`).
+:func:`transferred_state` carries every pre-trained weight tensor (rescaled to the ℓ2
+norm it had at initialization, or not), :func:`partial_state` only some layer groups
+(:func:`layer_groups`); which variant uses which is randlabels.variants' to say.
+Biases and batch-norm tensors are kept as trained, since a zero initial norm cannot be
+rescaled to. The classifier is re-initialized by default: the downstream labels have
+no relation to the upstream (random) ones, and their number may differ.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 from torch import nn
@@ -31,10 +22,8 @@ from .io import load_torch, save_torch
 from .models import build_model, head_prefix, initialize, is_factory, weight_layers
 from .seeding import stream_seed
 
-VARIANTS = ("scratch", "pretrained", "pretrained_norescale", "gaussian")
 CHECKPOINT_FORMAT = "randlabels-checkpoints/1"
 INIT_FORMAT = "randlabels-init/1"
-_PARTIAL = re.compile(r"(first|last)([0-9]+)")
 
 
 def fresh_model(
@@ -181,34 +170,6 @@ def partial_state(
     return state
 
 
-def is_partial(variant: str) -> bool:
-    """Whether ``variant`` names a partial transfer, ``first{k}`` or ``last{k}`` with k ≥ 1."""
-    match = _PARTIAL.fullmatch(str(variant))
-    return match is not None and int(match.group(2)) >= 1
-
-
-def variant_layers(variant: str, model: nn.Module) -> list[list[str]] | None:
-    """The layer groups a partial-transfer variant takes from the pre-trained network.
-
-    ``first{k}`` → the first k groups of :func:`layer_groups`, ``last{k}`` → the last k
-    (in forward order); ``None`` for any other variant name (not partial). ValueError
-    for k = 0 or k larger than the number of groups.
-    """
-    match = _PARTIAL.fullmatch(str(variant))
-    if match is None:
-        return None
-    end, k = match.group(1), int(match.group(2))
-    groups = layer_groups(model)
-    if k < 1:
-        raise ValueError(f"variant {variant!r}: the number of transferred layers must be ≥ 1")
-    if k > len(groups):
-        raise ValueError(
-            f"variant {variant!r} transfers {k} layers, but the model has only "
-            f"{len(groups)} non-head layers (layer groups)"
-        )
-    return groups[:k] if end == "first" else groups[len(groups) - k :]
-
-
 def load_into(model: nn.Module, state: dict, source: str | os.PathLike) -> nn.Module:
     """Load ``state`` into ``model``; a shape or key mismatch names the file it came from."""
     try:
@@ -340,7 +301,6 @@ def read_init(path, expect: dict | None = None) -> dict:
 
 
 __all__ = [
-    "VARIANTS",
     "buildable_spec",
     "checkpoint_fields",
     "checkpoint_identity",
@@ -348,7 +308,6 @@ __all__ = [
     "fresh_model",
     "head_prefix",
     "init_identity",
-    "is_partial",
     "layer_groups",
     "load_into",
     "partial_state",
@@ -357,5 +316,4 @@ __all__ = [
     "save_checkpoints",
     "save_init",
     "transferred_state",
-    "variant_layers",
 ]

@@ -9,8 +9,10 @@ be brought up is a failure. The tests are also marked `slow`, so that a run with
 `-m "not slow"` leaves them (and the cluster) alone.
 
 The same config runs once through SLURM and once locally (`--cores`); the aggregated
-tables must agree. The embedded config.yaml is used unless RANDLABELS_SLURM_CONFIG
-names another one (e.g. tests/configs/tiny.yaml, for a quick run while developing).
+tables must agree. The config is tests/configs/tiny.yaml (every stage, smallest sizes:
+the test is about the profile, the submission and the grouping, and `make run` runs the
+embedded default anyway) unless RANDLABELS_SLURM_CONFIG names another one (e.g.
+config.yaml, the embedded default, about 20 minutes instead of 3).
 Both runs add NODE_CONFIG, which sizes training jobs for the test node (1 CPU each,
 as training runs one thread on the CPU) so that the two-CPU node runs two of them at
 a time, like the local run; job sizes change no result.
@@ -38,7 +40,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 CLUSTER = ROOT / "tests" / "cluster" / "slurm_cluster.sh"
 ACCOUNT = os.environ.get("RANDLABELS_SLURM_ACCOUNT", "randlabels")
 PARTITION = os.environ.get("RANDLABELS_SLURM_PARTITION", "test")
-CONFIG = os.environ.get("RANDLABELS_SLURM_CONFIG", "")
+CONFIG = os.environ.get("RANDLABELS_SLURM_CONFIG", "tests/configs/tiny.yaml")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TIMEOUT = 3 * 3600  # seconds for each whole workflow run
 

@@ -4,7 +4,7 @@ import os
 # The library of this checkout, first on sys.path since preflight.smk.
 SRC = os.path.join(workflow.basedir, "src")
 
-from randlabels import codedeps, plan, targets
+from randlabels import codedeps, plan, targets, variants
 from randlabels.config import ConfigError, check_config
 
 try:
@@ -27,9 +27,9 @@ wildcard_constraints:
     labels="random|real",
     scale=r"[0-9][0-9.e-]*",
     seed=r"\d+",
-    variant=plan.VARIANT_PATTERN,
+    variant=variants.PATTERN,
     task=plan.TASK_PATTERN,
-    construct=plan.CONSTRUCT_PATTERN,
+    construct=variants.CONSTRUCT_PATTERN,
     target="|".join(targets.TARGETS),
 
 
@@ -66,26 +66,22 @@ def scale_of(wildcards):
 
 def finetune_source(wildcards):
     """The file a fine-tuning variant starts from (none for scratch)."""
-    family, _depth = plan.parse_variant(wildcards.variant)
+    kind = variants.parse(wildcards.variant).source
+    if kind is None:
+        return {}
     where = {"exp": wildcards.exp, "scale": wildcards.scale, "seed": wildcards.seed}
-    if family in ("pretrained", "pretrained_norescale", "first", "last"):
-        labels = plan.from_labels(config, wildcards.exp)
-        return {"source": plan.path("checkpoints", labels=labels, **where)}
-    if family == "gaussian":
-        return {"source": plan.path("gaussian_init", **where)}
-    if family in ("layerwise", "covariance"):
-        return {
-            "source": plan.path(
-                "constructed_init", construct=wildcards.variant, **where
-            )
-        }
-    return {}
+    if kind == "checkpoints":
+        where["labels"] = plan.from_labels(config, wildcards.exp)
+    if kind == "constructed_init":
+        where["construct"] = wildcards.variant
+    return {"source": plan.path(kind, **where)}
 
 
 def construct_source(wildcards):
     """The pre-trained network a layer-wise construction estimates f from (none for
     the parametric covariance construction)."""
-    if plan.parse_variant(wildcards.construct)[0] != "layerwise":
+    family = variants.parse(wildcards.construct).family
+    if variants.CONSTRUCT_SOURCE[family] is None:
         return {}
     labels = plan.from_labels(config, wildcards.exp)
     return {

@@ -54,8 +54,8 @@ rule construct_init:
         **RESOURCES_LIGHT,
     params:
         model=lambda w: plan.model_settings(config, w.exp),
-        method=lambda w: plan.parse_variant(w.construct)[0],
-        depth=lambda w: plan.parse_variant(w.construct)[1],
+        method=lambda w: variants.parse(w.construct).family,
+        depth=lambda w: variants.parse(w.construct).depth,
         init_scale=scale_of,
         seed=lambda w: int(w.seed),
         batch_size=lambda w: plan.construct_settings(config, w.exp)["batch_size"],

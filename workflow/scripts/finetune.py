@@ -4,35 +4,19 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import torch
 
-from randlabels import runlog
+from randlabels import runlog, variants
 from randlabels.gpus import bind_gpus
 from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
 from randlabels.io import write_table
 from randlabels.resume import hold_run
 from randlabels.training_job import run_training
-from randlabels.models import head_prefix
 from randlabels.identity import expected
-from randlabels.plan import from_labels, parse_variant
+from randlabels.plan import from_labels
 from randlabels.probes import activation_probe
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
-from randlabels.transfer import (
-    clone_state,
-    fresh_model,
-    load_into,
-    partial_state,
-    read_checkpoints,
-    read_init,
-    transferred_state,
-    variant_layers,
-)
-
-
-
-def with_fresh_head(state: dict, fresh: dict, head: str) -> dict:
-    """``state`` with the classifier taken from ``fresh`` (this task's class count)."""
-    return {k: fresh[k] if k == head or k.startswith(head + ".") else v for k, v in state.items()}
+from randlabels.transfer import fresh_model, load_into
 
 
 # First: one process per run (a second job on a run another process trains stops here,
@@ -43,7 +27,7 @@ torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 settings = params.training
 variant, task = params.variant, params.task
-family, _depth = parse_variant(variant)
+parsed = variants.parse(variant)
 bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
 device = resolve_device(params.device)
 
@@ -55,39 +39,20 @@ test = None
 if task == "real":
     test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
 
-source_diverged = False  # whether the initialization came from a diverged pre-training
 model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"),
                     where=f"experiments.{params.experiment}.model")
-if family in ("pretrained", "pretrained_norescale", "first", "last"):
-    # The pre-training transferred from (finetune.from_labels) of this experiment, scale
-    # and seed; a checkpoint set of another run copied here is refused, naming both.
-    source = read_checkpoints(
-        snakemake.input.source,
-        expect=expected(snakemake.wildcards, labels=from_labels(snakemake.config, params.experiment)),
-    )
-    if source["diverged"]:
-        log.warning("%s: pre-training diverged; transferring its last finite checkpoint", snakemake.input.source)
-    init_state, trained_state = source["states"][0], source["states"][max(source["states"])]
-    if family in ("first", "last"):  # only some layers, rescaled; the rest (and the head) fresh
-        groups = variant_layers(variant, model)
-        state = partial_state(init_state, trained_state, clone_state(model), groups, rescale=True)
-        log.info("transferring %s pre-trained layer(s): %s", variant, ", ".join(g[0] for g in groups))
+source_diverged = False  # whether the initialization came from a diverged pre-training
+if parsed.source is not None:
+    # The file of this experiment, scale and seed (pre-training: of finetune.from_labels);
+    # a file of another run copied here is refused, naming both.
+    if parsed.source == "checkpoints":
+        expect = expected(snakemake.wildcards, labels=from_labels(snakemake.config, params.experiment))
     else:
-        state = transferred_state(
-            init_state=init_state,
-            trained_state=trained_state,
-            fresh_state=clone_state(model),
-            head=head_prefix(model),
-            rescale=family == "pretrained",
-            reset_head=settings["reset_head"],
-        )
+        expect = expected(snakemake.wildcards, init=variant)
+    state, source_diverged = variants.initial_state(
+        variant, model, snakemake.input.source, expect, reset_head=settings["reset_head"], log=log
+    )
     load_into(model, state, snakemake.input.source)
-    source_diverged = bool(source["diverged"])
-elif family in ("gaussian", "layerwise", "covariance"):
-    # Built for the upstream class count: the head is this task's fresh one.
-    init = read_init(snakemake.input.source, expect=expected(snakemake.wildcards, init=variant))
-    load_into(model, with_fresh_head(init["state"], clone_state(model), head_prefix(model)), snakemake.input.source)
-    source_diverged = bool(init.get("source_diverged", False))
 
 config = TrainConfig.from_dict(settings)
 log.info("fine-tuning from %s on %d samples (task %s, %d classes), init scale %g, seed %d, on %s: %s",

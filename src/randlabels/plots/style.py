@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from randlabels import variants  # noqa: E402
 from randlabels.io import atomic_output  # noqa: E402
 
 DPI = 150
@@ -35,16 +36,13 @@ SEED_BAND_TEXT = "line: mean over seeds, band: min-max over seeds"
 
 _COLORBLIND = sns.color_palette("colorblind", 10)
 
-#: Fixed colours of the fine-tuning variants named in the workflow.
+#: Fixed colours of the fixed fine-tuning variants (randlabels.variants.FIXED); a
+#: depth variant (layerwise2, first1, ...) gets a hash-stable colour of its own.
 VARIANT_COLORS: dict[str, tuple[float, float, float]] = {
     "scratch": (0.35, 0.35, 0.35),
     "pretrained": _COLORBLIND[0],
     "pretrained_norescale": _COLORBLIND[1],
     "gaussian": _COLORBLIND[2],
-    "gaussian_zero_mean": _COLORBLIND[8],
-    "constructed": _COLORBLIND[4],
-    "covariance": _COLORBLIND[4],
-    "last_layers": _COLORBLIND[5],
 }
 #: Colours for unknown variant names, chosen by a stable hash of the name.
 _FALLBACK_COLORS = [c for c in _COLORBLIND if c not in VARIANT_COLORS.values()] + list(
@@ -112,10 +110,10 @@ def sequential_palette(values: Sequence, name: str = "viridis", low: float = 0.0
 
 
 def variant_order(names: Iterable[str]) -> list[str]:
-    """Known variants in their canonical order (baseline first), unknown ones after, sorted."""
+    """The fixed variants in their canonical order (baseline first), the others after, sorted."""
     names = list(dict.fromkeys(names))
-    known = [v for v in VARIANT_COLORS if v in names]
-    return known + sorted(n for n in names if n not in VARIANT_COLORS)
+    known = [v for v in variants.FIXED if v in names]
+    return known + sorted(n for n in names if n not in variants.FIXED)
 
 
 def format_scale(value: float) -> str:
