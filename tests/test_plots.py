@@ -18,7 +18,8 @@ import pytest
 from randlabels.summary import transfer_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS_DIR = Path(__file__).resolve().parents[1] / "src" / "randlabels" / "plots"
+ROOT = Path(__file__).resolve().parents[1]
+PLOTS_DIR = ROOT / "src" / "randlabels" / "plots"
 FIGURE_MODULES = ["misalignment", "transfer_function", "learning_curves", "transfer_summary",
                   "eigenfilters", "depth_transfer", "transfer_map", "specialization", "kernel_size"]
 
@@ -285,3 +286,14 @@ def test_plot_modules_do_not_import_training_code(module: str) -> None:
     assert not forbidden
     assert callable(getattr(importlib.import_module(f"randlabels.plots.{module}"),
                             "plot" if module != "style" else "save_figure"))
+
+
+def test_captions_say_what_the_bands_are():
+    """A figure drawn with style.SEED_BAND shows the seeds' range; its report caption
+    must say so, not promise a confidence interval."""
+    captions = ROOT / "workflow" / "report"
+    using_band = [p.stem for p in PLOTS_DIR.glob("*.py") if "SEED_BAND" in p.read_text() and p.stem != "style"]
+    assert using_band
+    for module in using_band:
+        caption = (captions / f"{module}.rst").read_text()
+        assert "min to max" in caption and "95%" not in caption, module
