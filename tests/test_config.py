@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 
@@ -257,3 +258,50 @@ def test_integers_are_ints_and_finite_numbers_pass():
     assert problems(config) == ""
     config["experiments"]["digits_cnn"]["pretrain"]["epochs"] = True  # a bool is no integer
     assert "experiments.digits_cnn.pretrain.epochs: True is not of type 'integer'" in problems(config)
+
+
+# ----------------------------------------------------------------- the command line
+
+
+def test_command_line_values_change_the_default_config_when_no_file_is_given():
+    from randlabels.config import command_line_config
+
+    default = load()
+    # Snakemake's config after the profile's replace-workflow-config: --config alone.
+    got = command_line_config({"device": "cpu"}, {"device": "cpu"}, default=default)
+    assert got == {**default, "device": "cpu"}
+    # With --configfile files, Snakemake's config (files and values merged) is kept.
+    assert command_line_config({"seeds": [0], "device": "cpu"}, {"device": "cpu"}) == {"seeds": [0], "device": "cpu"}
+
+
+def test_set_changes_nested_values_read_as_yaml():
+    from randlabels.config import command_line_config
+
+    default = load()
+    got = command_line_config(
+        {}, {"set": "experiments.digits_cnn.pretrain.epochs=3; experiments.digits_cnn.pretrain.checkpoints=[1, 2]; seeds=[0]; experiments.digits_cnn.construct.samples=64"},
+        default=default,
+    )
+    assert got["experiments"]["digits_cnn"]["pretrain"]["epochs"] == 3 and got["seeds"] == [0]
+    assert got["experiments"]["digits_cnn"]["construct"] == {"samples": 64}  # a section created
+    assert got["experiments"]["digits_cnn"]["pretrain"]["lr"] == default["experiments"]["digits_cnn"]["pretrain"]["lr"]
+    assert "set" not in got
+    check_config(got, SCHEMA)
+    # A list of assignments (a --configfile may hold one too).
+    assert command_line_config({"seeds": [1], "set": ["seeds=[4, 5]"]}, {})["seeds"] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("seeds.first=3", "seeds is [0, 1, 2], not a section with keys"),
+        ("epochs", "expected PATH=VALUE"),
+        ("=3", "expected PATH=VALUE"),
+        ("seeds=[0", "not valid YAML"),
+    ],
+)
+def test_a_bad_set_names_itself(assignment, message):
+    from randlabels.config import command_line_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        command_line_config({}, {"set": assignment}, default=load())

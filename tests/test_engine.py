@@ -377,3 +377,18 @@ def test_cuda_training_step_never_synchronizes():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert math.isfinite(loss_sum.item()) and torch.isfinite(packed_sum).all().item()
+
+
+def test_cuda_where_there_is_none_names_the_config_key(monkeypatch):
+    from randlabels.engine import resolve_device
+    from randlabels.errors import ResourceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ResourceError, match="config key device is 'cuda', but CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ResourceError, match="has 1 CUDA device"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda:0")

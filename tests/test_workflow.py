@@ -62,6 +62,17 @@ def test_dry_run_of_the_cifar10_config(tmp_path):
     assert counts["finetune"] == 4 * 3 * 5
 
 
+def test_command_line_values_change_the_default_config(tmp_path):
+    project = copy_project(tmp_path / "project")
+    default = job_counts(snakemake(project, "-n").stdout)
+    assert job_counts(snakemake(project, "-n", "--config", "device=cpu").stdout) == default
+    one_seed = job_counts(snakemake(project, "-n", "--config", "set=seeds=[0]").stdout)
+    assert one_seed["pretrain"] * 3 == default["pretrain"]
+    bad = snakemake(project, "-n", "--config", "set=experiments.digits_cnn.pretrain.epoch=3", check=False)
+    assert bad.returncode != 0
+    assert "experiments.digits_cnn.pretrain.epoch (did you mean 'epochs'?)" in bad.stdout + bad.stderr
+
+
 def test_invalid_config_stops_before_any_job(tmp_path):
     project = copy_project(tmp_path / "project")
     config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())

@@ -11,6 +11,7 @@ without Snakemake (:func:`main`).
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import math
 import sys
@@ -339,6 +340,68 @@ def _layer_errors(config: dict, exp: str, layers: list[str], model=None) -> list
         except ValueError as err:
             problems.append(f"{where}.finetune.variants: {variant}: {err}")
     return problems
+
+
+#: The --config key that sets nested values: --config set=experiments.NAME.pretrain.epochs=5
+SET_KEY = "set"
+
+
+def command_line_config(config: dict, overrides: dict, default: dict | None = None) -> dict:
+    """The config a run uses: Snakemake's ``config`` with ``overrides`` (the values of
+    ``--config KEY=VALUE``) applied.
+
+    ``default``: config.yaml's content when no ``--configfile`` was given. The workflow
+    profile lets a --configfile replace config.yaml (replace-workflow-config), which
+    would make ``--config device=cpu`` alone replace it too; given ``default``, the
+    values change the default config instead, section by section.
+
+    Nested values: ``--config set=PATH=VALUE`` (several: ``set='PATH=VALUE; PATH=VALUE'``),
+    PATH dotted (``experiments.digits_cnn.pretrain.epochs``) and VALUE read as YAML;
+    sections on the path that the config leaves out are created, and the schema check
+    then judges every name. (Snakemake itself takes no dots in a key and reads nested
+    values as strings.)
+    """
+    if default is not None:
+        result = copy.deepcopy(default)
+        _merge(result, overrides)
+    else:
+        result = copy.deepcopy(dict(config))
+    assignments = result.pop(SET_KEY, None)
+    if assignments is None:
+        return result
+    if isinstance(assignments, str):
+        assignments = [part for part in assignments.split(";") if part.strip()]
+    for assignment in assignments:
+        path, sep, text = str(assignment).partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(
+                f"--config {SET_KEY}={assignment!r}: expected PATH=VALUE, e.g. "
+                f"--config {SET_KEY}=experiments.digits_cnn.pretrain.epochs=5"
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {SET_KEY}={assignment}: the value is not valid YAML: {err}") from None
+        *sections, leaf = path.strip().split(".")
+        node, walked = result, []
+        for section in sections:
+            walked.append(section)
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"--config {SET_KEY}={assignment}: {'.'.join(walked)} is {node!r}, not a section with keys"
+                )
+        node[leaf] = value
+    return result
+
+
+def _merge(target: dict, update: dict) -> None:
+    """Merge ``update`` into ``target`` section by section (as Snakemake merges --config)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
 
 
 class _StrictLoader(yaml.SafeLoader):

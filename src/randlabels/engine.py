@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -30,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from randlabels.augment import Augmentation
+from randlabels.errors import ResourceError
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 SCHEDULES = ("constant", "cosine")
@@ -72,10 +74,23 @@ class TrainConfig:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
+    """'auto' picks CUDA when present, else the CPU; 'cuda' where there is none stops
+    with a message that names the config key (not torch's traceback at first use)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ResourceError(
+            f"config key device is {name!r}, but CUDA is not available on {socket.gethostname()} "
+            "(no GPU, or a CPU-only torch build); set device: auto (CUDA where present) or cpu, "
+            "e.g. --config device=cpu"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ResourceError(
+            f"config key device is {name!r}, but {socket.gethostname()} has "
+            f"{torch.cuda.device_count()} CUDA device(s), numbered from 0"
+        )
+    return device
 
 
 class DeviceData:

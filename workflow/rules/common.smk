@@ -1,11 +1,31 @@
 # Helpers shared by the rule files (functions only; rules live in the other .smk files).
 import os
 
+import yaml
+
 # The library of this checkout, first on sys.path since preflight.smk.
 SRC = os.path.join(workflow.basedir, "src")
 
 from randlabels import codedeps, plan, targets, variants
-from randlabels.config import ConfigError, check_config
+from randlabels.config import ConfigError, check_config, command_line_config
+
+# --config KEY=VALUE: on config.yaml unless --configfile files were given, and a dotted
+# KEY sets one nested value (randlabels.config.command_line_config).
+if workflow.config_settings.overwrite_config:
+    try:
+        _resolved = command_line_config(
+            config,
+            workflow.config_settings.overwrite_config,
+            default=(
+                yaml.safe_load(open("config.yaml", encoding="utf-8"))
+                if not workflow.overwrite_configfiles and os.path.exists("config.yaml")
+                else None
+            ),
+        )
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+    config.clear()
+    config.update(_resolved)
 
 try:
     check_config(
