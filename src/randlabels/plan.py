@@ -32,7 +32,7 @@ TRAINING_DEFAULTS = {
 # plain `pretrain` rule's params do not depend on them.
 PRETRAIN_DEFAULTS = {"pack_seeds": 1}
 SPLIT_DEFAULTS = {"test": None, "upstream_classes": 10, "downstream_classes": 10}
-STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512}
+STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512, "precision": "float64"}
 SAMPLE_DEFAULTS = {"layer": "first", "pool_seeds": False, "zero_mean": False}
 FINETUNE_DEFAULTS = {
     "labels": "real",

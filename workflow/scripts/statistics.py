@@ -50,5 +50,6 @@ write_stats(
         "diverged": checkpoints["diverged"],
         "source": str(snakemake.input.checkpoints),
     },
+    precision=params.stats["precision"],
 )
 log.info("wrote %s (%d checkpoints)", snakemake.output[0], len(records))
