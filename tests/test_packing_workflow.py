@@ -68,7 +68,6 @@ def test_seeds_are_cut_into_consecutive_groups():
     assert plan.packed_path(config, "tiny", "random", "0.5", "1") == (
         "results/tiny/pretrain/random/scale0.5/packed/seeds0-1.pt"
     )
-    assert [run["first"] for run in plan.packed_runs(config, "tiny")] == [0, 2, 0, 2]  # random, real
     config["seeds"] = [5, 3, 9, 1, 7]
     config["experiments"]["tiny"]["pretrain"]["pack_seeds"] = 3
     assert plan.seed_groups(config, "tiny") == [[5, 3, 9], [1, 7]]

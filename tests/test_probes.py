@@ -15,7 +15,6 @@ from randlabels.probes import (
     activation_probe,
     activation_statistics,
     layer_input_covariance,
-    melt_activation_columns,
 )
 from randlabels.stats import patch_covariance
 
@@ -258,44 +257,3 @@ def test_activation_probe_flattens_activation_statistics():
     assert all(type(v) is float for v in values.values())
     assert values["frac_dead:relu1"] == pytest.approx(1 / 3)
     assert probe(model) == values and len(calls) == 2  # batches_fn is called on every probe
-
-
-def test_melt_activation_columns_round_trip():
-    curve = pd.DataFrame({
-        "step": [0, 10],
-        "accuracy": [0.1, 0.4],
-        "frac_active:relu1": [0.5, 0.6],
-        "frac_dead:relu1": [0.0, 0.1],
-        "mean_activation:relu1": [0.2, 0.3],
-        "frac_active:layer1.0.relu2": [0.7, 0.8],
-    })
-    long = melt_activation_columns(curve)
-    assert list(long.columns) == ["step", "accuracy", "layer", "statistic", "value"]
-    assert len(long) == 2 * 4
-    # row-major: the curve's rows in order, each with its columns in order
-    assert long["step"].tolist() == [0] * 4 + [10] * 4
-    assert long.iloc[:4]["layer"].tolist() == ["relu1"] * 3 + ["layer1.0.relu2"]
-    assert long.iloc[:4]["statistic"].tolist() == ["frac_active", "frac_dead", "mean_activation", "frac_active"]
-    # back to the wide table
-    wide = long.assign(column=long["statistic"] + ":" + long["layer"]).pivot(
-        index=["step", "accuracy"], columns="column", values="value").reset_index()
-    wide.columns.name = None
-    pd.testing.assert_frame_equal(wide[curve.columns], curve, check_dtype=False)
-
-
-def test_melt_activation_columns_of_probe_values():
-    probe = activation_probe(lambda: iter([torch.tensor([[1.0, -1.0, 2.0]])]))
-    rows = [{"step": s, **probe(_identity_model())} for s in (0, 5)]
-    long = melt_activation_columns(pd.DataFrame(rows))
-    assert set(long["layer"]) == {"act"}
-    # units: 1 → active, −1 → inactive, 2 − 10 → inactive: two of three dead
-    assert long[long["statistic"] == "frac_dead"]["value"].tolist() == pytest.approx([2 / 3, 2 / 3])
-
-
-def test_melt_activation_columns_without_activation_columns():
-    curve = pd.DataFrame({"step": [0, 1], "accuracy": [0.1, 0.2], "frac_active": [0.5, 0.5]})
-    long = melt_activation_columns(curve)
-    assert long.empty
-    assert list(long.columns) == ["step", "accuracy", "frac_active", "layer", "statistic", "value"]
-    empty = melt_activation_columns(pd.DataFrame({"step": pd.Series(dtype=int), "frac_dead:relu1": pd.Series(dtype=float)}))
-    assert empty.empty and list(empty.columns) == ["step", "layer", "statistic", "value"]

@@ -349,16 +349,6 @@ def packed_path(config: dict, exp: str, labels: str, scale: str, seed) -> str:
     raise ValueError(f"experiment {exp!r} has no seed {seed}")
 
 
-def packed_runs(config: dict, exp: str) -> list[dict]:
-    """Wildcards of every packed pre-training job of ``exp`` (one per group of seeds)."""
-    return [
-        {"exp": exp, "labels": kind, "scale": scale, "first": group[0], "last": group[-1]}
-        for kind in experiment(config, exp)["pretrain"]["labels"]
-        for scale in scale_labels(config, exp)
-        for group in seed_groups(config, exp)
-    ]
-
-
 def stats_files(config: dict, exp: str) -> list[str]:
     return [path("stats", **run) for run in pretrain_runs(config, exp)]
 

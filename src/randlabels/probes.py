@@ -9,7 +9,6 @@ one name (which is why models.py gives each ResNet block two ReLU modules).
 
 from __future__ import annotations
 
-import re
 from typing import Callable, Iterable
 
 import pandas as pd
@@ -148,7 +147,6 @@ def activation_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
 
 
 ACTIVATION_STATISTICS = ("frac_active", "frac_dead", "mean_activation")
-_ACTIVATION_COLUMN = re.compile(rf"({'|'.join(ACTIVATION_STATISTICS)}):(.+)")
 
 
 def activation_probe(batches_fn: Callable[[], Iterable[torch.Tensor]]) -> Callable[[nn.Module], dict[str, float]]:
@@ -169,31 +167,3 @@ def activation_probe(batches_fn: Callable[[], Iterable[torch.Tensor]]) -> Callab
         }
 
     return probe
-
-
-def melt_activation_columns(curve: pd.DataFrame) -> pd.DataFrame:
-    """The ``"{statistic}:{module}"`` columns of a learning curve as tidy rows.
-
-    Every other column is kept as an id; each (row, activation column) pair becomes a
-    row with ``layer`` (the module name), ``statistic`` and ``value``, in the order of
-    the curve's rows and, within a row, of its columns. The index is not kept. A curve
-    without such columns gives an empty frame with the id columns and those three.
-    """
-    matches = {c: _ACTIVATION_COLUMN.fullmatch(c) for c in curve.columns if isinstance(c, str)}
-    value_columns = [c for c, m in matches.items() if m is not None]
-    id_columns = [c for c in curve.columns if c not in value_columns]
-    out_columns = id_columns + ["layer", "statistic", "value"]
-    if not value_columns:
-        empty = {c: pd.Series(dtype=curve[c].dtype) for c in id_columns}
-        empty.update(layer=pd.Series(dtype=object), statistic=pd.Series(dtype=object),
-                     value=pd.Series(dtype=float))
-        return pd.DataFrame(empty, columns=out_columns)
-    long = curve.reset_index(drop=True).melt(
-        id_vars=id_columns, value_vars=value_columns, var_name="_column", value_name="value",
-        ignore_index=False,
-    )
-    long = long.sort_index(kind="stable").reset_index(drop=True)
-    long["statistic"] = [matches[c].group(1) for c in long["_column"]]
-    long["layer"] = [matches[c].group(2) for c in long["_column"]]
-    long["value"] = long["value"].astype(float)
-    return long[out_columns]
