@@ -19,7 +19,8 @@ from torch import nn
 from .errors import InputFileError
 from .identity import expect_identity
 from .io import load_torch, save_torch
-from .models import build_model, head_prefix, initialize, is_factory, weight_layers
+from .architectures import is_factory
+from .models import build_model, head_prefix, initialize, weight_layers
 from .seeding import stream_seed
 
 CHECKPOINT_FORMAT = "randlabels-checkpoints/1"
