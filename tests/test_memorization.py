@@ -43,3 +43,14 @@ def test_tables_carry_the_flag_and_figures_count_runs():
     assert flagged["collapsed"].tolist() == [True, True, False, False, False]  # seed 2 unknown: False
     assert collapsed_count(flagged) == 1
     assert with_collapsed(pd.DataFrame(), runs).empty  # an empty table stays as it is
+
+
+def test_a_per_epoch_metrics_table_flags_each_row_once():
+    """aggregate_statistics joins the pre-training metrics table (one row per epoch and
+    run, flag included): every statistics row must stay one row, not one per epoch."""
+    metrics = _metrics({("random", 0): 0.1, ("random", 1): 0.9})
+    metrics = metrics.merge(collapsed_runs(metrics, classes=10, samples=1000)[["labels", "seed", "collapsed"]])
+    assert metrics.groupby("seed").size().min() > 1  # several epochs per run
+    table = pd.DataFrame({"experiment": "e", "labels": "random", "init_scale": 1.0, "seed": [0, 1], "epoch": [5, 5]})
+    flagged = with_collapsed(table, metrics)
+    assert len(flagged) == 2 and flagged["collapsed"].tolist() == [True, False]

@@ -39,10 +39,12 @@ def collapsed_runs(metrics: pd.DataFrame, classes: int, samples: int) -> pd.Data
 
 def with_collapsed(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """``table`` with the ``collapsed`` flag of its runs (False for runs not listed);
-    a table without run columns (an empty one) is returned as it is."""
+    a table without run columns (an empty one) is returned as it is. ``runs`` may hold
+    several rows per run (the pre-training metrics table: one per epoch); each run's
+    flag is joined once, so no row of ``table`` is repeated."""
     if not set(RUN_KEYS) <= set(table.columns):
         return table
-    flags = runs[RUN_KEYS + ["collapsed"]]
+    flags = runs[RUN_KEYS + ["collapsed"]].drop_duplicates(RUN_KEYS, keep="last")
     merged = table.drop(columns=["collapsed"], errors="ignore").merge(flags, on=RUN_KEYS, how="left")
     merged["collapsed"] = merged["collapsed"].fillna(False).astype(bool)
     return merged
