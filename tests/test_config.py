@@ -305,3 +305,60 @@ def test_a_bad_set_names_itself(assignment, message):
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         command_line_config({}, {"set": assignment}, default=load())
+
+
+# ----------------------------------------------------------------- issue 13: target, init
+
+
+def _finetune(config):
+    return config["experiments"]["digits_cnn"]["finetune"]
+
+
+@pytest.mark.parametrize("target", [0.9, 1, {"from_chance": 0.5}, {"from_chance": 1}])
+def test_target_accuracy_absolute_or_from_chance_is_accepted(target):
+    assert mutate(lambda c: _finetune(c).update(target_accuracy=target)) == ""
+
+
+@pytest.mark.parametrize("target", [
+    {"from_chance": 0.5, "accuracy": 0.9},  # both forms at once
+    {"from_chance": 0},
+    {"from_chance": 1.2},
+    {"relative_to_chance": 0.5},  # a misspelled key
+    {},
+    "half",
+    0,
+])
+def test_a_malformed_target_names_both_forms(target):
+    message = mutate(lambda c: _finetune(c).update(target_accuracy=target))
+    assert "experiments.digits_cnn.finetune.target_accuracy" in message
+    assert "from_chance" in message and "accuracy in (0, 1]" in message
+
+
+def test_the_relative_target_is_no_default_and_keeps_absolute_params():
+    # The default (and every absolute config) gives the finetune rule the same settings as before.
+    config = load()
+    assert plan.finetune_settings(config, "digits_cnn")["target_accuracy"] == _finetune(config).get("target_accuracy", 0.9)
+    assert plan.FINETUNE_DEFAULTS["target_accuracy"] == 0.9
+
+
+@pytest.mark.parametrize("init", ["he", "lecun"])
+def test_init_he_and_lecun_are_accepted(init):
+    assert mutate(lambda c: c["experiments"]["digits_cnn"]["model"].update(init=init)) == ""
+    assert mutate(lambda c: c["experiments"]["gaussian_fc"]["model"].update(init=init)) == ""
+
+
+@pytest.mark.parametrize("init", ["xavier", "He", "", 1])
+def test_other_inits_are_refused_with_the_valid_names(init):
+    message = mutate(lambda c: c["experiments"]["digits_cnn"]["model"].update(init=init))
+    assert "experiments.digits_cnn.model.init" in message and "he, lecun" in message
+
+
+def test_an_own_models_init_is_checked_too():
+    def own(init):
+        def change(config):
+            config["experiments"]["digits_cnn"]["model"] = {"arch": "examples.tiny_convnet:build", "init": init}
+        return change
+
+    message = mutate(own("glorot"))
+    assert "experiments.digits_cnn.model" in message and "he, lecun" in message
+    assert "init" not in mutate(own("lecun"))

@@ -9,11 +9,11 @@ Only sizes shrink: the experiments, variants, tasks and targets are the config's
 from __future__ import annotations
 
 import h5py
-import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
+from randlabels.io import read_table
 from workflow_helpers import ROOT, copy_project, snakemake
 
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
@@ -70,13 +70,13 @@ def test_every_stage_on_real_images(fashion_run):
         test = f["test"][()]
     assert (test >= 60000).all()  # the test set comes from the official test images
 
-    metrics = pd.read_csv(results / "fmnist_cnn" / "tables" / "pretrain_metrics.tsv", sep="\t")
+    metrics = read_table(results / "fmnist_cnn" / "tables" / "pretrain_metrics.tsv")
     assert set(metrics["labels"]) == {"random", "real"} and set(metrics["epoch"]) == {0, 1, 2, 3}
     assert metrics["collapsed"].dtype == bool  # every run judged: memorized, or at chance
     real = metrics.query("labels == 'real' and epoch == 3")["test_acc"]
     assert (real > 0.3).all(), real  # three short epochs of real labels already beat chance (0.1)
 
-    misalignment = pd.read_csv(results / "fmnist_cnn" / "tables" / "misalignment.tsv", sep="\t")
+    misalignment = read_table(results / "fmnist_cnn" / "tables" / "misalignment.tsv")
     conv = misalignment.query("layer == 'conv1'")
     assert set(conv["basis"]) == {"data", "random"} and set(conv["epoch"]) == {0, 1, 3}
     flags = metrics.drop_duplicates(["labels", "seed"]).set_index(["labels", "seed"])["collapsed"]
@@ -85,9 +85,9 @@ def test_every_stage_on_real_images(fashion_run):
     with h5py.File(results / "fmnist_cnn" / "stats" / "random" / "scale1" / "seed1.h5") as f:
         assert f["epoch_0003"]["conv1"]["cov_x"].shape == (25, 25)  # 5×5 patches of one channel
 
-    summary = pd.read_csv(results / "fmnist_cnn" / "tables" / "transfer_summary.tsv", sep="\t")
+    summary = read_table(results / "fmnist_cnn" / "tables" / "transfer_summary.tsv")
     assert {"scratch", "pretrained", "pretrained_norescale", "gaussian"} <= set(summary["variant"])
-    curves = pd.read_csv(results / "fmnist_cnn" / "tables" / "finetune_curves.tsv", sep="\t")
+    curves = read_table(results / "fmnist_cnn" / "tables" / "finetune_curves.tsv")
     assert set(curves["task"]) == {"real", "random10"}  # real labels, fresh random labels over 10 classes
 
     for figure in ("misalignment", "transfer_function", "eigenfilters", "learning_curves", "transfer_summary"):
@@ -96,7 +96,7 @@ def test_every_stage_on_real_images(fashion_run):
     for target in ("fig_transfer", "fig_misalignment", "fig_eigenfilters", "fig_transfer_function",
                    "fig_gaussian_init", "fig_specialization"):
         assert _png(results / "paper" / f"{target}.png")[0] > 200, target
-        assert len(pd.read_csv(results / "paper" / f"{target}.tsv", sep="\t")) > 0, target
+        assert len(read_table(results / "paper" / f"{target}.tsv")) > 0, target
 
 
 @pytest.mark.slow
@@ -104,6 +104,6 @@ def test_eigenfilters_are_pooled_over_seeds(fashion_run):
     """Two seeds × 16 filters: the pooled Σw has full rank in 25 dimensions, where one
     seed's 16 (centred) filters give rank 15 at most, so its 16th eigenvalue would be 0.
     The table keeps the top 16 eigen-directions."""
-    table = pd.read_csv(fashion_run / "results" / "paper" / "fig_eigenfilters.tsv", sep="\t")
+    table = read_table(fashion_run / "results" / "paper" / "fig_eigenfilters.tsv")
     assert sorted(table["rank"]) == list(range(1, 17))
     assert (table["eigval_w"] > 1e-6).all() and table["cos_best_match"].between(0, 1).all()

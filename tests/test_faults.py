@@ -36,6 +36,7 @@ from randlabels.config import ConfigError, check_config
 from randlabels.config import main as config_main
 from randlabels.engine import DeviceData, TrainConfig, Trainer
 from randlabels.errors import InputFileError, ResourceError, TrainingDiverged
+from randlabels.io import read_table
 from randlabels.models import build_model, initialize
 from randlabels.training_job import run_training
 from workflow_helpers import ROOT, copy_project, snakemake
@@ -410,6 +411,27 @@ def test_input_errors_are_logged_as_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     assert "results/x.h5: damaged or incomplete statistics file" in result.stderr
     assert "Traceback" not in result.stderr and "Traceback" not in (tmp_path / "job.log").read_text()
+    # The last line says whose failure it is and where its log is.
+    assert result.stderr.strip().splitlines()[-1].endswith(f"job failed; its log: {tmp_path / 'job.log'}")
+
+
+def test_a_failing_job_names_its_run_and_log(tmp_path):
+    """A bug (traceback) in a job logged under logs/: the last lines name the job (its
+    log path below logs/) and the log, in the log and on stderr."""
+    log = tmp_path / "results" / "logs" / "pretrain" / "tiny" / "random" / "scale0.5" / "seed3.log"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / 'src')!r})
+        from randlabels import runlog
+        runlog.start({str(log)!r})
+        raise KeyError("boom")
+        """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 1
+    expected = f"pretrain/tiny/random/scale0.5/seed3 failed; its log: {log}"
+    assert "Traceback" in log.read_text() and log.read_text().strip().splitlines()[-1].endswith(expected)
+    assert expected in result.stderr
 
 
 def _written_for(kind: str, path: Path, **run) -> None:
@@ -865,16 +887,16 @@ def test_a_diverged_run_is_recorded_and_the_workflow_goes_on(tmp_path):
     (project / "config.yaml").write_text(yaml.safe_dump(_diverging_config("continue")))
     result = snakemake(project, "--cores", "2")
     tables = project / "results/tiny/tables"
-    metrics = pd.read_csv(tables / "pretrain_metrics.tsv", sep="\t")
+    metrics = read_table(tables / "pretrain_metrics.tsv")
     assert metrics["diverged"].any() and not np.isfinite(metrics["loss"].iloc[-1])
-    misalignment = pd.read_csv(tables / "misalignment.tsv", sep="\t")
+    misalignment = read_table(tables / "misalignment.tsv")
     assert misalignment["diverged"].all()
     assert set(misalignment["epoch"]) == {0}  # the only finite checkpoint
-    curves = pd.read_csv(tables / "finetune_curves.tsv", sep="\t")
+    curves = read_table(tables / "finetune_curves.tsv")
     from_pretraining = curves["variant"] != "scratch"
     assert curves.loc[from_pretraining, "source_diverged"].all()
     assert not curves.loc[~from_pretraining, "source_diverged"].any()
-    summary = pd.read_csv(tables / "transfer_summary.tsv", sep="\t")
+    summary = read_table(tables / "transfer_summary.tsv")
     assert set(summary["variant"]) == {"scratch", "pretrained", "pretrained_norescale", "gaussian"}
     for figure in ("misalignment", "learning_curves", "transfer_summary"):
         assert (project / f"results/tiny/figures/{figure}.png").stat().st_size > 1000

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from randlabels.io import read_table
 from workflow_helpers import BIN, NO_CLUSTER, copy_project, snakemake
 
 pytestmark = pytest.mark.slow
@@ -93,8 +94,8 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def _assert_same_results(project: Path, reference: Path) -> None:
-    metrics = pd.read_csv(project / RUN_DIR / "metrics.tsv", sep="\t").drop(columns="seconds")
-    expected = pd.read_csv(reference / RUN_DIR / "metrics.tsv", sep="\t").drop(columns="seconds")
+    metrics = read_table(project / RUN_DIR / "metrics.tsv").drop(columns="seconds")
+    expected = read_table(reference / RUN_DIR / "metrics.tsv").drop(columns="seconds")
     pd.testing.assert_frame_equal(metrics, expected)
     got = torch.load(project / TARGET, weights_only=True)["states"]
     want = torch.load(reference / TARGET, weights_only=True)["states"]

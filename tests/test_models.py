@@ -53,6 +53,7 @@ def test_cnn2_pool_and_kernel_5():
 def test_cnn2_defaults_are_the_papers_network():
     assert model_options({"arch": "cnn2"}) == {
         "arch": "cnn2", "filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0,
+        "init": "he",
     }
 
 
@@ -212,6 +213,58 @@ def test_he_normal_conv_uses_fan_in():
     model = initialize(build_model({"arch": "cnn2", "filters": 512, "hidden": 2}, (16, 1, 1), 2), 1.0, seed=0)
     w = model.conv1.weight.detach().double()
     assert w.std().item() == pytest.approx(math.sqrt(2.0 / 144), rel=0.02)
+
+
+# Closed form of the two conventions (issue 13): std = gain/√fan_in × init_scale, gain √2
+# (He, ReLU) or 1 (LeCun). Tolerances as above: > 7 sigma of the sample std's error.
+_GAIN = {"he": math.sqrt(2.0), "lecun": 1.0}
+
+
+@pytest.mark.parametrize("init", ["he", "lecun"])
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_linear_weight_std_under_each_convention(init, scale):
+    fan_in = 1000  # 1000 × 1000 weights: relative SE of the std ≈ 7e-4
+    model = initialize(build_model({"arch": "fc", "widths": [1000], "init": init}, (fan_in,), 2), scale, seed=5)
+    w = model.fc1.weight.detach().double()
+    assert w.std().item() == pytest.approx(scale * _GAIN[init] / math.sqrt(fan_in), rel=0.01)
+    assert abs(w.mean().item()) < 5e-3 * scale / math.sqrt(fan_in)
+    assert torch.all(model.fc1.bias == 0)
+
+
+@pytest.mark.parametrize("init", ["he", "lecun"])
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_conv_weight_std_under_each_convention(init, scale):
+    # fan_in = C_in·k·k = 16·5·5 = 400; 512 filters × 400 = 204 800 weights: SE ≈ 1.6e-3.
+    spec = {"arch": "cnn2", "filters": 512, "kernel_size": 5, "hidden": 2, "init": init}
+    model = initialize(build_model(spec, (16, 1, 1), 2), scale, seed=1)
+    w = model.conv1.weight.detach().double()
+    assert w.std().item() == pytest.approx(scale * _GAIN[init] / math.sqrt(400), rel=0.012)
+    assert torch.all(model.conv1.bias == 0)
+
+
+def test_lecun_is_he_divided_by_sqrt_two_and_he_is_the_default():
+    shape, spec = (3, 8, 8), {"arch": "cnn2", "filters": 8, "hidden": 4}
+    default = initialize(build_model(spec, shape, 3), 1.5, seed=4).state_dict()
+    he = initialize(build_model({**spec, "init": "he"}, shape, 3), 1.5, seed=4).state_dict()
+    lecun = initialize(build_model({**spec, "init": "lecun"}, shape, 3), 1.5, seed=4).state_dict()
+    for key in default:
+        assert torch.equal(default[key], he[key]), key  # the default: exactly the He model
+        if key.endswith("weight"):
+            assert torch.allclose(lecun[key] * math.sqrt(2.0), he[key], rtol=1e-6, atol=0), key
+    # An explicit convention wins over the one the spec named.
+    explicit = initialize(build_model({**spec, "init": "lecun"}, shape, 3), 1.5, seed=4, init="he")
+    assert torch.equal(explicit.state_dict()["conv1.weight"], he["conv1.weight"])
+
+
+def test_init_option_is_checked():
+    assert model_options({"arch": "vgg16", "init": "lecun"})["init"] == "lecun"
+    assert model_options({"arch": "resnet18"})["init"] == "he"
+    with pytest.raises(ValueError, match="he, lecun"):
+        model_options({"arch": "fc", "init": "xavier"})
+    with pytest.raises(ValueError, match="he, lecun"):
+        build_model({"arch": "fc", "widths": [3], "init": "orthogonal"}, (4,), 2)
+    with pytest.raises(ValueError, match="he, lecun"):
+        initialize(build_model({"arch": "fc", "widths": [3]}, (4,), 2), 1.0, seed=0, init="glorot")
 
 
 def test_initialize_zeroes_biases_and_resets_batchnorm():
@@ -394,3 +447,13 @@ def test_resnet18_is_torchvisions_resnet18_with_one_relu_per_activation():
     extra = {n for n, _ in ours.named_modules()} - {n for n, _ in ref.named_modules()}
     assert extra == {f"layer{i}.{j}.relu2" for i in range(1, 5) for j in range(2)}
     assert all(ours.get_submodule(n) is not ours.get_submodule(n[:-1]) for n in extra)
+
+
+def test_an_own_models_init_is_the_workflows_not_the_factorys():
+    # examples.tiny_convnet:build takes no `init` keyword: it must not be passed on.
+    spec = {"arch": "examples.tiny_convnet:build", "filters": 64, "init": "lecun"}
+    lecun = initialize(build_model(spec, (16, 6, 6), 3), 1.0, seed=2)
+    he = initialize(build_model({**spec, "init": "he"}, (16, 6, 6), 3), 1.0, seed=2)
+    first = [name for name, m in lecun.named_modules() if isinstance(m, nn.Conv2d)][0]
+    w_lecun = lecun.get_submodule(first).weight.detach()
+    assert torch.allclose(w_lecun * math.sqrt(2.0), he.get_submodule(first).weight.detach(), rtol=1e-6, atol=0)

@@ -24,6 +24,7 @@ from randlabels.config import ConfigError, check_config
 from randlabels.construct import construct_layers, constructible_layers
 from randlabels.engine import DeviceData, TrainConfig, Trainer
 from randlabels.errors import InputFileError, ModelError
+from randlabels.io import read_table
 from randlabels.measure import measure_checkpoints
 from randlabels.models import (
     build_model,
@@ -519,8 +520,6 @@ def test_workflow_with_an_own_model(tmp_path):
     """Digits, 1 seed, 1 scale, 2 epochs: the example through every stage it needs."""
     import shutil
 
-    import pandas as pd
-
     project = copy_project(tmp_path / "project")
     shutil.copytree(ROOT / "examples", project / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     config = yaml.safe_load((ROOT / "examples" / "tiny_convnet.yaml").read_text())
@@ -534,8 +533,8 @@ def test_workflow_with_an_own_model(tmp_path):
     targets = ["results/digits_tiny/tables/transfer_summary.tsv", "results/digits_tiny/tables/misalignment.tsv",
                "results/digits_tiny/figures/eigenfilters.png"]
     snakemake(project, *targets, "--cores", "2", "--configfile", "own.yaml")
-    misalignment = pd.read_csv(project / targets[1], sep="\t")
+    misalignment = read_table(project / targets[1])
     assert set(misalignment["layer"]) == {"features.conv1", "head.fc"}
-    summary = pd.read_csv(project / targets[0], sep="\t")
+    summary = read_table(project / targets[0])
     assert set(summary["variant"]) >= {"gaussian", "first1", "last1", "covariance2"}
     assert (project / targets[2]).stat().st_size > 0

@@ -23,6 +23,7 @@ from randlabels import plan
 from randlabels.config import ConfigError, check_config
 from randlabels.engine import DeviceData, TrainConfig
 from randlabels.errors import TrainingDiverged
+from randlabels.io import read_table
 from randlabels.models import build_model, initialize
 from randlabels.packed import PackedTrainer
 from randlabels.packed_job import read_bundle_run, run_packed_training, save_bundle
@@ -207,8 +208,8 @@ def test_only_the_packed_experiment_is_packed(tmp_path):
 
 
 def _same_metrics(a: Path, b: Path):
-    want = pd.read_csv(a, sep="\t").drop(columns="seconds")
-    got = pd.read_csv(b, sep="\t").drop(columns="seconds")
+    want = read_table(a).drop(columns="seconds")
+    got = read_table(b).drop(columns="seconds")
     assert list(got.columns) == list(want.columns)
     for column in want.columns:
         if column in ("loss", "train_acc", "test_acc"):
@@ -287,7 +288,7 @@ def test_divergence_in_a_packed_group_stops_or_is_flagged_per_seed(tmp_path):
         checkpoints = read_checkpoints(project / plan.path("checkpoints", **run))
         assert checkpoints["diverged"] is True and checkpoints["seed"] == seed
         assert sorted(checkpoints["states"]) == [0]  # the only finite checkpoint
-        metrics = pd.read_csv(project / plan.path("pretrain_metrics", **run), sep="\t")
+        metrics = read_table(project / plan.path("pretrain_metrics", **run))
         assert metrics["diverged"].iloc[-1] and not np.isfinite(metrics["loss"].iloc[-1])
         assert (metrics["seed"] == seed).all()
     log = (project / "results/logs/pretrain_packed/tiny/random/scale0.5/seeds0-1.log").read_text()

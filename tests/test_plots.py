@@ -297,3 +297,24 @@ def test_captions_say_what_the_bands_are():
     for module in using_band:
         caption = (captions / f"{module}.rst").read_text()
         assert "min to max" in caption and "95%" not in caption, module
+
+
+def test_transfer_summary_titles_each_panel_with_its_own_relative_target(tmp_path: Path, monkeypatch) -> None:
+    """A target relative to chance differs between class counts: the figure takes the
+    table's resolved targets, one per task panel, not one number for all."""
+    from randlabels.plots import transfer_summary as summary_plot
+
+    curves = pd.concat([finetune_curves(diverge=False).assign(task=task) for task in ("random2", "random10")])
+    summary = transfer_summary(curves, target={"from_chance": 0.5})
+    assert sorted(summary["target"].unique()) == [0.55, 0.75]
+    from randlabels.plots import style
+
+    figures = []
+    save = style.save_figure
+    monkeypatch.setattr(style, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path)))
+    out = tmp_path / "ts.png"
+    summary_plot.plot(summary, out)
+    assert_png(out)
+    titles = [ax.get_title() for ax in figures[0].axes] + [figures[0]._suptitle.get_text()]
+    assert any("(target 75%)" in t for t in titles) and any("(target 55%)" in t for t in titles)
+    assert any("speed-up to each panel's target downstream train accuracy" in t for t in titles)

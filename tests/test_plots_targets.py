@@ -392,3 +392,54 @@ def test_specialization_one_downstream_task(tmp_path: Path) -> None:
     out = tmp_path / "s.png"
     specialization.plot(table, out, task="random10")
     assert_png(out)
+
+
+def _two_task_curves() -> pd.DataFrame:
+    """Fresh random labels of 2 and of 10 classes, scratch and pretrained, two scales:
+    accuracy at chance until a step, then 0.8 (2 classes) or 0.6 (10 classes). The
+    pretrained run gets there twice as fast (2 classes) or three times (10 classes)."""
+    rows = []
+    steps = np.arange(0, 201, 10)
+    for task, chance, top, reach in (("random2", 0.5, 0.8, {"scratch": 100, "pretrained": 50}),
+                                     ("random10", 0.1, 0.6, {"scratch": 120, "pretrained": 40})):
+        for scale in (0.5, 1.0):
+            for variant in ("scratch", "pretrained"):
+                for seed in (0, 1):
+                    acc = np.where(steps >= reach[variant], top, chance)
+                    rows += [dict(experiment="map", task=task, init_scale=scale, variant=variant,
+                                  seed=seed, step=int(s), train_acc=float(a), diverged=False)
+                             for s, a in zip(steps, acc)]
+    return pd.DataFrame(rows)
+
+
+def test_a_relative_target_defines_the_map_for_2_and_10_classes(tmp_path: Path) -> None:
+    """One absolute target leaves a class count undefined (0.3 is below 2 classes' chance:
+    reached at step 0 by every run; 0.7 is never reached on 10 classes); halfway from
+    chance (0.75 and 0.55) defines both, with the closed-form speed-ups 2 and 3."""
+    from randlabels import targets
+    from randlabels.plots import transfer_map
+    from randlabels.summary import transfer_summary
+
+    curves = _two_task_curves()
+
+    def speedups(target) -> pd.DataFrame:
+        summary = transfer_summary(curves, target=target)
+        _, figure = targets.combine("fig_transfer_map", {"transfer_summary": summary,
+                                                         "finetune_curves": curves}, {})
+        return figure, transfer_map.cell_values(figure, "pretrained").set_index(["classes", "init_scale"])
+
+    for absolute, undefined in ((0.3, 2), (0.7, 10)):
+        _, cells = speedups(absolute)
+        assert cells.loc[undefined, "value"].isna().all() and (cells.loc[undefined, "n_nan"] == 2).all()
+        defined = 10 if undefined == 2 else 2
+        assert np.isfinite(cells.loc[defined, "value"]).all()
+
+    figure, cells = speedups({"from_chance": 0.5})
+    assert cells.loc[2, "value"].tolist() == pytest.approx([2.0, 2.0])
+    assert cells.loc[10, "value"].tolist() == pytest.approx([3.0, 3.0])
+    assert (cells["n"] == 2).all() and (cells["n_nan"] == 0).all()
+    assert figure.groupby("classes")["target"].first().to_dict() == {2: pytest.approx(0.75), 10: pytest.approx(0.55)}
+    assert transfer_map.class_labels(figure, [2, 10]) == ["2\n(target 75%)", "10\n(target 55%)"]
+    out = tmp_path / "map.png"
+    transfer_map.plot(figure, out, target={"from_chance": 0.5})
+    assert_png(out)

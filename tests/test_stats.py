@@ -752,3 +752,61 @@ def test_cuda_accumulation_matches_cpu():
     assert gpu._mean is not None and gpu._mean.is_cuda
     np.testing.assert_allclose(gpu.covariance(), cpu.covariance(), rtol=1e-10, atol=1e-12)
     assert misalignment(torch.from_numpy(cpu.covariance()).cuda(), np.eye(27)) >= 0
+
+
+# --------------------------------------------------------------------------- pooled filters
+
+
+def test_pool_filters_stacks_the_weight_vectors_of_each_network():
+    a = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    b = _rng(1).standard_normal((5, 2, 3, 3))
+    pooled = stats.pool_filters(w for w in (a, b))  # any iterable, torch or numpy
+    assert pooled.shape == (9, 18) and pooled.dtype == np.float64
+    np.testing.assert_array_equal(pooled, np.concatenate([weight_vectors(a), weight_vectors(b)]))
+    with pytest.raises(ValueError, match=r"different dimensions d: shapes \(4, 2, 3, 3\), \(3, 1, 3, 3\)"):
+        stats.pool_filters([a, np.ones((3, 1, 3, 3))])
+    with pytest.raises(ValueError, match="at least one"):
+        stats.pool_filters([])
+
+
+def test_pooling_two_singular_networks_gives_the_closed_form_misalignment():
+    """Network A's filters ±s·e1 and B's ±t·e2: each Σw has rank 1 in d = 2; pooled, the
+    4 filters have mean 0 and Σw = diag(2s², 2t²)/3. Against Σx with eigenvectors
+    (e1 ± e2)/√2 each term is (a+b)/(2√(ab)) − 1 for Σw = diag(a, b), so
+    M = (a+b)/√(ab) − 2 = (s − t)²/(s t); against a diagonal Σx, M = 0."""
+    s, t = 0.5, 2.0
+    net_a = np.array([[s, 0.0], [-s, 0.0]])
+    net_b = np.array([[0.0, t], [0.0, -t]])
+    cov_x = _rotation(np.pi / 4) @ np.diag([3.0, 1.0]) @ _rotation(np.pi / 4).T
+    for net in (net_a, net_b):
+        with pytest.raises(UndefinedStatistic, match="singular") as info:
+            misalignment(cov_x, weight_statistics(net)[1])
+        assert "pool_filters" in info.value.reason and "at least 3 weight vectors" in info.value.reason
+    mean, cov_w = weight_statistics(stats.pool_filters([net_a, net_b]))
+    np.testing.assert_allclose(mean, 0.0, atol=1e-15)
+    np.testing.assert_allclose(cov_w, np.diag([2 * s**2, 2 * t**2]) / 3, rtol=1e-15)
+    assert misalignment(cov_x, cov_w) == pytest.approx((s - t) ** 2 / (s * t), rel=1e-12)
+    assert misalignment(np.diag([3.0, 1.0]), cov_w) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_pooled_misalignment_is_the_definition_on_all_filters():
+    """Pooling is no new statistic: one network's filters pooled alone give the same score,
+    and pooled networks give M of the stacked filters' Σw, checked with an explicit inverse."""
+    d = 12
+    cov_x = _random_spd(d, 3)
+    full = _rng(4).standard_normal((40, d))
+    assert misalignment(cov_x, weight_statistics(stats.pool_filters([full]))[1]) == misalignment(
+        cov_x, weight_statistics(full)[1]
+    )
+    networks = [_rng(10 + r).standard_normal((9, d)) + r for r in range(2)]  # 9 < d each, own means
+    with pytest.raises(UndefinedStatistic, match=f"at least {d + 1} weight vectors"):
+        misalignment(cov_x, weight_statistics(networks[0])[1])
+    stacked = np.vstack(networks)
+    centred = stacked - stacked.mean(axis=0)
+    cov_w = centred.T @ centred / (len(stacked) - 1)  # centred on the pooled mean
+    _, v = np.linalg.eigh(cov_x)
+    inv = np.linalg.inv(cov_w)
+    expected = sum(np.sqrt((v[:, i] @ cov_w @ v[:, i]) * (v[:, i] @ inv @ v[:, i])) - 1 for i in range(d))
+    assert misalignment(cov_x, weight_statistics(stats.pool_filters(networks))[1]) == pytest.approx(
+        expected, rel=1e-9
+    )

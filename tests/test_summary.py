@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from randlabels.summary import (SUMMARY_COLUMNS, area_under_curve, mean_and_ci,
-                                steps_to_target, transfer_summary)
+from randlabels.summary import (SUMMARY_COLUMNS, area_under_curve, chance_accuracy,
+                                describe_target, mean_and_ci, resolve_target,
+                                steps_to_target, task_target, transfer_summary)
 
 
 def curve(steps, acc) -> pd.DataFrame:
@@ -165,6 +166,91 @@ def test_diverged_flag_read_back_as_text() -> None:
     curves["diverged"] = curves["diverged"].map({True: "True", False: "False"})
     out = transfer_summary(curves, target=0.8).set_index("variant")
     assert out.loc["pretrained", "diverged"] and not out.loc["scratch", "diverged"]
+
+
+# ------------------------------------------------------------------ targets relative to chance
+
+
+@pytest.mark.parametrize("classes, expected", [(2, 0.75), (10, 0.55), (100, 0.505), (1, 1.0)])
+def test_target_half_way_from_chance_closed_form(classes, expected) -> None:
+    # 1/C + 0.5·(1 − 1/C): 0.5 + 0.25, 0.1 + 0.45, 0.01 + 0.495.
+    assert resolve_target({"from_chance": 0.5}, classes) == pytest.approx(expected, abs=1e-15)
+
+
+def test_target_from_chance_ends_and_absolute_form() -> None:
+    assert chance_accuracy(4) == 0.25
+    assert resolve_target({"from_chance": 1.0}, 7) == pytest.approx(1.0)
+    assert resolve_target({"from_chance": 0.2}, 10) == pytest.approx(0.28)
+    assert resolve_target({"from_chance": 0.2}, 2) == pytest.approx(0.6)
+    # Absolute: the same number whatever the class count, none needed.
+    assert resolve_target(0.9) == 0.9 and resolve_target(0.3, 2) == 0.3
+    assert task_target(0.3, "random100") == 0.3 and task_target(0.3, "default") == 0.3
+    assert task_target({"from_chance": 0.5}, "random2") == pytest.approx(0.75)
+    assert task_target({"from_chance": 0.5}, "real", real_classes=100) == pytest.approx(0.505)
+    assert describe_target(0.9) == "90 %"
+    assert describe_target({"from_chance": 0.5}) == "50 % of the way from chance (1/C) to 100 %"
+
+
+@pytest.mark.parametrize("target, match", [
+    ({"from_chance": 0}, r"\(0, 1\]"),
+    ({"from_chance": 1.5}, r"\(0, 1\]"),
+    ({"from_chance": 0.5, "accuracy": 0.9}, "from_chance"),
+    ({}, "from_chance"),
+    ("0.9", "accuracy"),
+])
+def test_malformed_targets_are_refused(target, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        resolve_target(target, 10)
+
+
+def test_relative_target_needs_the_number_of_classes() -> None:
+    with pytest.raises(ValueError, match="number of classes"):
+        resolve_target({"from_chance": 0.5})
+    with pytest.raises(ValueError, match=r"task 'real'.*real_classes"):
+        task_target({"from_chance": 0.5}, "real")
+    with pytest.raises(ValueError, match="task 'default'"):
+        task_target({"from_chance": 0.5}, "default")
+
+
+def _task_curves(task: str, reach_scratch: int, reach_pre: int, low: float, high: float) -> pd.DataFrame:
+    """Scratch and pretrained on one task: accuracy ``low`` until the reach step, then ``high``."""
+    frames = []
+    for variant, reach in (("scratch", reach_scratch), ("pretrained", reach_pre)):
+        frame = step_curve(reach, variant)
+        frame["train_acc"] = np.where(frame["step"] >= reach, high, low)
+        frames.append(frame.assign(task=task))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_transfer_summary_resolves_the_target_per_task() -> None:
+    # Accuracy from chance up to 0.8 (2 classes), 0.6 (10 classes), 0.52 (100 classes, and real
+    # labels of a 100-class dataset): f = 0.5 gives 0.75, 0.55, 0.505, 0.505, all reached.
+    curves = pd.concat([
+        _task_curves("random2", 100, 50, 0.5, 0.8),
+        _task_curves("random10", 120, 40, 0.1, 0.6),
+        _task_curves("random100", 90, 30, 0.01, 0.52),
+        _task_curves("real", 80, 40, 0.01, 0.52),
+    ])
+    out = transfer_summary(curves, target={"from_chance": 0.5}, real_classes=100)
+    assert list(out.columns) == SUMMARY_COLUMNS
+    targets = out.groupby("task")["target"].unique()
+    assert {task: list(v) for task, v in targets.items()} == {
+        "random2": [pytest.approx(0.75)], "random10": [pytest.approx(0.55)],
+        "random100": [pytest.approx(0.505)], "real": [pytest.approx(0.505)],
+    }
+    speed = out[out["variant"] == "pretrained"].set_index("task")["speedup"]
+    assert speed.to_dict() == {"random10": pytest.approx(3.0), "random100": pytest.approx(3.0),
+                               "random2": pytest.approx(2.0), "real": pytest.approx(2.0)}
+    # The same curves at one absolute target: 0.3 is below the chance level of 2 classes
+    # (reached at step 0 by both runs: 0 / 0), 0.65 out of reach for 10 and 100 classes.
+    low = transfer_summary(curves, target=0.3).set_index(["task", "variant"])
+    assert low.loc[("random2", "scratch"), "steps_to_target"] == 0
+    assert math.isnan(low.loc[("random2", "pretrained"), "speedup"])
+    assert (low["target"] == 0.3).all()
+    high = transfer_summary(curves, target=0.65).set_index(["task", "variant"])
+    assert math.isnan(high.loc[("random10", "pretrained"), "speedup"])
+    with pytest.raises(ValueError, match="real_classes"):
+        transfer_summary(curves, target={"from_chance": 0.5})
 
 
 # ------------------------------------------------------------------ mean_and_ci

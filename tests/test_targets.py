@@ -8,12 +8,12 @@ import time
 
 import matplotlib.image as mpimg
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from randlabels import plan, targets
 from randlabels.config import ConfigError, check_config
+from randlabels.io import read_table
 from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -183,7 +183,7 @@ def test_every_target_end_to_end_at_tiny_scale(tmp_path):
     tables = {}
     for name in targets.TARGETS:
         _image(paper / f"{name}.png")
-        tables[name] = pd.read_csv(paper / f"{name}.tsv", sep="\t")
+        tables[name] = read_table(paper / f"{name}.tsv")
         assert not tables[name].empty, name
 
     transfer = tables["fig_transfer"]
@@ -232,3 +232,37 @@ def test_every_target_end_to_end_at_tiny_scale(tmp_path):
     # Nothing is left to do, and a second request of one target reruns nothing.
     rerun = snakemake(project, "fig_layerwise", "-n", "--configfile", "configs/targets-tiny.yaml").stdout
     assert job_counts(rerun) == {}
+
+
+def test_a_misspelled_target_gets_the_nearest_names(tmp_path):
+    """`snakemake fig_missalignment`: the nearest target and the list, before any job
+    (Snakemake alone says only "No rule to produce fig_missalignment")."""
+    from workflow_helpers import copy_project, snakemake
+
+    project = copy_project(tmp_path / "project")
+    result = snakemake(project, "-n", "fig_missalignment", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'fig_missalignment' is no target of this workflow: did you mean fig_misalignment?" in output
+    assert "The named targets are all, fig_eigenfilters," in output
+    result = snakemake(project, "-n", "xyzzy", check=False)
+    assert result.returncode != 0 and "'xyzzy' is no target of this workflow: The named targets are all" in result.stdout + result.stderr
+    # An existing top-level file (one the rule's pattern matches) is no target to refuse.
+    assert "Nothing to be done" in snakemake(project, "-n", "Snakefile").stdout
+
+
+def test_refuse_unknown_target_leaves_existing_files_alone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").write_text("")
+    assert targets.refuse_unknown_target("notes", ["all"]) == []
+    with pytest.raises(ValueError, match=r"did you mean fig_transfer or fig_transfer_map\?"):
+        targets.refuse_unknown_target("fig_transfr", ["all", "fig_transfer", "fig_transfer_map"])
+
+
+# ----------------------------------------------------------------- issue 13: targets relative to chance
+
+
+def test_the_paper_maps_targets_are_relative_to_chance():
+    for path, fraction in ((PAPER, 0.2), (ROOT / "configs" / "paper-cifar10-1gpu.yaml", 0.1)):
+        config = load(path)
+        assert plan.finetune_settings(config, "vgg16_map")["target_accuracy"] == {"from_chance": fraction}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from randlabels import plan, provenance
+from randlabels.io import read_table
 from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, snakemake
 
 CONFIG_DIR = ROOT / "tests" / "configs"
@@ -114,7 +117,7 @@ def test_tiny_run_writes_every_stage(tiny_run):
     assert len(upstream) == 200 and len(downstream) == 200 and len(test) == 100
     assert not set(upstream) & set(downstream) and not set(test) & (set(upstream) | set(downstream))
 
-    metrics = pd.read_csv(results / "tiny" / "tables" / "pretrain_metrics.tsv", sep="\t")
+    metrics = read_table(results / "tiny" / "tables" / "pretrain_metrics.tsv")
     assert set(metrics["epoch"]) == {0, 1, 2}
     assert len(metrics) == 2 * 2 * 3  # label kinds × seeds × (epoch 0 + 2 epochs)
     assert metrics.query("labels == 'random'")["test_acc"].isna().all()
@@ -130,12 +133,12 @@ def test_tiny_run_writes_every_stage(tiny_run):
         assert np.isnan(fc.attrs["misalignment_data"])
         assert "singular" in fc.attrs["undefined_reason"]
 
-    misalignment = pd.read_csv(results / "tiny" / "tables" / "misalignment.tsv", sep="\t")
+    misalignment = read_table(results / "tiny" / "tables" / "misalignment.tsv")
     assert set(misalignment["basis"]) == {"data", "random"}
     assert misalignment.query("layer == 'fc1'")["misalignment"].isna().all()
-    curves = pd.read_csv(results / "tiny" / "tables" / "finetune_curves.tsv", sep="\t")
+    curves = read_table(results / "tiny" / "tables" / "finetune_curves.tsv")
     assert set(curves["variant"]) == {"scratch", "pretrained", "pretrained_norescale", "gaussian"}
-    summary = pd.read_csv(results / "tiny" / "tables" / "transfer_summary.tsv", sep="\t")
+    summary = read_table(results / "tiny" / "tables" / "transfer_summary.tsv")
     assert {"speedup", "steps_to_target", "auc_gap"} <= set(summary.columns)
     for figure in ("misalignment", "transfer_function", "eigenfilters", "learning_curves", "transfer_summary"):
         png = results / "tiny" / "figures" / f"{figure}.png"
@@ -143,6 +146,31 @@ def test_tiny_run_writes_every_stage(tiny_run):
     logs = list((results / "logs" / "pretrain").rglob("*.log"))
     assert logs and all("epoch 2/2" in log.read_text() for log in logs)
     assert not list(results.rglob(".*.tmp-*")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_training_jobs_left_live_files_and_the_run_a_summary(tiny_run):
+    results = tiny_run / "results"
+    live = results / "_live" / "tiny" / "pretrain" / "random" / "scale0.5" / "seed1.jsonl"
+    rows = pd.read_json(live, lines=True)
+    assert list(rows["epoch"]) == [0, 1, 2] and set(rows["seed"]) == {1} and set(rows["experiment"]) == {"tiny"}
+    metrics = read_table(results / "tiny" / "pretrain" / "random" / "scale0.5" / "seed1" / "metrics.tsv")
+    np.testing.assert_allclose(rows["loss"], metrics["loss"])
+    finetune_live = list((results / "_live" / "tiny" / "finetune").rglob("*.jsonl"))
+    assert len(finetune_live) == 4 * 2  # variants × seeds
+    log = (results / "logs" / "pretrain" / "tiny" / "random" / "scale0.5" / "seed1.log").read_text()
+    assert "experiment=tiny labels=random init_scale=0.5 seed=1  epoch 2/2  step " in log and " ETA " in log
+    assert not (results / "_tensorboard").exists()  # tensorboard: false by default
+
+    summary = (results / "SUMMARY.md").read_text()
+    misalignment = read_table(results / "tiny" / "tables" / "misalignment.tsv")
+    last = misalignment.query("labels == 'random' and epoch == 2 and layer == 'conv1' and not diverged")
+    data = last.query("basis == 'data'")["misalignment"].mean()
+    rand = last.query("basis == 'random'")["misalignment"].mean()
+    assert (f"- misalignment of conv1 at epoch 2, random labels, init scale 0.5: {data:.3g} against the data basis, "
+            f"{rand:.3g} against a random basis (mean of 2 seeds") in summary
+    assert "- speed-up over scratch to accuracy" in summary and "- dead ReLU units at epoch 2" in summary
+    assert "Code, as the tables record it: randlabels " in summary
 
 
 @pytest.mark.slow
@@ -210,6 +238,39 @@ def test_forcerun_redoes_one_stage_and_what_follows(tiny_run):
     counts = job_counts(snakemake(tiny_run, "-n", "--forcerun", "statistics").stdout)
     readers = ("aggregate_statistics", "plot_eigenfilters", "plot_misalignment", "plot_transfer_function")
     assert counts == {"statistics": 4, **dict.fromkeys(readers, 1), "all": 1}
+
+
+@pytest.mark.slow
+def test_outputs_record_the_commit_and_settings_that_made_them(tiny_run, tmp_path):
+    """A stats file, a checkpoint set and a table carry the package version, the git
+    commit of the code that ran and a hash of their job's settings. The tiny run's
+    project is a copy, no git checkout: "unknown"; a copy made one and rerun records
+    its commit."""
+    run = {"exp": "tiny", "labels": "random", "scale": "0.5", "seed": 1}
+    files = {"statistics": plan.path("stats", **run), "pretrain": plan.path("checkpoints", **run),
+             "aggregate_pretraining": plan.path("table", exp="tiny", table="pretrain_metrics")}
+    for rule, name in files.items():
+        stamp = provenance.read(tiny_run / name)
+        assert stamp["rule"] == rule and re.fullmatch(r"[0-9a-f]{64}", stamp["settings_sha256"]), name
+        assert stamp["randlabels_version"] == provenance.version()
+        assert stamp["git_commit"] == stamp["git_dirty"] == "unknown", name
+    other_seed = provenance.read(tiny_run / plan.path("stats", **{**run, "seed": 0}))
+    assert other_seed["settings_sha256"] != provenance.read(tiny_run / files["statistics"])["settings_sha256"]
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(tiny_run, checkout, symlinks=True)
+    (checkout / ".gitignore").write_text("results/\n.snakemake/\n__pycache__/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the tiny project"]):
+        subprocess.run(git + args, cwd=checkout, check=True, capture_output=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    env = {"RANDLABELS_FAKE_GPUS": "0,1", "RANDLABELS_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    snakemake(checkout, "--cores", "2", "--resources", "gpu=2", "--force", *files.values(), env=env)
+    for rule, name in files.items():
+        stamp = provenance.read(checkout / name)
+        assert (stamp["git_commit"], stamp["git_dirty"], stamp["rule"]) == (commit, "false", rule), name
+        assert stamp["settings_sha256"] == provenance.read(tiny_run / name)["settings_sha256"], name
 
 
 def test_until_stops_after_one_stage(tmp_path):
@@ -281,7 +342,7 @@ def _kill_during(project: Path, stage: str, env: dict, rng: random.Random, force
 
 def _tables(project: Path) -> dict[str, pd.DataFrame]:
     return {
-        path.name: pd.read_csv(path, sep="\t").drop(columns="seconds", errors="ignore")
+        path.name: read_table(path).drop(columns="seconds", errors="ignore")
         for path in sorted((project / "results" / "tiny" / "tables").glob("*.tsv"))
     }
 
@@ -311,3 +372,5 @@ def test_report_is_written(tiny_run):
     assert len(html) > 50_000
     for name in ("misalignment.png", "learning_curves.png", "transfer_summary.tsv"):
         assert name in html, name
+    # The front page: the description, then the summary of the run.
+    assert "<h1>Summary</h1>" in html and "misalignment of conv1 at epoch 2, random labels" in html

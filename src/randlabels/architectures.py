@@ -18,12 +18,18 @@ ARCHITECTURES = ("cnn2", "fc", "vgg16", "vgg16_bn", "resnet18")
 FACTORY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 # Arguments the workflow gives a factory; a spec may not set them as options.
 FACTORY_ARGUMENTS = ("input_shape", "num_classes")
+# Initialization conventions of the conv/linear weights (option ``init``, default "he";
+# randlabels.models.initialize): He normal (fan-in, ReLU gain, std √2/√fan_in) and
+# LeCun normal (std 1/√fan_in); either multiplied by the run's init_scale. Every spec
+# takes it, an own model's too (the workflow's key, not passed to the factory).
+INIT_CONVENTIONS = ("he", "lecun")
+DEFAULT_INIT = "he"
 _DEFAULTS = {
-    "cnn2": {"filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0},
-    "fc": {"widths": [2048, 256], "upper_width": 1.0},
-    "vgg16": {"upper_width": 1.0},
-    "vgg16_bn": {"upper_width": 1.0},
-    "resnet18": {"upper_width": 1.0},
+    "cnn2": {"filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0, "init": DEFAULT_INIT},
+    "fc": {"widths": [2048, 256], "upper_width": 1.0, "init": DEFAULT_INIT},
+    "vgg16": {"upper_width": 1.0, "init": DEFAULT_INIT},
+    "vgg16_bn": {"upper_width": 1.0, "init": DEFAULT_INIT},
+    "resnet18": {"upper_width": 1.0, "init": DEFAULT_INIT},
 }
 
 
@@ -36,7 +42,8 @@ def model_options(spec: dict) -> dict:
     """The spec with the architecture's defaults filled in; unknown names are refused.
 
     A factory's spec is returned as it is (its options are the factory's to check),
-    except that it may not set the factory's own arguments (``FACTORY_ARGUMENTS``).
+    except that it may not set the factory's own arguments (``FACTORY_ARGUMENTS``);
+    its ``init``, if given, is checked like a built-in network's.
     """
     arch = spec.get("arch")
     if is_factory(arch):
@@ -46,6 +53,8 @@ def model_options(spec: dict) -> dict:
                 f"model option(s) {given} are the factory's arguments, set by the workflow "
                 "(the dataset's input shape, the number of classes); remove them from the config"
             )
+        if "init" in spec:
+            check_init(spec["init"])
         return dict(spec)
     if arch not in ARCHITECTURES:
         raise ValueError(
@@ -60,7 +69,24 @@ def model_options(spec: dict) -> dict:
             f"it takes {sorted(_DEFAULTS[arch]) or 'no options'}"
         )
     check_upper_width(options["upper_width"])
+    check_init(options["init"])
     return {"arch": arch, **options}
+
+
+def init_convention(spec: dict) -> str:
+    """The initialization convention a spec names (``init``; default "he"), checked."""
+    value = spec.get("init", DEFAULT_INIT)
+    check_init(value)
+    return value
+
+
+def check_init(value) -> None:
+    """``init`` must name one of ``INIT_CONVENTIONS``."""
+    if value not in INIT_CONVENTIONS:
+        raise ValueError(
+            f"model option init must be one of {', '.join(INIT_CONVENTIONS)} (he: std √2/√fan_in, "
+            f"lecun: std 1/√fan_in, either × init_scale), got {value!r}"
+        )
 
 
 def check_upper_width(value) -> None:

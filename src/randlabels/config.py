@@ -100,6 +100,12 @@ def _describe(error: jsonschema.ValidationError, root: dict) -> str:
             f"{where}: {error.instance!r} is not valid; valid names: {', '.join(names)}, or your own "
             "model's factory as 'package.module:function' (see README, \"Your own model\")"
         )
+    if error.validator == "oneOf" and where.endswith(".finetune.target_accuracy"):
+        return (
+            f"{where}: {error.instance!r} is not valid; give either an accuracy in (0, 1] "
+            "(target_accuracy: 0.9) or a fraction of the way from chance to 100 % "
+            "(target_accuracy: {from_chance: 0.5}, f in (0, 1]), not both, nothing else"
+        )
     if error.validator == "oneOf" and where.startswith("datasets"):
         return f"{where}: give exactly one of 'variances' or 'spectrum'"
     return f"{where}: {error.message}"
@@ -395,15 +401,6 @@ def command_line_config(config: dict, overrides: dict, default: dict | None = No
     return result
 
 
-def _merge(target: dict, update: dict) -> None:
-    """Merge ``update`` into ``target`` section by section (as Snakemake merges --config)."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
-
-
 class _StrictLoader(yaml.SafeLoader):
     """A YAML loader that refuses a key given twice in one mapping.
 
@@ -458,12 +455,13 @@ def check_config(config: dict, schema_path: str | Path, files=()) -> None:
 
 
 def _merge(base: dict, update: dict) -> dict:
-    """``update`` merged into ``base`` key by key, as Snakemake merges config files."""
+    """``update`` merged into ``base`` section by section, as Snakemake merges config
+    files and --config values; ``base`` is changed (nothing of ``update`` is shared)."""
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         else:
-            base[key] = value
+            base[key] = copy.deepcopy(value)
     return base
 
 

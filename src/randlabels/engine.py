@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from randlabels.augment import Augmentation
 from randlabels.errors import ResourceError
+from randlabels.progress import Monitor
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 SCHEDULES = ("constant", "cosine")
@@ -321,6 +322,7 @@ class Trainer:
         resume: ResumeStore | None = None,
         stop: StopSignals | None = None,
         save_every: int = 1,
+        monitor: Monitor | None = None,
     ) -> FitResult:
         """Train for ``config.epochs`` epochs.
 
@@ -335,8 +337,10 @@ class Trainer:
         to this run) and saves its state every ``save_every`` epochs; with ``stop``, a
         stop signal saves the state after the current step and raises
         :class:`TrainingInterrupted`. A resumed run gives the same numbers as an
-        uninterrupted one (on CPU, bit for bit).
+        uninterrupted one (on CPU, bit for bit). ``monitor`` reports each epoch (the log
+        line, a live file, TensorBoard; by default the log line alone).
         """
+        monitor = monitor or Monitor(log=self.log)
         wanted = set(int(e) for e in checkpoint_epochs)
         saved = resume.load() if resume is not None else None
         if saved is not None:
@@ -360,59 +364,59 @@ class Trainer:
         start = time.perf_counter() - progress["seconds"]
         batch_size = self.config.batch_size
         diverged = False
+        monitor.start(self.config.epochs, [metrics])
 
         def save(**position) -> None:
             if resume is not None:
                 progress.update(position, seconds=time.perf_counter() - start)
                 resume.save(self._snapshot(progress))
 
-        for epoch in range(progress["epoch"], self.config.epochs + 1):
-            if progress["epoch"] == epoch and progress["order"] is not None:
-                order, first_batch = progress["order"].to(self.device), progress["batch"]
-            else:
-                order, first_batch = self.data.permutation(self.generator), 0
-                progress["loss_sum"] = 0.0
-            loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
-            done = first_batch
-            for b in range(first_batch, self.steps_per_epoch):
-                done = b + 1
-                loss_sum += self.train_step(*self.training_batch(order[b * batch_size : (b + 1) * batch_size]))
-                if eval_every and self.step_count % eval_every == 0:
-                    row = self._curve_row(self.step_count / self.steps_per_epoch)
-                    curve.append(row)
-                    if row["diverged"]:
-                        diverged = True
-                        break
-                if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
-                    save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.item())
+        try:
+            for epoch in range(progress["epoch"], self.config.epochs + 1):
+                if progress["epoch"] == epoch and progress["order"] is not None:
+                    order, first_batch = progress["order"].to(self.device), progress["batch"]
+                else:
+                    order, first_batch = self.data.permutation(self.generator), 0
+                    progress["loss_sum"] = 0.0
+                loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
+                done = first_batch
+                for b in range(first_batch, self.steps_per_epoch):
+                    done = b + 1
+                    loss_sum += self.train_step(*self.training_batch(order[b * batch_size : (b + 1) * batch_size]))
+                    if eval_every and self.step_count % eval_every == 0:
+                        row = self._curve_row(self.step_count / self.steps_per_epoch)
+                        curve.append(row)
+                        if row["diverged"]:
+                            diverged = True
+                            break
+                    if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
+                        save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.item())
+                        raise TrainingInterrupted(
+                            stop.received, epoch, self.step_count, str(resume.path) if resume else None
+                        )
+                row = self._record(epoch, loss_sum.item() / max(done, 1))
+                row["seconds"] = time.perf_counter() - start
+                metrics.append(row)
+                diverged = diverged or row["diverged"]
+                monitor.epoch(epoch, self.step_count, [row], row["seconds"])
+                if epoch in wanted and not diverged:  # a NaN state is no checkpoint
+                    checkpoints[epoch] = self.state()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+                if diverged:
+                    self.log.warning("loss is %s at epoch %d: run diverged, stopping", row["loss"], epoch)
+                    break
+                if epoch == self.config.epochs:
+                    break
+                interrupted = stop is not None and stop.received
+                if interrupted or epoch % save_every == 0:
+                    save(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0)
+                if interrupted:
                     raise TrainingInterrupted(
-                        stop.received, epoch, self.step_count, str(resume.path) if resume else None
+                        stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
                     )
-            row = self._record(epoch, loss_sum.item() / max(done, 1))
-            row["seconds"] = time.perf_counter() - start
-            metrics.append(row)
-            diverged = diverged or row["diverged"]
-            self.log.info(
-                "epoch %d/%d  step %d  loss %.4f  train_acc %.4f  test_acc %.4f  lr %.4g  %.1fs",
-                epoch, self.config.epochs, self.step_count, row["loss"], row["train_acc"],
-                row["test_acc"], row["lr"], row["seconds"],
-            )
-            if epoch in wanted and not diverged:  # a NaN state is no checkpoint
-                checkpoints[epoch] = self.state()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-            if diverged:
-                self.log.warning("loss is %s at epoch %d: run diverged, stopping", row["loss"], epoch)
-                break
-            if epoch == self.config.epochs:
-                break
-            interrupted = stop is not None and stop.received
-            if interrupted or epoch % save_every == 0:
-                save(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0)
-            if interrupted:
-                raise TrainingInterrupted(
-                    stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
-                )
+        finally:
+            monitor.close()
         if eval_every and not diverged and curve and curve[-1]["step"] != self.step_count:
             # The trained model too, when the step count is no multiple of eval_every
             # (with eval_every above it, the curve would hold the initialization alone).

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import pandas as pd
 
+from randlabels import provenance
 from randlabels.errors import InputFileError, OutputWriteError
 
 # errno values of a write that failed for lack of room (h5py reports them in text).
@@ -215,11 +216,17 @@ def load_torch(path: str | os.PathLike) -> dict:
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a tidy table as tab-separated text, atomically."""
-    with atomic_output(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False)
+    """Write a tidy table as tab-separated text, atomically, after its provenance
+    (:func:`randlabels.provenance.stamp`) as leading ``# key: value`` lines."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(provenance.table_header())
+        frame.to_csv(handle, sep="\t", index=False)
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a table written by :func:`write_table`."""
-    return pd.read_csv(path, sep="\t")
+    """Read a table written by :func:`write_table` (with or without provenance lines).
+
+    Only the leading ``# key: value`` lines are skipped: a '#' in a value is data.
+    """
+    skip = len(provenance.table_header_lines(path))
+    return pd.read_csv(path, sep="\t", skiprows=skip)

@@ -5,8 +5,9 @@ A model spec is a dict such as ``{"arch": "cnn2", "filters": 256, "kernel_size":
 The spec travels inside every checkpoint so that any checkpoint can be rebuilt alone.
 
 Initialization (PAPER.md): every conv/linear weight is drawn from He (Kaiming normal,
-fan-in, ReLU gain) and multiplied by ``init_scale``; biases are zero; batch-norm layers
-start at weight 1, bias 0.
+fan-in, ReLU gain, std √2/√fan_in) and multiplied by ``init_scale``; biases are zero;
+batch-norm layers start at weight 1, bias 0. The spec's ``init: lecun`` draws LeCun
+normal (std 1/√fan_in) instead: the same draws divided by √2 (:func:`initialize`).
 
 Every architecture takes ``upper_width`` (default 1.0), a multiplier of the widths of
 its upper layers (the paper's remedy for specialization in later layers, §3):
@@ -60,13 +61,29 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .architectures import ARCHITECTURES, FACTORY_ARGUMENTS, check_upper_width, is_factory, model_options, resolve_layer_name
+from .architectures import (
+    ARCHITECTURES,
+    DEFAULT_INIT,
+    FACTORY_ARGUMENTS,
+    INIT_CONVENTIONS,
+    check_init,
+    check_upper_width,
+    init_convention,
+    is_factory,
+    model_options,
+    resolve_layer_name,
+)
 from .errors import ModelError
 
 # The layers the statistics, the layer order and the classifier are made of.
 WEIGHT_LAYER_TYPES = (nn.Conv2d, nn.Linear)
-# Layers whose weight the He × init_scale rule draws (a superset: the other convs).
+# Layers whose weight the He (or LeCun) × init_scale rule draws (a superset: the other convs).
 HE_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# The gain of each initialization convention (torch.nn.init's ``nonlinearity``): He
+# multiplies the std 1/√fan_in by √2 (ReLU), LeCun by 1 (linear).
+INIT_NONLINEARITY = {"he": "relu", "lecun": "linear"}
+# Where build_model leaves the spec's convention on the model, for initialize.
+INIT_ATTRIBUTE = "_randlabels_init"
 # Normalization layers reset to weight 1, bias 0 (and fresh running statistics).
 NORM_LAYER_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
@@ -86,7 +103,22 @@ def build_model(
     """
     shape = tuple(int(s) for s in input_shape)
     if is_factory(spec.get("arch")):
-        return _build_custom(spec, shape, int(num_classes), where)
+        try:
+            init = init_convention(spec)
+        except ValueError as err:
+            raise ModelError(f"{where}: {err}") from err
+        return _with_init(_build_custom(spec, shape, int(num_classes), where), init)
+    return _with_init(_build_builtin(spec, shape, num_classes), init_convention(spec))
+
+
+def _with_init(model: nn.Module, init: str) -> nn.Module:
+    """The model, remembering the spec's initialization convention for :func:`initialize`
+    (a plain attribute: not a parameter, buffer or state-dict entry)."""
+    object.__setattr__(model, INIT_ATTRIBUTE, init)
+    return model
+
+
+def _build_builtin(spec: dict, shape: tuple, num_classes: int) -> nn.Module:
     opts = model_options(spec)
     arch = opts["arch"]
     upper = float(opts["upper_width"])
@@ -320,6 +352,7 @@ def _build_custom(spec: dict, shape: tuple, num_classes: int, where: str) -> nn.
     except ValueError as err:
         raise ModelError(f"{where}: {err}") from err
     options.pop("arch")
+    options.pop("init", None)  # the workflow's initialization convention, not the factory's
     factory = load_factory(arch, where)
     call = f"{arch}({shape}, {num_classes}{''.join(f', {k}={v!r}' for k, v in options.items())})"
     try:
@@ -433,19 +466,29 @@ def resolve_layer(model: nn.Module, name: str) -> str:
 
 
 @torch.no_grad()
-def initialize(model: nn.Module, init_scale: float, seed: int) -> nn.Module:
-    """He-normal (fan-in, ReLU) × init_scale for every conv/linear weight, zero biases.
+def initialize(model: nn.Module, init_scale: float, seed: int, init: str | None = None) -> nn.Module:
+    """Normal fan-in initialization × init_scale for every conv/linear weight, zero biases.
+
+    ``init`` is the convention: "he" (Kaiming normal, ReLU gain: std √2/√fan_in) or
+    "lecun" (std 1/√fan_in), fan_in = C_in·k·k for a conv, in_features for a linear
+    layer. None (the default) takes the one the model's spec named when
+    :func:`build_model` built it (``init``, default "he"), and "he" for a model built
+    elsewhere. Both draw the same standard normals from the generator seeded with
+    ``seed``, so one seed's LeCun weights are its He weights divided by √2.
 
     Conv layers are ``Conv1d``/``Conv2d``/``Conv3d`` (the built-in networks have only
     Conv2d); normalization layers (batch, instance, layer, group norm) are reset to
     weight 1, bias 0. Other parameters (an own model's embedding, say) are left as
     they are: see :func:`uncovered_parameters`.
     """
+    if init is None:
+        init = getattr(model, INIT_ATTRIBUTE, DEFAULT_INIT)
+    check_init(init)
     generator = torch.Generator().manual_seed(int(seed))
     for module in model.modules():
         if isinstance(module, HE_LAYER_TYPES):
             nn.init.kaiming_normal_(
-                module.weight, mode="fan_in", nonlinearity="relu", generator=generator
+                module.weight, mode="fan_in", nonlinearity=INIT_NONLINEARITY[init], generator=generator
             )
             module.weight.mul_(float(init_scale))
             if module.bias is not None:

@@ -50,6 +50,7 @@ from torch.nn import functional as F
 
 from randlabels.augment import Augmentation
 from randlabels.engine import DeviceData, FitResult, TrainConfig
+from randlabels.progress import Monitor
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 __all__ = ["PackedTrainer", "with_labels"]
@@ -366,14 +367,17 @@ class PackedTrainer:
         resume: ResumeStore | None = None,
         stop: StopSignals | None = None,
         save_every: int = 1,
+        monitor: Monitor | None = None,
     ) -> list[FitResult]:
         """Train every replica for ``config.epochs`` epochs; one FitResult per replica.
 
         The arguments mean what they mean for :meth:`randlabels.engine.Trainer.fit`;
         a resume state holds the whole group. A replica that diverges stops being
-        recorded where a Trainer would stop it; the group stops when all have.
+        recorded where a Trainer would stop it; the group stops when all have. A
+        ``monitor`` reports all replicas (one replica each in its ``replicas``).
         """
         R = self.replicas
+        monitor = monitor or Monitor(log=self.log, replicas=[{"replica": r} for r in range(R)])
         wanted = set(int(e) for e in checkpoint_epochs)
         saved = resume.load() if resume is not None else None
         if saved is not None:
@@ -400,6 +404,7 @@ class PackedTrainer:
         active = progress["active"]
         start = time.perf_counter() - progress["seconds"]
         batch_size = self.config.batch_size
+        monitor.start(self.config.epochs, metrics)
 
         def save(**position) -> None:
             if resume is not None:
@@ -417,63 +422,62 @@ class PackedTrainer:
             elif epoch in wanted:
                 checkpoints[r][epoch] = self.replica_state(r)
 
-        for epoch in range(progress["epoch"], self.config.epochs + 1):
-            if not any(active):
-                break
-            if progress["epoch"] == epoch and progress["order"] is not None:
-                order, first_batch = progress["order"].to(self.device), progress["batch"]
-            else:
-                order, first_batch = self.permutations(), 0
-                progress["loss_sum"] = [0.0] * R
-            loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
-            running = list(active)  # replicas that take part in this epoch's records
-            done = first_batch
-            for b in range(first_batch, self.steps_per_epoch):
-                done = b + 1
-                loss_sum += self.train_step(*self.training_batch(order[:, b * batch_size : (b + 1) * batch_size]))
-                if eval_every and self.step_count % eval_every == 0:
+        try:
+            for epoch in range(progress["epoch"], self.config.epochs + 1):
+                if not any(active):
+                    break
+                if progress["epoch"] == epoch and progress["order"] is not None:
+                    order, first_batch = progress["order"].to(self.device), progress["batch"]
+                else:
+                    order, first_batch = self.permutations(), 0
+                    progress["loss_sum"] = [0.0] * R
+                loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
+                running = list(active)  # replicas that take part in this epoch's records
+                done = first_batch
+                for b in range(first_batch, self.steps_per_epoch):
+                    done = b + 1
+                    loss_sum += self.train_step(*self.training_batch(order[:, b * batch_size : (b + 1) * batch_size]))
+                    if eval_every and self.step_count % eval_every == 0:
+                        evaluations = self._evaluations()
+                        sums = None
+                        for r in range(R):
+                            if not running[r]:
+                                continue
+                            row = self._row(evaluations, r, self.step_count / self.steps_per_epoch, math.nan)
+                            curve[r].append(row)
+                            if row["diverged"]:  # a Trainer ends its epoch here, and its run
+                                sums = loss_sum.cpu().numpy() if sums is None else sums
+                                active[r] = running[r] = False
+                                finish_epoch(evaluations, r, epoch, sums, done)
+                        if not any(running):
+                            break
+                    if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
+                        save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.cpu().tolist())
+                        raise TrainingInterrupted(
+                            stop.received, epoch, self.step_count, str(resume.path) if resume else None
+                        )
+                if any(running):
                     evaluations = self._evaluations()
-                    sums = None
+                    sums = loss_sum.cpu().numpy()
                     for r in range(R):
-                        if not running[r]:
-                            continue
-                        row = self._row(evaluations, r, self.step_count / self.steps_per_epoch, math.nan)
-                        curve[r].append(row)
-                        if row["diverged"]:  # a Trainer ends its epoch here, and its run
-                            sums = loss_sum.cpu().numpy() if sums is None else sums
-                            active[r] = running[r] = False
+                        if running[r]:
                             finish_epoch(evaluations, r, epoch, sums, done)
-                    if not any(running):
-                        break
-                if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
-                    save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.cpu().tolist())
+                # This epoch's rows: of the replicas that ended it, or diverged in it.
+                rows = [metrics[r][-1] if metrics[r][-1]["epoch"] == epoch else None for r in range(R)]
+                monitor.epoch(epoch, self.step_count, rows, time.perf_counter() - start)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+                if not any(active) or epoch == self.config.epochs:
+                    break
+                interrupted = stop is not None and stop.received
+                if interrupted or epoch % save_every == 0:
+                    save(epoch=epoch + 1, batch=0, order=None, loss_sum=[0.0] * R)
+                if interrupted:
                     raise TrainingInterrupted(
-                        stop.received, epoch, self.step_count, str(resume.path) if resume else None
+                        stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
                     )
-            if any(running):
-                evaluations = self._evaluations()
-                sums = loss_sum.cpu().numpy()
-                for r in range(R):
-                    if running[r]:
-                        finish_epoch(evaluations, r, epoch, sums, done)
-                losses = [metrics[r][-1]["loss"] for r in range(R) if running[r]]
-                accs = [metrics[r][-1]["train_acc"] for r in range(R) if running[r]]
-                self.log.info(
-                    "epoch %d/%d  step %d  %d replicas  loss %.4f..%.4f  train_acc %.4f..%.4f  %.1fs",
-                    epoch, self.config.epochs, self.step_count, len(losses), min(losses), max(losses),
-                    min(accs), max(accs), time.perf_counter() - start,
-                )
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
-            if not any(active) or epoch == self.config.epochs:
-                break
-            interrupted = stop is not None and stop.received
-            if interrupted or epoch % save_every == 0:
-                save(epoch=epoch + 1, batch=0, order=None, loss_sum=[0.0] * R)
-            if interrupted:
-                raise TrainingInterrupted(
-                    stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
-                )
+        finally:
+            monitor.close()
         # The last step's row, as a Trainer records it (see Trainer.fit).
         pending = [r for r in range(R) if eval_every and active[r] and curve[r] and curve[r][-1]["step"] != self.step_count]
         if pending:

@@ -23,6 +23,7 @@ import pandas as pd
 from randlabels.engine import FitResult
 from randlabels.errors import InputFileError
 from randlabels.identity import expect_identity
+from randlabels import provenance
 from randlabels.io import load_torch, save_torch
 from randlabels.packed import PackedTrainer
 from randlabels.resume import ResumeStore
@@ -45,7 +46,8 @@ def run_packed_training(trainer: PackedTrainer, *, seeds: Sequence[int], **optio
 
 def save_bundle(path: str | os.PathLike, runs: dict[int, dict]) -> None:
     """Write the outputs of a group: ``runs`` maps each seed to
-    ``{"checkpoints": <save_checkpoints keyword arguments>, "metrics": DataFrame}``."""
+    ``{"checkpoints": <save_checkpoints keyword arguments>, "metrics": DataFrame}``;
+    the bundle's ``"provenance"`` is the packed job's (each unpacked file gets its own)."""
     save_torch(
         {
             "format": BUNDLE_FORMAT,
@@ -57,6 +59,7 @@ def save_bundle(path: str | os.PathLike, runs: dict[int, dict]) -> None:
                 }
                 for seed, run in runs.items()
             },
+            "provenance": provenance.stamp(),
         },
         path,
     )

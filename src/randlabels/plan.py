@@ -76,6 +76,14 @@ PATHS = {
     "pretrain_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.pt",
     "pretrain_packed_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
     "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.pt",
+    # What a training job shows while it runs (randlabels.progress): a live metrics file
+    # and, with tensorboard: true, TensorBoard event files (a folder per seed); neither
+    # is an output, so both survive a failed job.
+    "pretrain_live": RESULTS + "/_live/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.jsonl",
+    "pretrain_packed_live": RESULTS + "/_live/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.jsonl",
+    "finetune_live": RESULTS + "/_live/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.jsonl",
+    "pretrain_tensorboard": RESULTS + "/_tensorboard/{exp}/pretrain/{labels}/scale{scale}",
+    "finetune_tensorboard": RESULTS + "/_tensorboard/{exp}/finetune/{task}/{variant}/scale{scale}",
     "table": RESULTS + "/{exp}/tables/{table}.tsv",
     "figure": RESULTS + "/{exp}/figures/{figure}.png",
     # The paper's experiments as named targets (see randlabels.targets).

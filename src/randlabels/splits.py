@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from .errors import InputFileError
+from . import provenance
 from .io import atomic_output
 from .seeding import stream_rng
 
@@ -111,13 +112,15 @@ def make_split(
 
 
 def write_split(split: Split, path: str | os.PathLike) -> None:
-    """Save a split as HDF5 (index arrays, random labels, class counts as attributes)."""
+    """Save a split as HDF5 (index arrays, random labels, class counts and the
+    provenance stamp as attributes)."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         for name in ("upstream", "downstream", "test", "upstream_random", "downstream_random"):
             f.create_dataset(name, data=np.asarray(getattr(split, name), dtype=np.int64))
         f.attrs["upstream_classes"] = split.upstream_classes
         f.attrs["downstream_classes"] = split.downstream_classes
         f.attrs["seed"] = split.seed
+        provenance.stamp_into(f.attrs)
 
 
 def read_split(path: str | os.PathLike) -> Split:

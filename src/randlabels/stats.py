@@ -23,6 +23,7 @@ __all__ = [
     "to_float64",
     "weight_vectors",
     "weight_statistics",
+    "pool_filters",
     "StreamingCovariance",
     "patch_covariance",
     "eigh_descending",
@@ -132,6 +133,27 @@ def weight_statistics(weight: ArrayLike, ddof: int = 1) -> tuple[np.ndarray, np.
     centred = vectors - mu
     cov = centred.T @ centred / (n - ddof)
     return mu, _symmetrize(cov)
+
+
+def pool_filters(weights: Iterable[ArrayLike]) -> np.ndarray:
+    """The weight vectors of the same layer of several networks, stacked: (Σ units, d).
+
+    One layer with n ≤ d units has a singular Σw (rank ≤ n − 1) and no misalignment;
+    pooling its filters over networks (seeds), as the paper did, gives the same
+    definition an invertible Σw. Pass the result to :func:`weight_statistics`.
+    """
+    blocks, shapes = [], []
+    for w in weights:
+        shapes.append(tuple(w.shape) if isinstance(w, torch.Tensor) else np.shape(w))
+        blocks.append(weight_vectors(w))
+    if not blocks:
+        raise ValueError("pool_filters needs at least one weight tensor")
+    if len({b.shape[1] for b in blocks}) > 1:
+        raise ValueError(
+            "cannot pool weights of different dimensions d: shapes "
+            + ", ".join(str(shape) for shape in shapes)
+        )
+    return np.concatenate(blocks, axis=0)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -720,7 +742,9 @@ def misalignment_terms(
         elif rank < d:
             reason = (
                 f"Σw is singular: numerical rank {rank} < {d} dimensions "
-                f"(fewer weight vectors than dimensions?)"
+                f"(fewer weight vectors than dimensions?); pool the filters of several "
+                f"networks into one Σw, weight_statistics(pool_filters([...])), at least "
+                f"{d + 1} weight vectors in all (docs/METHODS.md, Pooled filters)"
             )
         else:
             reason = (

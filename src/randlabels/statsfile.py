@@ -2,7 +2,8 @@
 
 Layout (readable with h5dump)::
 
-    /                          attrs: experiment, labels, init_scale, seed, arch, format
+    /                          attrs: experiment, labels, init_scale, seed, arch, format,
+                               and the provenance stamp (randlabels.provenance)
     /epoch_0005/               attrs: epoch, layers (measured layer names, in order)
     /epoch_0005/<layer>/       datasets: weights, cov_x, mean_x, eigval_x, eigvec_x,
                                mean_w, cov_w, eigval_w, eigvec_w, sigma, f
@@ -31,6 +32,7 @@ import pandas as pd
 
 from .errors import InputFileError
 from .identity import expect_identity, expected, path_wildcards
+from . import provenance
 from .io import atomic_output
 
 FORMAT = "randlabels-stats/1"
@@ -64,6 +66,7 @@ def write_stats(path: str | os.PathLike, records, attrs: dict, precision: str = 
         f.attrs["precision"] = precision
         for key, value in attrs.items():
             f.attrs[key] = value
+        provenance.stamp_into(f.attrs)
         for record in records:
             group = f.create_group(f"epoch_{record.epoch:04d}")
             group.attrs["epoch"] = record.epoch

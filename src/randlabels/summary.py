@@ -5,6 +5,8 @@ a given downstream accuracy in fewer steps than one trained from scratch. This m
 turns the tidy fine-tuning curves table into per-run numbers that test the claim:
 
 * ``steps_to_target`` -- first step at which training accuracy reaches a target;
+* ``resolve_target`` -- the absolute accuracy a target stands for on a task of C
+  classes (a target may be given as a fraction of the way from chance, 1/C, to 1);
 * ``area_under_curve`` -- mean training accuracy over the run (insensitive to the
   arbitrary choice of target);
 * ``transfer_summary`` -- both of the above for every run, plus the ratio and gap
@@ -17,11 +19,11 @@ without torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 #: Columns that identify one downstream training run in the curves table.
 RUN_KEYS: list[str] = ["experiment", "task", "init_scale", "variant", "seed"]
@@ -29,6 +31,11 @@ RUN_KEYS: list[str] = ["experiment", "task", "init_scale", "variant", "seed"]
 PAIR_KEYS: list[str] = ["experiment", "task", "init_scale", "seed"]
 #: The task of curves written before downstream tasks existed (one per experiment).
 DEFAULT_TASK = "default"
+
+#: The key of a target given relative to chance: ``{"from_chance": f}``.
+FROM_CHANCE = "from_chance"
+#: A random-label task's name (plan.TASK_PATTERN): ``random{C}``.
+_RANDOM_TASK = re.compile(r"random(\d+)")
 
 SUMMARY_COLUMNS: list[str] = [
     *RUN_KEYS,
@@ -102,12 +109,96 @@ def area_under_curve(curve: pd.DataFrame) -> float:
     return area / span
 
 
-def transfer_summary(curves: pd.DataFrame, target: float,
-                     baseline: str = "scratch") -> pd.DataFrame:
+def is_relative(target) -> bool:
+    """Whether ``target`` is given relative to chance (``{"from_chance": f}``)."""
+    return isinstance(target, Mapping)
+
+
+def _fraction(target) -> float:
+    """The f of ``{"from_chance": f}``, checked: a finite number in (0, 1]."""
+    if set(target) != {FROM_CHANCE}:
+        raise ValueError(f"a target relative to chance is {{{FROM_CHANCE!r}: f}}, got {dict(target)!r}")
+    fraction = target[FROM_CHANCE]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"target {FROM_CHANCE}: f must be a number in (0, 1], got {fraction!r}")
+    return float(fraction)
+
+
+def chance_accuracy(classes: int) -> float:
+    """Accuracy of guessing among ``classes`` balanced classes: 1/C."""
+    if isinstance(classes, bool) or int(classes) != classes or classes < 1:
+        raise ValueError(f"the number of classes must be a positive integer, got {classes!r}")
+    return 1.0 / int(classes)
+
+
+def resolve_target(target, classes: int | None = None) -> float:
+    """The absolute training accuracy that ``target`` stands for on a task of ``classes``.
+
+    ``target`` is either a number, an absolute accuracy (the same for every task;
+    returned as a float, ``classes`` is not needed), or ``{"from_chance": f}``: the
+    fraction f of the way from chance to perfect accuracy,
+
+        target = 1/C + f · (1 − 1/C),
+
+    so f = 0.5 gives 0.75 for C = 2, 0.55 for C = 10 and 0.505 for C = 100. An absolute
+    target below 1/C is reached by guessing (and at step 0); one of 0.6 is out of reach
+    on random labels of many classes: the relative form keeps every class count
+    comparable.
+    """
+    if not is_relative(target):
+        if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
+            raise ValueError(f"a target is an accuracy or {{{FROM_CHANCE!r}: f}}, got {target!r}")
+        return float(target)
+    fraction = _fraction(target)
+    if classes is None:
+        raise ValueError(f"target {dict(target)} is relative to chance and needs the task's number of classes")
+    chance = chance_accuracy(classes)
+    return chance + fraction * (1.0 - chance)
+
+
+def describe_target(target) -> str:
+    """The target in words, for figure titles and logs: '90 %' or '50 % of the way
+    from chance (1/C) to 100 %'."""
+    if is_relative(target):
+        return f"{100 * _fraction(target):.3g} % of the way from chance (1/C) to 100 %"
+    return f"{100 * float(target):.3g} %"
+
+
+def task_classes(task: str, real_classes: int | None = None) -> int | None:
+    """Classes of a downstream task: C of ``random{C}``, ``real_classes`` for ``real``
+    (the dataset's number of classes), None for any other name."""
+    if task == "real":
+        return real_classes
+    match = _RANDOM_TASK.fullmatch(str(task))
+    return int(match.group(1)) if match else None
+
+
+def task_target(target, task: str, real_classes: int | None = None) -> float:
+    """:func:`resolve_target` of ``target`` for the downstream task named ``task``."""
+    if not is_relative(target):
+        return resolve_target(target)
+    classes = task_classes(task, real_classes)
+    if classes is None:
+        hint = (" (give real_classes, the dataset's number of classes)" if task == "real"
+                else " (only 'real' and 'random{C}' tasks have a known number of classes)")
+        raise ValueError(
+            f"target {dict(target)} is relative to chance, but the number of classes of "
+            f"task {task!r} is unknown{hint}"
+        )
+    return resolve_target(target, classes)
+
+
+def transfer_summary(curves: pd.DataFrame, target,
+                     baseline: str = "scratch", real_classes: int | None = None) -> pd.DataFrame:
     """One row per run (experiment, task, init_scale, variant, seed) with transfer metrics.
 
-    Columns: the run keys, ``target``, ``diverged`` (any step flagged), ``reached``
-    (the run's accuracy got to ``target``), ``steps_to_target``, ``auc``, and against
+    ``target`` is an absolute accuracy or ``{"from_chance": f}`` (:func:`resolve_target`),
+    resolved per downstream task from its number of classes: C of a ``random{C}``
+    task, ``real_classes`` (the dataset's) for ``real``.
+
+    Columns: the run keys, ``target`` (the absolute accuracy of the run's task),
+    ``diverged`` (any step flagged), ``reached`` (the run's accuracy got to
+    ``target``), ``steps_to_target``, ``auc``, and against
     the ``baseline`` run of the same experiment, downstream task, init scale and seed:
 
     * ``speedup`` = steps_to_target(baseline) / steps_to_target(variant); > 1 means
@@ -125,10 +216,11 @@ def transfer_summary(curves: pd.DataFrame, target: float,
 
     rows = []
     for key, run in frame.groupby(RUN_KEYS, sort=True, dropna=False):
+        run_target = task_target(target, dict(zip(RUN_KEYS, key))["task"], real_classes)
         diverged = bool(run["diverged"].any())
-        steps = float("nan") if diverged else steps_to_target(run, target)
+        steps = float("nan") if diverged else steps_to_target(run, run_target)
         auc = float("nan") if diverged else area_under_curve(run)
-        rows.append({**dict(zip(RUN_KEYS, key)), "target": float(target), "diverged": diverged,
+        rows.append({**dict(zip(RUN_KEYS, key)), "target": run_target, "diverged": diverged,
                      "reached": bool(np.isfinite(steps)), "steps_to_target": steps, "auc": auc})
     table = pd.DataFrame(rows, columns=[*RUN_KEYS, "target", "diverged", "reached",
                                         "steps_to_target", "auc"])
@@ -158,6 +250,8 @@ def mean_and_ci(frame: pd.DataFrame, by: list[str], value: str,
     ones; n = 1 gives an interval equal to the mean (no spread can be estimated), and
     a group with n = 0 keeps its row with NaN mean so that it stays visible.
     """
+    from scipy import stats  # here: the Snakefile imports this module (via targets), scipy.stats takes 0.5 s
+
     _require(frame, [*by, value], "mean_and_ci")
     columns = [*by, "mean", "ci_low", "ci_high", "n"]
     rows = []

@@ -12,8 +12,10 @@ Plain pandas: tables and figures are rebuilt without torch.
 
 from __future__ import annotations
 
+import difflib
+import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -300,7 +302,8 @@ def experiment_info(config: dict, name: str) -> dict[str, dict]:
         model = entry["model"]
         augment = entry["pretrain"].get("augment") or {}
         info[exp] = {
-            "model": model["arch"] + (f" ×{model['upper_width']:g} upper" if model.get("upper_width", 1) != 1 else ""),
+            "model": model["arch"] + (f" ×{model['upper_width']:g} upper" if model.get("upper_width", 1) != 1 else "")
+            + (f", {model['init']} init" if model.get("init", "he") != "he" else ""),
             "kernel_size": int(model.get("kernel_size", 3)) if model["arch"] == "cnn2" else 3,
             "augment": ", ".join(f"{k} {v}" for k, v in sorted(augment.items()) if v) or "none",
             "from_labels": plan.from_labels(config, exp) if plan.has_finetune(config, exp) else entry["pretrain"]["labels"][0],
@@ -342,3 +345,18 @@ def eigenfilter_table(experiment: str, cov_w: np.ndarray, eigvec_x: np.ndarray, 
         "cos_same_rank": np.diag(overlap),
         "cos_best_match": overlap.max(axis=1),
     })
+
+
+def refuse_unknown_target(name: str, known: Iterable[str]) -> list:
+    """What a name on the command line that is neither a rule nor a file gets: a
+    ValueError with the nearest target names and the list (Snakemake's own message is
+    "No rule to produce NAME"). An existing file of that name is no target: nothing."""
+    if os.path.exists(name):
+        return []
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ValueError(
+        f"{name!r} is no target of this workflow: {hint}The named targets are {', '.join(known)} "
+        "(README: The paper's experiments); a file under results/ is a target by its path"
+    )

@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import InputFileError
 from .identity import expect_identity
+from . import provenance
 from .io import load_torch, save_torch
 from .architectures import is_factory
 from .models import build_model, head_prefix, initialize, weight_layers
@@ -211,8 +212,9 @@ def checkpoint_identity(data: dict) -> dict:
 
 def save_checkpoints(path, **fields) -> None:
     """Write the checkpoint set of one pre-training run (epoch → state dict); the
-    keyword arguments are those of :func:`checkpoint_fields`."""
-    save_torch({"format": CHECKPOINT_FORMAT, **checkpoint_fields(**fields)}, path)
+    keyword arguments are those of :func:`checkpoint_fields`, plus the writer's
+    ``"provenance"`` (:func:`randlabels.provenance.stamp`, plain str values)."""
+    save_torch({"format": CHECKPOINT_FORMAT, **checkpoint_fields(**fields), "provenance": provenance.stamp()}, path)
 
 
 def buildable_spec(data: dict, path, configured: dict | None) -> dict:
@@ -266,6 +268,7 @@ def save_init(
     checkpoint); fine-tuning carries the flag into its table. ``experiment``, ``init``
     (the variant it is, e.g. ``gaussian``, ``layerwise2``), ``init_scale`` and
     ``seed`` are its identity, checked by :func:`read_init` (the workflow gives all).
+    The file also holds the writer's ``"provenance"`` (:mod:`randlabels.provenance`).
     """
     save_torch(
         {
@@ -280,6 +283,7 @@ def save_init(
             "state": state,
             "description": str(description),
             "source_diverged": bool(source_diverged),
+            "provenance": provenance.stamp(),
         },
         path,
     )

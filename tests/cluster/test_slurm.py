@@ -32,6 +32,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from randlabels.io import read_table
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for workflow_helpers
 from workflow_helpers import ROOT, copy_project, job_counts, snakemake  # noqa: E402
 
@@ -189,8 +191,8 @@ def test_results_equal_a_local_run(slurm_run, local_run):
     assert cluster_tables, "the SLURM run wrote no tables"
     assert sorted(cluster_tables) == sorted(local_tables)
     for name, path in cluster_tables.items():
-        cluster = pd.read_csv(path, sep="\t")
-        local = pd.read_csv(local_tables[name], sep="\t")
+        cluster = read_table(path)
+        local = read_table(local_tables[name])
         timing = [c for c in cluster.columns if WALL_CLOCK.search(c)]
         cluster, local = cluster.drop(columns=timing), local.drop(columns=timing)
         assert len(cluster) > 0, name

@@ -28,6 +28,10 @@ rule finetune:
         jobs_per_gpu=config.get("jobs_per_gpu", 1),
         on_divergence=config.get("on_divergence", "continue"),
         resume=lambda w: plan.path("finetune_resume", **w),
+        progress=lambda w: {
+            "live": plan.path("finetune_live", **w),
+            "tensorboard": plan.path("finetune_tensorboard", **w),
+        },
     message:
         "Fine-tuning {wildcards.exp} on {wildcards.task} labels from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:

@@ -27,6 +27,10 @@ rule pretrain:
         jobs_per_gpu=config.get("jobs_per_gpu", 1),
         on_divergence=config.get("on_divergence", "continue"),
         resume=lambda w: plan.path("pretrain_resume", **w),
+        progress=lambda w: {
+            "live": plan.path("pretrain_live", **w),
+            "tensorboard": plan.path("pretrain_tensorboard", **w),
+        },
     message:
         "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:
@@ -65,6 +69,10 @@ rule pretrain_packed:
         jobs_per_gpu=config.get("jobs_per_gpu", 1),
         on_divergence=config.get("on_divergence", "continue"),
         resume=lambda w: plan.path("pretrain_packed_resume", **w),
+        progress=lambda w: {
+            "live": plan.path("pretrain_packed_live", **w),
+            "tensorboard": plan.path("pretrain_tensorboard", **w),
+        },
     message:
         "Pre-training {wildcards.exp} on {wildcards.labels} labels, init scale {wildcards.scale}, seeds {wildcards.first}-{wildcards.last} packed in one job"
     script:

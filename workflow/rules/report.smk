@@ -56,6 +56,7 @@ rule aggregate_statistics:
 rule aggregate_finetuning:
     input:
         curves=lambda w: plan.finetune_files(config, w.exp),
+        dataset=exp_dataset_file,  # the real task's number of classes
         code=script_code("aggregate_finetuning"),
     output:
         curves=plan.path("table", exp="{exp}", table="finetune_curves"),
@@ -186,9 +187,7 @@ rule plot_transfer_summary:
         **RESOURCES_LIGHT,
     params:
         module="randlabels.plots.transfer_summary",
-        options=lambda w: {
-            "target": plan.finetune_settings(config, w.exp)["target_accuracy"]
-        },
+        options={},  # the target accuracy is the table's own (per task)
     message:
         "Plotting the transfer summary of {wildcards.exp}"
     script:

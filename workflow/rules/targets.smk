@@ -53,3 +53,26 @@ for _name in targets.TARGETS:
         input:
             lambda w, name=_name: targets.target_files(config, name),
         localrule: True
+
+
+# A name on the command line that is neither a rule nor a file (a misspelled target):
+# its nearest target names and the list, instead of "No rule to produce NAME". Only
+# top-level names without a dot match, and an existing file is left alone.
+rule unknown_target:
+    input:
+        lambda w: targets.refuse_unknown_target(w.name, ["all", *targets.TARGETS]),
+    output:
+        "{name}",
+    log:
+        logs("unknown_target/{name}"),
+    benchmark:
+        benchmarks("unknown_target/{name}")
+    wildcard_constraints:
+        name=r"[A-Za-z][A-Za-z0-9_-]*",
+    localrule: True
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    shell:
+        "false"

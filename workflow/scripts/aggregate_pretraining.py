@@ -6,11 +6,12 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import pandas as pd
 
-from randlabels import runlog
+from randlabels import provenance, runlog
 from randlabels.io import read_table, write_table
 from randlabels.memorization import collapsed_runs, with_collapsed
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 table = pd.concat([read_table(path) for path in snakemake.input.metrics], ignore_index=True)
 split = snakemake.params.split
 runs = collapsed_runs(table, classes=split["upstream_classes"], samples=split["upstream"])

@@ -2,12 +2,13 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import plan, runlog
+from randlabels import plan, provenance, runlog
 from randlabels.io import read_table, write_table
 from randlabels.memorization import with_collapsed
 from randlabels.statsfile import activation_table, expect_path_identities, misalignment_table, transfer_function_table
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 paths = list(snakemake.input.stats)
 expect_path_identities(paths, plan.PATHS["stats"])  # each file written for the run its path names
 runs = read_table(snakemake.input.pretrain_metrics)  # carries each run's collapsed flag

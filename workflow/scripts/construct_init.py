@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from randlabels import runlog
+from randlabels import provenance, runlog
 from randlabels.construct import construct_layers, constructible_layers
 from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, resolve_device
@@ -24,6 +24,7 @@ from randlabels.splits import read_split
 from randlabels.transfer import buildable_spec, clone_state, fresh_model, load_into, read_checkpoints, save_init
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 method, depth = params.method, int(params.depth)

@@ -4,7 +4,7 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import torch
 
-from randlabels import runlog, variants
+from randlabels import provenance, runlog, variants
 from randlabels.gpus import bind_gpus
 from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
@@ -14,6 +14,7 @@ from randlabels.training_job import run_training
 from randlabels.identity import expected
 from randlabels.plan import from_labels
 from randlabels.probes import activation_probe
+from randlabels.progress import job_monitor
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
 from randlabels.transfer import fresh_model, load_into
@@ -23,6 +24,7 @@ from randlabels.transfer import fresh_model, load_into
 # before opening, and so truncating, the run's log). Given back by store.clear().
 hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 settings = params.training
@@ -75,6 +77,10 @@ result, store = run_training(
     on_divergence=params.on_divergence,
     log=log,
     eval_every=settings["eval_every"],
+    monitor=job_monitor(
+        {"experiment": params.experiment, "task": task, "init": variant, "init_scale": params.init_scale},
+        [params.seed], params.progress, tensorboard=snakemake.config.get("tensorboard", False), log=log,
+    ),
 )
 curve = result.curve.assign(
     experiment=params.experiment, task=task, variant=variant, init_scale=params.init_scale, seed=params.seed,

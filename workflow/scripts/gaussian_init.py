@@ -5,7 +5,7 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import numpy as np
 import torch
 
-from randlabels import plan, runlog
+from randlabels import plan, provenance, runlog
 from randlabels.identity import expected, path_wildcards
 from randlabels.models import resolve_layer
 from randlabels.sampling import fit_gaussian, sample_gaussian
@@ -15,6 +15,7 @@ from randlabels.stats import weight_vectors
 from randlabels.transfer import buildable_spec, clone_state, fresh_model, read_checkpoints, save_init
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 params = snakemake.params
 # Each source must be the pre-training its path names (experiment, from_labels, scale,
 # seed): a checkpoint set of another run copied there is refused, naming both.

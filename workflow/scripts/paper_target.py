@@ -7,10 +7,11 @@ import importlib
 import numpy as np
 import pandas as pd
 
-from randlabels import plan, runlog, targets
+from randlabels import plan, provenance, runlog, targets
 from randlabels.io import read_table, write_table
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 params = snakemake.params
 name = params.target
 spec = targets.TARGETS[name]
@@ -51,7 +52,7 @@ else:
     write_table(table, snakemake.output.table)
     options = dict(spec.options)
     module = importlib.import_module(f"randlabels.plots.{spec.plot}")
-    if spec.plot in ("transfer_summary", "transfer_map"):
+    if spec.plot == "transfer_map":  # an accuracy, or {from_chance: f} (per class count in the table)
         options["target"] = params.target_accuracy[params.experiments[0]]
     module.plot(figure_table, snakemake.output.figure, **options)
 log.info("wrote %s and %s", snakemake.output.table, snakemake.output.figure)

@@ -4,12 +4,13 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import numpy as np
 
-from randlabels import plan, runlog
+from randlabels import plan, provenance, runlog
 from randlabels.plots import eigenfilters
 from randlabels.stats import eigh_descending, weight_statistics
 from randlabels.statsfile import expect_path_identities, first_layer_name, last_epoch, read_layer
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 paths = list(snakemake.input.stats)
 expect_path_identities(paths, plan.PATHS["stats"])  # each file written for the run its path names
 layer = first_layer_name(paths[0])

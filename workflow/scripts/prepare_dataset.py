@@ -2,10 +2,11 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import runlog
+from randlabels import provenance, runlog
 from randlabels.data.sources import prepare_dataset
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 settings = dict(snakemake.params.settings)
 source = settings.pop("source")
 log.info("preparing dataset %s from source %s %s", snakemake.wildcards.dataset, source, settings)

@@ -10,11 +10,12 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import torch
 
-from randlabels import runlog
+from randlabels import provenance, runlog
 from randlabels.gpus import bind_gpus
 from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, TrainConfig, resolve_device
 from randlabels.packed import PackedTrainer
+from randlabels.progress import job_monitor
 from randlabels.resume import hold_run
 from randlabels.packed_job import run_packed_training, save_bundle
 from randlabels.seeding import stream_seed
@@ -25,6 +26,7 @@ from randlabels.transfer import fresh_model
 # before opening, and so truncating, the run's log). Given back by store.clear().
 hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 seeds = list(params.seeds)
@@ -78,6 +80,10 @@ results, store = run_packed_training(
     on_divergence=params.on_divergence,
     log=log,
     checkpoint_epochs=params.training["checkpoints"],
+    monitor=job_monitor(
+        {"experiment": snakemake.wildcards.exp, "labels": labels_kind, "init_scale": params.init_scale},
+        seeds, params.progress, tensorboard=snakemake.config.get("tensorboard", False), log=log,
+    ),
 )
 
 runs = {}

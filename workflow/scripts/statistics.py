@@ -4,7 +4,7 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import torch
 
-from randlabels import runlog
+from randlabels import provenance, runlog
 from randlabels.data.h5file import read_dataset
 from randlabels.engine import DeviceData, resolve_device
 from randlabels.identity import expected
@@ -15,6 +15,7 @@ from randlabels.statsfile import write_stats
 from randlabels.transfer import buildable_spec, load_into, read_checkpoints
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 device = resolve_device(params.device)

@@ -3,13 +3,14 @@ bundle, the same files the pretrain rule writes for a seed trained alone."""
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import runlog
+from randlabels import provenance, runlog
 from randlabels.identity import expected
 from randlabels.io import write_table
 from randlabels.packed_job import read_bundle_run
 from randlabels.transfer import save_checkpoints
 
 log = runlog.start(snakemake.log[0])
+provenance.record_job(snakemake)  # rule and params into every file this job writes
 seed = snakemake.params.seed
 # The seed's entry must be this run's (experiment, labels, scale, seed): a bundle of another is refused.
 checkpoints, metrics = read_bundle_run(snakemake.input.bundle, seed, expect=expected(snakemake.wildcards))

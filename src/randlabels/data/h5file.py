@@ -18,7 +18,8 @@ Root attributes: ``name``, ``kind`` ("image" or "vector"), ``source`` (provenanc
 in words), ``checksum`` ("sha256:<hex>" of the raw file the data came from, or over
 the digests of its files when there are several; "" for synthetic data),
 ``num_classes``, ``norm_mean`` and ``norm_std`` (what training normalizes with),
-plus source-specific parameters (synthetic data: its generating parameters).
+plus source-specific parameters (synthetic data: its generating parameters), and
+the provenance stamp of :mod:`randlabels.provenance`.
 
 All files are written through :func:`randlabels.io.atomic_output`, so an
 interrupted job leaves no file that looks complete.
@@ -36,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from randlabels import provenance
 from randlabels.errors import InputFileError
 from randlabels.io import atomic_output
 
@@ -132,6 +134,7 @@ def write_dataset(
             )
             for key, value in attrs.items():
                 h5.attrs[key] = value
+            provenance.stamp_into(h5.attrs)  # last: a re-written file's old stamp is replaced
     log.info("wrote %s: %d samples, %d classes", out_path, len(labels), len(class_names))
 
 

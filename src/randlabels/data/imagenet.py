@@ -19,6 +19,7 @@ from randlabels.data.h5file import (
     files_checksum,
     norm_stats_from_counts,
 )
+from randlabels import provenance
 from randlabels.io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,7 @@ def prepare_imagenet32(
             }
             for key, value in attrs.items():
                 h5.attrs[key] = value
+            provenance.stamp_into(h5.attrs)
     log.info(
         "wrote %s: %d samples (%d train, %d val), %d classes",
         out_path, n_total, n_train, n_total - n_train, num_classes,

@@ -11,6 +11,13 @@ speed-up is counted as "∞ k/n". Bottom row: the gain in area under the learnin
 curve (variant − scratch), mean over seeds, centred at 0; it is defined even where
 the target is never reached, so every cell has a colour. Several (experiment, task)
 pairs become separate blocks of rows, named in the panel titles.
+
+The speed-ups are those of the transfer-summary table, each to its own task's target
+(``finetune.target_accuracy``). An absolute target below chance (1/C) is reached at
+step 0 by every run, and one far above it never on many classes, so the map is
+comparable across class counts only with a target relative to chance,
+``{from_chance: f}`` (1/C + f·(1 − 1/C)); where the table's ``target`` differs between
+class counts, each y tick says its resolved accuracy.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from randlabels.plots import style
+from randlabels.summary import describe_target, is_relative
 
 COLUMNS = ["experiment", "task", "classes", "init_scale", "variant", "seed", "speedup",
            "auc_gap"]
@@ -120,8 +128,22 @@ def _ratio_ticks(vmax: float) -> list[float]:
     return sorted([1.0] + kept + [1 / r for r in kept])
 
 
+def class_labels(table: pd.DataFrame, classes: list) -> list[str]:
+    """Y tick labels: the class counts, each with its resolved target accuracy (the
+    table's ``target``) where the targets differ between class counts."""
+    plain = [f"{c:g}" for c in classes]
+    if "target" not in table.columns:
+        return plain
+    data = table.assign(classes=pd.to_numeric(table["classes"], errors="coerce"),
+                        target=pd.to_numeric(table["target"], errors="coerce"))
+    per_class = data.groupby("classes")["target"].unique()
+    if data["target"].nunique() <= 1 or any(len(per_class.get(c, [])) != 1 for c in classes):
+        return plain
+    return [f"{c:g}\n(target {100 * float(per_class[c][0]):.3g}%)" for c in classes]
+
+
 def _draw_panel(ax, cells: pd.DataFrame, classes: list, scales: list, metric: str,
-                norm: mcolors.Normalize, cmap) -> object:
+                norm: mcolors.Normalize, cmap, labels: list[str] | None = None) -> object:
     grid = np.full((len(classes), len(scales)), np.nan)
     lookup = {(c["classes"], c["init_scale"]): c for _, c in cells.iterrows()}
     for i, n_classes in enumerate(classes):
@@ -151,7 +173,7 @@ def _draw_panel(ax, cells: pd.DataFrame, classes: list, scales: list, metric: st
                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", alpha=0.6,
                               linewidth=0) if notes and not dark else None)
     ax.set_xticks(range(len(scales)), [f"{s:g}" for s in scales])
-    ax.set_yticks(range(len(classes)), [f"{c:g}" for c in classes])
+    ax.set_yticks(range(len(classes)), labels or [f"{c:g}" for c in classes])
     ax.set_xlim(-0.5, len(scales) - 0.5)
     ax.set_ylim(-0.5, len(classes) - 0.5)
     ax.grid(False)
@@ -159,13 +181,14 @@ def _draw_panel(ax, cells: pd.DataFrame, classes: list, scales: list, metric: st
 
 
 def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None = None,
-         target: float | None = None, title: str | None = None,
+         target: float | dict | None = None, title: str | None = None,
          baseline: str = "scratch") -> None:
     """Draw speed-up and area-gap heat maps per variant and write the PNG to ``out_path``.
 
     ``variants`` chooses the panels (default: every variant present except
-    ``baseline``); ``target`` is the downstream train accuracy the speed-up refers to
-    (shown in the title when given); ``title`` replaces the default title.
+    ``baseline``); ``target`` is the downstream train accuracy the speed-up refers to,
+    absolute or ``{"from_chance": f}`` (shown in the title when given); ``title``
+    replaces the default title.
     """
     style.require_columns(table, COLUMNS, "transfer-map figure")
     style.apply_theme()
@@ -190,6 +213,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None
     metrics = {m: pd.concat([cell_values(table, v, m) for v in variants], keys=variants,
                             names=["variant"]).reset_index(level=0)
                for m in ("speedup", "auc_gap")}
+    ylabels = class_labels(data, classes)
     cmap = plt.get_cmap(CMAP).with_extremes(bad=MISSING_COLOUR)
     norms = {m: _norm(cells["value"], m) for m, cells in metrics.items()}
     labels = {"speedup": f"speed-up ({baseline} steps ÷ variant steps)\ngeometric mean over seeds",
@@ -209,7 +233,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None
                 ax = axes[row, c]
                 sel = cells[(cells["variant"] == variant) & (cells["experiment"] == group[0])
                             & (cells["task"] == group[1])]
-                mesh = _draw_panel(ax, sel, classes, scales, metric, norms[metric], cmap)
+                mesh = _draw_panel(ax, sel, classes, scales, metric, norms[metric], cmap, ylabels)
                 name = {"speedup": "speed-up", "auc_gap": "AUC gain"}[metric]
                 prefix = f"{group[0]} / {group[1]}: " if len(groups) > 1 else ""
                 ax.set_title(f"{prefix}{variant} — {name}")
@@ -226,8 +250,12 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None
                 bar.ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:.3g}×"))
 
     if title is None:
-        what = f"{target:.0%} downstream train accuracy" if target is not None else \
-            "the target downstream train accuracy"
+        if target is None:
+            what = "the target downstream train accuracy"
+        elif is_relative(target):
+            what = f"a downstream train accuracy\n{describe_target(target)}"
+        else:
+            what = f"{describe_target(target)} downstream train accuracy"
         title = (f"Where transfer is positive (blue) or negative (red): speed-up to {what}\n"
                  f"and gain in area under the learning curve, against {baseline}")
         if len(groups) == 1:

@@ -60,14 +60,16 @@ def _draw_metric(ax, data, stats, metric, reference, variants, scales, palette, 
     ax.grid(False, axis="x")
 
 
-def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
+def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float | None = None,
          baseline: str = "scratch") -> None:
     """Draw speed-up (top) and area-under-curve gap (bottom) per variant and init scale.
 
     ``summary`` is the output of :func:`randlabels.summary.transfer_summary`; the
     ``baseline`` rows (speed-up 1 and gap 0 by construction) are left out. The gap is
     defined even where scratch never reaches the target, so both rows together show
-    every init scale.
+    every init scale. The target accuracy is the table's own (its ``target`` column,
+    resolved per task; a target relative to chance differs between class counts, and
+    then each panel names its own); ``target`` is used only by a table without one.
     """
     style.require_columns(summary, COLUMNS, "transfer-summary figure")
     style.apply_theme()
@@ -75,6 +77,12 @@ def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
     data = summary[summary["variant"] != baseline]
     if data.empty:
         raise ValueError(f"transfer-summary figure: only the baseline {baseline!r} is present")
+    if "target" not in data.columns:
+        if target is None:
+            raise ValueError("transfer-summary figure: the table has no target column and no target was given")
+        data = data.assign(target=float(target))
+    panel_targets = data.groupby("experiment")["target"].first()
+    one_target = data["target"].nunique() == 1
     keys = ["experiment", "variant", "init_scale"]
     totals = data.groupby(keys).size().rename("total")
 
@@ -97,7 +105,7 @@ def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
                          stats[stats["experiment"] == experiment], metric, reference,
                          variants, scales, palette, offsets, 0.25 * step)
             if row_index == 0:
-                ax.set_title(experiment)
+                ax.set_title(experiment if one_target else f"{experiment}\n(target {panel_targets[experiment]:.0%})")
             if row_index == len(METRICS) - 1:
                 ax.set_xlabel("initialization variant")
         axes[row_index, 0].set_ylabel(ylabel.format(baseline=baseline))
@@ -109,7 +117,8 @@ def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float,
     handles.append(plt.Line2D([], [], color="0.25", linestyle="--", label="no transfer"))
     fig.legend(handles=handles, title="init scale", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
-    fig.suptitle(f"Transfer from pre-training: speed-up to {target:.0%} downstream train accuracy\n"
+    reached = f"{data['target'].iloc[0]:.0%}" if one_target else "each panel's target"
+    fig.suptitle(f"Transfer from pre-training: speed-up to {reached} downstream train accuracy\n"
                  f"and gain in area under the learning curve (above the dashed line = better than {baseline})")
     fig.text(0.01, 0.0, "points: mean over seeds with 95% t-interval; faint dots: single seeds\n"
              "k/n: runs with a defined value (others diverged or never reached the target)",

@@ -1,0 +1,219 @@
+"""Provenance stamps: which code, at which commit, with which settings wrote a file.
+
+Every file the library writes (statistics, dataset and split HDF5 files as root
+attributes; checkpoint sets, initializations and packed bundles under the key
+``"provenance"``; tables as leading ``# key: value`` lines) carries :func:`stamp`:
+
+``randlabels_version``
+    the package version that ran.
+``git_commit``, ``git_dirty``
+    the commit of the git checkout holding the imported package, and whether its
+    tracked files had uncommitted changes ("true"/"false"); both "unknown" when the
+    package is not in a git checkout or git is missing or fails (never an error:
+    a job must not fail for lack of git).
+``rule``, ``settings_sha256``
+    the workflow rule that wrote the file and :func:`settings_hash` of its name and
+    params, as recorded by :func:`record_job`; "none" for library use outside a job.
+
+So a result found later can be traced to the code and the settings that made it.
+Only the standard library is imported here, so file formats may depend on this.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import randlabels
+
+KEYS = ("randlabels_version", "git_commit", "git_dirty", "rule", "settings_sha256")
+UNKNOWN = "unknown"
+NONE = "none"
+GIT_TIMEOUT_S = 10
+
+_job: dict[str, str] = {}  # {"rule": ..., "settings_sha256": ...} once a job is recorded
+
+
+def version() -> str:
+    """The installed package version (``randlabels.__version__``)."""
+    return str(getattr(randlabels, "__version__", UNKNOWN))
+
+
+def package_checkout() -> Path:
+    """The folder the imported package's code sits in (src/randlabels → its root)."""
+    return Path(randlabels.__file__).resolve().parents[2]
+
+
+def git_state(root: str | os.PathLike) -> tuple[str, str]:
+    """(commit, dirty) of the git checkout at ``root``: dirty is "true" when tracked
+    files differ from the commit (untracked files do not count); both "unknown"
+    when ``root`` has no .git, git is missing, slow or fails. One git call."""
+    root = Path(root)
+    if not (root / ".git").exists():
+        return UNKNOWN, UNKNOWN
+    # Ours, not an inherited GIT_DIR (a git hook's): -C root must decide the repository.
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    try:
+        result = subprocess.run(
+            # --no-optional-locks: never take the index lock of a tree others work in.
+            ["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain=v2", "--branch",
+             "--untracked-files=no"],
+            capture_output=True, text=True, timeout=GIT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return UNKNOWN, UNKNOWN
+    if result.returncode != 0:
+        return UNKNOWN, UNKNOWN
+    lines = result.stdout.splitlines()
+    commit = next((line.split()[2] for line in lines if line.startswith("# branch.oid ")), "")
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):  # "(initial)": no commit yet
+        return UNKNOWN, UNKNOWN
+    dirty = any(line and not line.startswith("#") for line in lines)
+    return commit, "true" if dirty else "false"
+
+
+@functools.cache
+def _code_state() -> tuple[str, str, str]:
+    """(version, commit, dirty) of the running code; git runs once per process."""
+    return (version(), *git_state(package_checkout()))
+
+
+def _canonical(value: Any, where: str) -> Any:
+    """``value`` as plain JSON values: numpy scalars and arrays, paths, tuples and sets
+    made JSON-able; anything else is a TypeError naming ``where``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)  # json writes NaN and Infinity as such, stably
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [_canonical(v, where) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":  # numpy scalar or array
+        return _canonical(value.tolist(), where)
+    raise TypeError(f"{where}: a {type(value).__qualname__} cannot go into a settings hash; use plain values")
+
+
+def settings_hash(rule: str, params: Mapping[str, Any]) -> str:
+    """sha256 (hex) of canonical JSON (sorted keys, no spaces) of
+    ``{"rule": rule, "params": params}``: the same settings give the same hash in any
+    key order, any process; it covers the rule name and the params only (not inputs,
+    wildcards, resources or the config beyond what the params carry)."""
+    payload = {"rule": str(rule), "params": _canonical(dict(params), "params")}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def record_settings(rule: str, params: Mapping[str, Any]) -> str:
+    """Record that this process runs ``rule`` with ``params``: every file written
+    from now on carries them in its stamp. Returns the settings hash."""
+    digest = settings_hash(rule, params)
+    _job.clear()
+    _job.update(rule=str(rule), settings_sha256=digest)
+    return digest
+
+
+def record_job(job) -> str:
+    """:func:`record_settings` for a workflow script's ``snakemake`` object: its rule
+    name (``rule``) and its named params. Call it at the top of every script."""
+    params = job.params
+    if hasattr(params, "items"):
+        named = dict(params.items())  # snakemake's Namedlist: its named params
+    else:
+        named = dict(vars(params))  # a SimpleNamespace standing in for one (tests)
+    return record_settings(getattr(job, "rule", None) or UNKNOWN, named)
+
+
+def forget_job() -> None:
+    """Back to library use: files written from now on carry settings "none"."""
+    _job.clear()
+
+
+def stamp() -> dict[str, str]:
+    """The provenance of a file written now (see the module docstring), all str."""
+    package_version, commit, dirty = _code_state()
+    return {
+        "randlabels_version": package_version,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "rule": _job.get("rule", NONE),
+        "settings_sha256": _job.get("settings_sha256", NONE),
+    }
+
+
+def stamp_into(attrs: MutableMapping) -> None:
+    """Set :func:`stamp` as attributes (an HDF5 file's ``attrs``, a dict)."""
+    for key, value in stamp().items():
+        attrs[key] = value
+
+
+# --------------------------------------------------------------------------- tables
+
+_TABLE_LINE = re.compile(r"^# ([A-Za-z0-9_]+): (.*)$")
+
+
+def table_header() -> str:
+    """The stamp as a table's leading comment lines, ``# key: value`` one per key."""
+    return "".join(f"# {key}: {' '.join(str(value).split())}\n" for key, value in stamp().items())
+
+
+def table_header_lines(path: str | os.PathLike) -> dict[str, str]:
+    """The leading ``# key: value`` lines of a table (empty for an older table)."""
+    found: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        for line in handle:
+            match = _TABLE_LINE.match(line.rstrip("\r\n"))
+            if match is None:
+                break
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read(path: str | os.PathLike) -> dict[str, str]:
+    """The stamp recorded in a file the library wrote: an HDF5 file (root attributes),
+    a torch file (its ``"provenance"`` entry) or a table (its leading lines); empty
+    for a file written before stamps existed."""
+    import zipfile
+
+    path = Path(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(8)
+    if magic == b"\x89HDF\r\n\x1a\n":
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return {key: _text(f.attrs[key]) for key in KEYS if key in f.attrs}
+    if zipfile.is_zipfile(path):
+        from randlabels.io import load_torch
+
+        data = load_torch(path)
+        recorded = data.get("provenance", {}) if isinstance(data, dict) else {}
+        return {str(k): str(v) for k, v in recorded.items()}
+    return table_header_lines(path)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+__all__ = [
+    "KEYS", "forget_job", "git_state", "package_checkout", "read", "record_job", "record_settings",
+    "settings_hash", "stamp", "stamp_into", "table_header", "table_header_lines", "version",
+]
