@@ -362,3 +362,27 @@ def test_an_own_models_init_is_checked_too():
     message = mutate(own("glorot"))
     assert "experiments.digits_cnn.model" in message and "he, lecun" in message
     assert "init" not in mutate(own("lecun"))
+
+
+def test_an_init_scale_experiment_on_batch_norm_is_warned_about():
+    from randlabels.config import config_warnings
+
+    config = load(ROOT / "configs" / "paper-cifar10.yaml")
+    warned = config_warnings(config)
+    assert any(w.startswith("experiments.vgg16_transfer: init_scales [0.5, 1.0, 2.0] on vgg16_bn has batch norm")
+               and "use arch vgg16" in w for w in warned)
+    assert any(w.startswith("experiments.resnet18_transfer:") and "a network without batch norm" in w for w in warned)
+    config["experiments"]["vgg16_transfer"]["model"]["arch"] = "vgg16"  # plain: the scale acts
+    config["experiments"]["resnet18_transfer"]["init_scales"] = [1.0]  # one scale: nothing varies
+    warned = config_warnings(config)
+    assert not any(w.startswith(("experiments.vgg16_transfer:", "experiments.resnet18_transfer:")) for w in warned)
+    assert config_warnings(load()) == []  # the default config: cnn2 and fc
+
+
+def test_the_config_command_prints_warnings_and_still_validates(capsys):
+    from randlabels.config import main
+
+    assert main([str(ROOT / "configs" / "paper-cifar10.yaml")]) == 0
+    out = capsys.readouterr()
+    assert "warning: experiments.vgg16_map: init_scales" in out.err
+    assert out.out.rstrip().endswith("paper-cifar10.yaml: valid")

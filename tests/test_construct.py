@@ -24,7 +24,8 @@ from randlabels.models import build_model
 from randlabels.seeding import stream_seed
 from randlabels.splits import make_split, write_split
 from randlabels.stats import eigh_descending, misalignment, random_orthonormal_basis, weight_statistics
-from randlabels.transfer import clone_state, fresh_model, load_into, read_init, save_checkpoints
+from randlabels.checkpoints import read_init, save_checkpoints
+from randlabels.transfer import clone_state, fresh_model, load_into
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 

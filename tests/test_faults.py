@@ -439,7 +439,7 @@ def _written_for(kind: str, path: Path, **run) -> None:
     labels or init, init_scale, seed)."""
     from randlabels.packed_job import save_bundle
     from randlabels.statsfile import write_stats
-    from randlabels.transfer import save_checkpoints, save_init
+    from randlabels.checkpoints import save_checkpoints, save_init
 
     state = {"fc1.weight": torch.zeros(2, 2)}
     shape = dict(spec={"arch": "fc"}, input_shape=[4], num_classes=2)
@@ -462,7 +462,7 @@ def _read_expecting(kind: str, path: Path, wildcards: dict):
     from randlabels.identity import expected
     from randlabels.packed_job import read_bundle_run
     from randlabels.statsfile import expect_path_identities
-    from randlabels.transfer import read_checkpoints, read_init
+    from randlabels.checkpoints import read_checkpoints, read_init
 
     if kind == "checkpoint set":
         return read_checkpoints(path, expect=expected(wildcards))
@@ -542,7 +542,7 @@ def test_a_dataset_too_small_for_the_split_names_the_file_and_the_numbers(tmp_pa
 def _crafted(kind: str, marker: Path) -> dict:
     """A well-formed file of ``kind`` (right format tag) with a code-running payload."""
     from randlabels.packed_job import BUNDLE_FORMAT
-    from randlabels.transfer import CHECKPOINT_FORMAT, INIT_FORMAT
+    from randlabels.checkpoints import CHECKPOINT_FORMAT, INIT_FORMAT
 
     payload = _RunsCode(marker)
     state = {"fc1.weight": torch.zeros(2, 2)}
@@ -559,7 +559,7 @@ def _load(kind: str, path: Path):
     from randlabels.io import load_torch
     from randlabels.packed_job import read_bundle_run
     from randlabels.resume import ResumeStore
-    from randlabels.transfer import read_checkpoints, read_init
+    from randlabels.checkpoints import read_checkpoints, read_init
 
     return {
         "checkpoint set": read_checkpoints,

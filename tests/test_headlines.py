@@ -61,6 +61,17 @@ def test_an_undefined_misalignment_is_counted_not_averaged():
     assert "1 against the data basis" in line and "(mean of 1 seeds; undefined for 1 seeds)" in line
 
 
+def test_the_pooled_score_of_the_last_epoch():
+    table = pd.DataFrame([
+        {"experiment": "e", "labels": "random", "init_scale": 0.5, "epoch": epoch, "layer": "conv1", "basis": basis,
+         "misalignment": value * (10 if epoch == 0 else 1), "seeds": 3, "filters": 192, "left_out": "", "reason": ""}
+        for epoch in (0, 40) for basis, value in (("data", 0.41), ("random", 1.24))
+    ])
+    (line,) = headlines.pooled_lines(table)
+    assert line == ("misalignment of conv1 pooled over 3 seeds (one Σw) at epoch 40, random labels, init scale 0.5: "
+                    "0.41 against the data basis, 1.24 against a random basis")
+
+
 def test_speedups_are_medians_over_the_seeds_that_reached_the_target():
     (line,) = headlines.speedup_lines(_transfer_summary())
     assert line == ("speed-up over scratch to accuracy 0.5, task random10, init scale 0.5: "

@@ -196,7 +196,8 @@ def test_stats_file_layout_with_h5py(stats_file, measured):
         assert set(group.keys()) == {"conv1", "fc1", "activations"}
         sub = group["conv1"]
         assert set(sub.keys()) == set(ARRAYS)
-        assert set(sub.attrs.keys()) == {"weight_shape", "misalignment_data", "misalignment_random", "undefined_reason"}
+        assert set(sub.attrs.keys()) == {"weight_shape", "misalignment_data", "misalignment_random", "undefined_reason",
+                                         "shared_input", "random_basis_seed"}
         for name in ARRAYS:
             assert sub[name].dtype == np.float64
         np.testing.assert_array_equal(sub["cov_x"][()], records[1].layers[0].cov_x)

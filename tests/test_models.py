@@ -457,3 +457,31 @@ def test_an_own_models_init_is_the_workflows_not_the_factorys():
     first = [name for name, m in lecun.named_modules() if isinstance(m, nn.Conv2d)][0]
     w_lecun = lecun.get_submodule(first).weight.detach()
     assert torch.allclose(w_lecun * math.sqrt(2.0), he.get_submodule(first).weight.detach(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["cnn2", "fc", "vgg16", "vgg16_bn", "resnet18"])
+def test_init_scale_changes_the_hidden_features_unless_batch_norm_divides_it_out(arch):
+    """What an init-scale experiment varies: the features below the classifier at
+    initialization, in training mode (batch statistics). They scale with init_scale in
+    a plain network and do not under batch norm; architectures.SCALE_INVARIANT lists
+    exactly the networks measured invariant here."""
+    from randlabels.architectures import SCALE_INVARIANT
+
+    shape = (3, 32, 32)
+    model = build_model({"arch": arch}, shape, 10)
+    path = head_prefix(model).split(".")
+    parent = model
+    for part in path[:-1]:
+        parent = getattr(parent, part)
+    setattr(parent, path[-1], nn.Identity())  # the classifier's input
+    model.train()
+    inputs = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
+    features = {}
+    for scale in (1.0, 2.0):
+        with torch.no_grad():
+            features[scale] = initialize(model, scale, seed=3)(inputs)
+    change = ((features[2.0] - features[1.0]).norm() / features[1.0].norm()).item()
+    if arch in SCALE_INVARIANT:
+        assert change < 1e-3, change
+    else:
+        assert change > 0.5, change  # ReLU layers without batch norm: at least ×2

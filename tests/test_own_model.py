@@ -41,16 +41,8 @@ from randlabels.models import (
 from randlabels.probes import _layer_samples
 from randlabels.sampling import fit_gaussian, sample_gaussian
 from randlabels.stats import weight_vectors
-from randlabels.transfer import (
-    buildable_spec,
-    clone_state,
-    fresh_model,
-    layer_groups,
-    load_into,
-    partial_state,
-    read_checkpoints,
-    save_checkpoints,
-)
+from randlabels.checkpoints import buildable_spec, read_checkpoints, save_checkpoints
+from randlabels.transfer import clone_state, fresh_model, layer_groups, load_into, partial_state
 from randlabels.variants import transferred_layers
 from workflow_helpers import ROOT, copy_project, snakemake
 

@@ -27,7 +27,7 @@ from randlabels.io import read_table
 from randlabels.models import build_model, initialize
 from randlabels.packed import PackedTrainer
 from randlabels.packed_job import read_bundle_run, run_packed_training, save_bundle
-from randlabels.transfer import read_checkpoints
+from randlabels.checkpoints import read_checkpoints
 from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -221,7 +221,11 @@ def _same_metrics(a: Path, b: Path):
 
 def _same_checkpoints(a: Path, b: Path):
     want, got = read_checkpoints(a), read_checkpoints(b)
-    assert {k: v for k, v in got.items() if k != "states"} == {k: v for k, v in want.items() if k != "states"}
+    same = lambda data: {k: v for k, v in data.items() if k not in ("states", "provenance")}  # noqa: E731
+    assert same(got) == same(want)
+    # Each file names the job that wrote it: the pretrain job, or the unpack job.
+    assert (want["provenance"]["rule"], got["provenance"]["rule"]) == ("pretrain", "unpack_pretrain")
+    assert want["provenance"]["git_commit"] == got["provenance"]["git_commit"]
     assert sorted(got["states"]) == sorted(want["states"])
     for epoch, state in want["states"].items():
         assert list(got["states"][epoch]) == list(state)

@@ -12,23 +12,15 @@ import pytest
 import yaml
 
 from randlabels import plan, targets
-from randlabels.config import ConfigError, check_config
+from randlabels.config import check_config
 from randlabels.io import read_table
-from workflow_helpers import ROOT, copy_project, job_counts, snakemake
+from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake
 
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
 TINY = ROOT / "tests" / "configs" / "targets.yaml"
 
 
-def load(path):
-    return yaml.safe_load(path.read_text())
-
-
-def refused(config) -> str:
-    with pytest.raises(ConfigError) as info:
-        check_config(config, SCHEMA)
-    return str(info.value)
+load = load_config
 
 
 # ----------------------------------------------------------------- planning
@@ -266,3 +258,19 @@ def test_the_paper_maps_targets_are_relative_to_chance():
     for path, fraction in ((PAPER, 0.2), (ROOT / "configs" / "paper-cifar10-1gpu.yaml", 0.1)):
         config = load(path)
         assert plan.finetune_settings(config, "vgg16_map")["target_accuracy"] == {"from_chance": fraction}
+
+
+def test_a_batch_norm_init_scale_experiment_is_named_as_such_in_figures():
+    """The figure says that init_scale acts only through the head of a batch-norm
+    network; the tidy table keeps the experiment's own name."""
+    config = load(PAPER)
+    info = targets.experiment_info(config, "fig_transfer")
+    assert info["vgg16_transfer"]["scale_invariant"] and info["resnet18_transfer"]["scale_invariant"]
+    import pandas as pd
+
+    summary = pd.DataFrame({"experiment": ["vgg16_transfer"], "variant": ["pretrained"], "task": ["real"]})
+    table, figure_table = targets.combine("fig_transfer", {"transfer_summary": summary, "finetune_curves": summary}, info)
+    assert list(table["experiment"]) == ["vgg16_transfer"]
+    assert list(figure_table["experiment"]) == ["vgg16_transfer (batch norm: init scale acts through the head only)"]
+    config["experiments"]["vgg16_transfer"]["model"]["arch"] = "vgg16"
+    assert not targets.experiment_info(config, "fig_transfer")["vgg16_transfer"]["scale_invariant"]

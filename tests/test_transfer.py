@@ -9,18 +9,8 @@ import torch
 
 from randlabels.models import ARCHITECTURES, build_model, head_prefix, initialize, weight_layers
 from randlabels.variants import transferred_layers
-from randlabels.transfer import (
-    clone_state,
-    fresh_model,
-    layer_groups,
-    load_into,
-    partial_state,
-    read_checkpoints,
-    read_init,
-    save_checkpoints,
-    save_init,
-    transferred_state,
-)
+from randlabels.checkpoints import read_checkpoints, read_init, save_checkpoints, save_init
+from randlabels.transfer import clone_state, fresh_model, layer_groups, load_into, partial_state, transferred_state
 
 SPEC = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 5}
 SHAPE = (2, 4, 4)

@@ -12,7 +12,8 @@ import torch
 from randlabels import plan, variants
 from randlabels.errors import InputFileError
 from randlabels.models import build_model, head_prefix, initialize
-from randlabels.transfer import clone_state, layer_groups, save_checkpoints, save_init
+from randlabels.checkpoints import save_checkpoints, save_init
+from randlabels.transfer import clone_state, layer_groups
 
 SPEC = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 5}
 SHAPE = (1, 6, 6)

@@ -20,6 +20,27 @@ PROJECT_PARTS = ("Snakefile", "config.yaml", "workflow", "src", "profiles", "env
 NO_CLUSTER = {"SLURM_CONF": os.devnull}
 
 
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_config(path: Path) -> dict:
+    """A YAML config file as a dict."""
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def refused(config: dict) -> str:
+    """The config check's message for ``config``, which must be refused."""
+    import pytest
+
+    from randlabels.config import ConfigError, check_config
+
+    with pytest.raises(ConfigError) as info:
+        check_config(config, SCHEMA)
+    return str(info.value)
+
+
 def copy_project(destination: Path) -> Path:
     """Copy what the workflow needs (not results/, not .venv) to ``destination``."""
     destination.mkdir(parents=True, exist_ok=True)

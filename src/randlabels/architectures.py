@@ -24,6 +24,13 @@ FACTORY_ARGUMENTS = ("input_shape", "num_classes")
 # takes it, an own model's too (the workflow's key, not passed to the factory).
 INIT_CONVENTIONS = ("he", "lecun")
 DEFAULT_INIT = "he"
+# Built-in networks whose every hidden conv layer is followed by batch norm: multiplying
+# those weights by init_scale leaves the features they compute unchanged in training
+# (batch norm divides the scale out), so init_scale acts only through the classifier and
+# the effective learning rate. tests/test_models.py measures this table. An init-scale
+# experiment on one of them is an ablation (the config check warns). Each with its
+# plain counterpart, where there is one.
+SCALE_INVARIANT = {"vgg16_bn": "vgg16", "resnet18": None}
 _DEFAULTS = {
     "cnn2": {"filters": 256, "kernel_size": 3, "hidden": 64, "pool": 1, "upper_width": 1.0, "init": DEFAULT_INIT},
     "fc": {"widths": [2048, 256], "upper_width": 1.0, "init": DEFAULT_INIT},
@@ -151,3 +158,15 @@ def builtin_layers(spec: dict) -> list[str]:
                     layers.append(f"layer{stage}.{block}.downsample.0")
         return layers + ["fc"]
     raise ValueError(f"not a built-in architecture: {arch!r}")
+
+
+def scale_invariance(spec: dict) -> str | None:
+    """Why ``init_scale`` does not change what ``spec``'s hidden layers compute (None
+    where it does): the note the config check and the figures give."""
+    arch = spec.get("arch")
+    if arch not in SCALE_INVARIANT:
+        return None
+    return (
+        f"{arch} has batch norm after every hidden conv layer, which divides init_scale out: "
+        "the scale acts only through the classifier and the effective learning rate"
+    )

@@ -22,7 +22,7 @@ import yaml
 
 from . import plan, targets, variants
 from .errors import ModelError, RandlabelsError
-from .architectures import ARCHITECTURES, builtin_layers, is_factory, model_options, resolve_layer_name
+from .architectures import ARCHITECTURES, builtin_layers, is_factory, model_options, resolve_layer_name, scale_invariance, SCALE_INVARIANT
 
 # The schema beside this package in a checkout (the workflow passes its own path).
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -212,7 +212,11 @@ def semantic_errors(config: dict) -> list[str]:
                 f"{where}.split: upstream + downstream (+ test) = {need} exceeds the {size} training samples of {entry['dataset']!r}"
             )
         if from_pool and split["test"] is None and size is not None and need >= size:
-            problems.append(f"{where}.split: no samples left for the test set")
+            problems.append(
+                f"{where}.split: no samples left for the test set (test: 0 if no stage needs one: "
+                "no real labels up- or downstream)"
+            )
+        problems += _split_use_errors(config, exp, split)
         labels = [plan.scale_label(scale) for scale in entry["init_scales"]]
         clashing = sorted({label for label in labels if labels.count(label) > 1})
         if clashing:
@@ -245,6 +249,30 @@ def semantic_errors(config: dict) -> list[str]:
         elif "sample" in entry:
             problems.append(f"{where}.sample: only used by finetune variant 'gaussian', but there is no finetune section")
     return problems + targets.problems(config)
+
+
+def _split_use_errors(config: dict, exp: str, split: dict) -> list[str]:
+    """Empty split parts that a stage of ``exp`` would train or evaluate on: downstream
+    0 with fine-tuning, test 0 with real labels (their test accuracy)."""
+    where = f"experiments.{exp}.split"
+    entry = config["experiments"][exp]
+    problems = []
+    if split["downstream"] == 0 and "finetune" in entry:
+        problems.append(
+            f"{where}.downstream: 0, but the experiment fine-tunes (finetune section), which trains "
+            "on the downstream samples; give downstream ≥ 1, or remove the finetune section to "
+            "only pre-train"
+        )
+    if split["test"] == 0:
+        real = [f"pretrain.labels {entry['pretrain']['labels']}"] if "real" in entry["pretrain"]["labels"] else []
+        if "finetune" in entry and "real" in plan.finetune_tasks(config, exp):
+            real.append("a real-label fine-tuning task")
+        if real:
+            problems.append(
+                f"{where}.test: 0, but real labels are evaluated on the test set ({' and '.join(real)}); "
+                "give test ≥ 1 (or leave it out: all samples left)"
+            )
+    return problems
 
 
 def _dataset_errors(where: str, dataset: dict) -> list[str]:
@@ -441,6 +469,24 @@ def yaml_errors(paths) -> list[str]:
 
 
 
+def config_warnings(config: dict) -> list[str]:
+    """What a valid config may mean other than intended, one line each: an init-scale
+    experiment (several init_scales) on a network that divides the scale out."""
+    warnings = []
+    for name, entry in config.get("experiments", {}).items():
+        model = entry.get("model", {})
+        note = scale_invariance(model)
+        if note and len(entry.get("init_scales", [])) > 1:
+            plain = SCALE_INVARIANT[model["arch"]]
+            instead = f"use arch {plain}, whose weight scale" if plain else "a network without batch norm's weight scale"
+            warnings.append(
+                f"experiments.{name}: init_scales {entry['init_scales']} on {note}; {instead} is what "
+                "the paper's init-scale experiments vary; or keep this experiment as a labelled "
+                "batch-norm ablation"
+            )
+    return warnings
+
+
 def check_config(config: dict, schema_path: str | Path, files=()) -> None:
     """Raise :class:`ConfigError` naming every problem, or return silently.
 
@@ -492,6 +538,8 @@ def main(argv=None) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
+        for warning in config_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{', '.join(map(str, args.files))}: valid")
     return 1 if problems else 0
 

@@ -4,7 +4,8 @@ Read from the experiment tables on disk when a run ends (the Snakefile's ``onsuc
 so that what a run found is on screen without opening a figure:
 
 * misalignment of the first measured layer at the last epoch, against the data basis
-  and a random basis (the paper's claim 1: small against the data basis only);
+  and a random basis (the paper's claim 1: small against the data basis only), per
+  seed and with Σw pooled over the seeds;
 * the downstream speed-up of each initialization over training from scratch (claim 2);
 * the fraction of dead ReLU units at the last epoch (the paper's specialization).
 
@@ -26,7 +27,7 @@ from randlabels.io import atomic_output, read_table
 
 SUMMARY = "SUMMARY.md"  # in the results folder
 FRONT_PAGE = "report_front.rst"  # the report's front page, in the results folder
-TABLES = ("misalignment", "transfer_summary", "activations")
+TABLES = ("misalignment", "misalignment_pooled", "transfer_summary", "activations")
 
 
 def _number(value: float) -> str:
@@ -77,6 +78,26 @@ def misalignment_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def pooled_lines(table: pd.DataFrame) -> list[str]:
+    """Per label kind and init scale: the misalignment of Σw pooled over the seeds, at
+    the last epoch, of the first layer pooled."""
+    rows = table.dropna(subset=["misalignment"])
+    if rows.empty:
+        return []
+    rows = rows[rows["epoch"] == rows.groupby("labels")["epoch"].transform("max")]
+    rows = rows[rows["layer"] == rows["layer"].iloc[0]]
+    lines = []
+    for (labels, scale), group in rows.groupby(["labels", "init_scale"], sort=True):
+        value = {basis: part["misalignment"].iloc[0] for basis, part in group.groupby("basis")}
+        lines.append(
+            f"misalignment of {group['layer'].iloc[0]} pooled over {int(group['seeds'].iloc[0])} seeds (one Σw) at "
+            f"epoch {group['epoch'].iloc[0]:g}, {labels} labels, init scale {scale:g}: "
+            f"{_number(value.get('data', math.nan))} against the data basis, "
+            f"{_number(value.get('random', math.nan))} against a random basis"
+        )
+    return lines
+
+
 def speedup_lines(table: pd.DataFrame) -> list[str]:
     """Per task and init scale: each variant's median speed-up over scratch."""
     rows = table[table["variant"] != "scratch"]
@@ -109,7 +130,12 @@ def dead_unit_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-_LINES = {"misalignment": misalignment_lines, "transfer_summary": speedup_lines, "activations": dead_unit_lines}
+_LINES = {
+    "misalignment": misalignment_lines,
+    "misalignment_pooled": pooled_lines,
+    "transfer_summary": speedup_lines,
+    "activations": dead_unit_lines,
+}
 
 
 def experiment_lines(exp: str, results: str | os.PathLike = plan.RESULTS) -> tuple[list[str], set[tuple]]:

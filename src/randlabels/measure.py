@@ -50,6 +50,11 @@ class LayerRecord:
     misalignment_data: float
     misalignment_random: float
     undefined_reason: str = ""
+    # What pooling over seeds needs (statsfile.pooled_misalignment_table): whether the
+    # layer's inputs are the data themselves, in the same coordinates in every seed (the
+    # first layer), and the seed of the random basis the control above used.
+    shared_input: bool = False
+    random_basis_seed: int | None = None
 
 
 @dataclass
@@ -60,9 +65,13 @@ class CheckpointRecord:
 
 
 def measure_layer(
-    cov_x: np.ndarray, mean_x: np.ndarray, weight: torch.Tensor, layer: str, basis: np.ndarray
+    cov_x: np.ndarray, mean_x: np.ndarray, weight: torch.Tensor, layer: str, basis: np.ndarray,
+    *, shared_input: bool = False, random_basis_seed: int | None = None,
 ) -> LayerRecord:
-    """Weight statistics of ``weight`` against the data covariance ``cov_x``."""
+    """Weight statistics of ``weight`` against the data covariance ``cov_x``.
+
+    ``shared_input`` and ``random_basis_seed`` are only recorded (see :class:`LayerRecord`).
+    """
     mean_w, cov_w = weight_statistics(weight)
     eigval_x, eigvec_x = eigh_descending(cov_x)
     eigval_w, eigvec_w = eigh_descending(cov_w)
@@ -91,6 +100,8 @@ def measure_layer(
         misalignment_data=m_data,
         misalignment_random=m_random,
         undefined_reason=reason,
+        shared_input=bool(shared_input),
+        random_basis_seed=None if random_basis_seed is None else int(random_basis_seed),
     )
 
 
@@ -143,8 +154,12 @@ def measure_checkpoints(
                 if name == first:
                     cached[name] = (cov_x, mean_x)
             weight = dict(model.named_modules())[name].weight.detach().cpu()
-            basis = random_orthonormal_basis(weight[0].numel(), stream_seed(seed, "random-basis", name))
-            layer_record = measure_layer(cov_x, mean_x, weight, name, basis)
+            basis_seed = stream_seed(seed, "random-basis", name)
+            basis = random_orthonormal_basis(weight[0].numel(), basis_seed)
+            # Only the first layer (nothing with state before it) sees the data in the
+            # same coordinates in every seed: its filters can be pooled over seeds.
+            layer_record = measure_layer(cov_x, mean_x, weight, name, basis,
+                                         shared_input=name == first, random_basis_seed=basis_seed)
             record.layers.append(layer_record)
             log.info(
                 "epoch %d  layer %s  misalignment %.4g (random basis %.4g)%s",

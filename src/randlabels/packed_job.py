@@ -8,7 +8,7 @@ its own results (``on_divergence: continue``), or fails the job with a message t
 names its seed (``stop``).
 
 The bundle (:func:`save_bundle`) holds, per seed, exactly what the ``pretrain`` rule
-would write for it: the arguments of :func:`randlabels.transfer.save_checkpoints` and
+would write for it: the arguments of :func:`randlabels.checkpoints.save_checkpoints` and
 the metrics table; the ``unpack_pretrain`` rule writes them to the usual per-seed
 files.
 """
@@ -28,7 +28,7 @@ from randlabels.io import load_torch, save_torch
 from randlabels.packed import PackedTrainer
 from randlabels.resume import ResumeStore
 from randlabels.training_job import run_training
-from randlabels.transfer import checkpoint_fields, checkpoint_identity
+from randlabels.checkpoints import checkpoint_fields, checkpoint_identity
 
 BUNDLE_FORMAT = "randlabels-pretrain-bundle-1"
 

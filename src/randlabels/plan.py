@@ -130,9 +130,27 @@ def experiment(config: dict, exp: str) -> dict:
 
 
 def dataset_settings(config: dict, name: str) -> dict:
-    """A dataset's entry with defaults filled in."""
+    """A dataset's entry with defaults filled in.
+
+    A Gaussian dataset with ``per_seed: true`` also gets ``draw_seeds``, the seeds of
+    every experiment on it (:func:`dataset_seeds`): one file holds a fresh draw for
+    each. ``per_seed: false`` (the default) is left out, so the settings, and with them
+    the prepared file, are exactly what they were before the option existed.
+    """
     entry = config["datasets"][name]
-    return canonical({**DATASET_DEFAULTS.get(entry["source"], {}), **entry})
+    settings = {**DATASET_DEFAULTS.get(entry["source"], {}), **entry}
+    if settings.get("per_seed"):
+        settings["draw_seeds"] = dataset_seeds(config, name)
+    else:
+        settings.pop("per_seed", None)
+    return canonical(settings)
+
+
+def dataset_seeds(config: dict, name: str) -> list[int]:
+    """The seeds of every experiment on dataset ``name``, sorted (the draws of a
+    per-seed dataset)."""
+    return sorted({seed for exp in config["experiments"] if experiment(config, exp)["dataset"] == name
+                   for seed in seeds(config, exp)})
 
 
 def model_settings(config: dict, exp: str) -> dict:

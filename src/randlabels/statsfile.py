@@ -8,11 +8,16 @@ Layout (readable with h5dump)::
     /epoch_0005/<layer>/       datasets: weights, cov_x, mean_x, eigval_x, eigvec_x,
                                mean_w, cov_w, eigval_w, eigvec_w, sigma, f
                                attrs: weight_shape, misalignment_data,
-                               misalignment_random, undefined_reason
+                               misalignment_random, undefined_reason,
+                               shared_input, random_basis_seed
     /epoch_0005/activations    compound table: module, frac_active, frac_dead,
                                mean_activation
 
 An undefined misalignment is stored as NaN with the reason in ``undefined_reason``.
+``shared_input`` says whether the layer sees the data itself (the first layer: the same
+coordinates in every seed, so its filters can be pooled over seeds) and
+``random_basis_seed`` seeds the random basis of ``misalignment_random``; files written
+before pooling existed lack both (:func:`pooled_misalignment_table` then says so).
 Arrays of 64 KiB and more are gzip-compressed (with HDF5's shuffle filter); all are
 stored as the root attribute ``precision`` says, float64 (the default) or float32.
 The root attributes experiment, labels, init_scale and seed are the file's identity
@@ -34,6 +39,7 @@ from .errors import InputFileError
 from .identity import expect_identity, expected, path_wildcards
 from . import provenance
 from .io import atomic_output
+from .stats import UndefinedStatistic, misalignment, pool_filters, random_orthonormal_basis, weight_statistics
 
 FORMAT = "randlabels-stats/1"
 ARRAYS = ("weights", "cov_x", "mean_x", "eigval_x", "eigvec_x", "mean_w", "cov_w", "eigval_w", "eigvec_w", "sigma", "f")
@@ -79,6 +85,10 @@ def write_stats(path: str | os.PathLike, records, attrs: dict, precision: str = 
                 sub.attrs["misalignment_data"] = layer.misalignment_data
                 sub.attrs["misalignment_random"] = layer.misalignment_random
                 sub.attrs["undefined_reason"] = layer.undefined_reason
+                sub.attrs["shared_input"] = bool(getattr(layer, "shared_input", False))
+                basis_seed = getattr(layer, "random_basis_seed", None)
+                if basis_seed is not None:
+                    sub.attrs["random_basis_seed"] = np.int64(basis_seed)
             if record.activations is not None:
                 table = record.activations
                 dtype = np.dtype([("module", h5py.string_dtype()), ("frac_active", "f8"), ("frac_dead", "f8"), ("mean_activation", "f8")])
@@ -152,6 +162,115 @@ def misalignment_table(paths: Iterable[str]) -> pd.DataFrame:
                             "reason": str(sub.attrs["undefined_reason"]),
                         })
     return pd.DataFrame(rows)
+
+
+POOLED_COLUMNS = ["experiment", "labels", "init_scale", "epoch", "layer", "basis", "misalignment",
+                  "seeds", "filters", "left_out", "reason"]
+
+
+def _collapsed_keys(runs: pd.DataFrame | None) -> set:
+    """(experiment, labels, init_scale, seed) of the runs ``runs`` flags collapsed."""
+    if runs is None or runs.empty or "collapsed" not in runs.columns:
+        return set()
+    flagged = runs[runs["collapsed"].astype(str).str.lower().eq("true")]
+    return {(str(e), str(lab), float(s), int(seed))
+            for e, lab, s, seed in flagged[["experiment", "labels", "init_scale", "seed"]].itertuples(index=False)}
+
+
+def _pooled_layer(members: list[dict]) -> tuple[float, float, int, str]:
+    """(data, random, filters, reason) of one layer pooled over ``members``: each a dict
+    with the seed's weights (units, d), cov_x and random_basis_seed."""
+    weights = pool_filters([m["weights"] for m in members])
+    cov_x = np.mean([np.asarray(m["cov_x"], dtype=np.float64) for m in members], axis=0)
+    where = f"pooled over {len(members)} seed(s), {len(weights)} filters in {weights.shape[1]} dimensions"
+    try:
+        _, cov_w = weight_statistics(weights)
+        data = misalignment(cov_x, cov_w)
+        # The control: each pooled seed's own random basis (the one its per-seed row
+        # used), applied to the pooled Σw; their mean.
+        random = float(np.mean([
+            misalignment(cov_x, cov_w, basis=random_orthonormal_basis(cov_w.shape[0], m["random_basis_seed"]))
+            for m in members
+        ]))
+    except UndefinedStatistic as err:
+        return np.nan, np.nan, len(weights), f"{where}: {err.reason}"
+    return data, random, len(weights), ""
+
+
+def pooled_misalignment_table(paths: Iterable[str], runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Misalignment of Σw pooled over the seeds of each (experiment, labels, init_scale).
+
+    Tidy rows (:data:`POOLED_COLUMNS`): one per configuration, epoch, layer and basis
+    (data | random). The filters of one layer of every seed are stacked into one weight
+    matrix (``pool_filters``), Σw is that matrix's covariance, Σx the mean of the seeds'
+    Σx; the random-basis score is the mean over the pooled seeds' own random bases.
+    Left out of the pool (``left_out`` names them and why): diverged runs, runs that
+    ``runs`` (the pre-training metrics table) flags collapsed, and at an epoch and layer
+    any seed whose weights or Σx are not finite. ``seeds`` counts the seeds pooled,
+    ``filters`` their filters. Only a layer that sees the data itself (the first layer,
+    ``shared_input``) is pooled: a deeper layer's inputs are each seed's own units, not
+    shared coordinates; its rows are NaN with the reason, as are those of a pooled Σw
+    that is still singular and of files written before pooling existed.
+    """
+    collapsed = _collapsed_keys(runs)
+    groups: dict[tuple, list] = {}
+    for path in paths:
+        with _open(path) as f:
+            run = _run_columns(f)
+            key = (run["experiment"], run["labels"], run["init_scale"])
+            status = ("diverged" if run["diverged"]
+                      else "collapsed" if (*key, run["seed"]) in collapsed else "")
+            layers = {}
+            for epoch, group in _epochs(f):
+                for layer, sub in _layers(group):
+                    entry = {"shared_input": sub.attrs.get("shared_input"),
+                             "random_basis_seed": sub.attrs.get("random_basis_seed")}
+                    if entry["shared_input"] is not None and bool(entry["shared_input"]) and not status:
+                        entry["weights"] = sub["weights"][()]
+                        entry["cov_x"] = sub["cov_x"][()]
+                    layers[(epoch, layer)] = entry
+            groups.setdefault(key, []).append({"path": str(path), "seed": run["seed"], "status": status,
+                                               "layers": layers})
+    rows = []
+    for (experiment, labels, init_scale), seeds in groups.items():
+        seeds = sorted(seeds, key=lambda s: s["seed"])
+        cells = list(dict.fromkeys(cell for s in seeds for cell in s["layers"]))
+        for epoch, layer in sorted(cells, key=lambda c: c[0]):
+            left_out, members, reason = [], [], ""
+            entries = [(s, s["layers"].get((epoch, layer))) for s in seeds]
+            old = [s["path"] for s, e in entries if e is not None
+                   and (e["shared_input"] is None or e["random_basis_seed"] is None)]
+            if old:
+                reason = (f"statistics file(s) {', '.join(old)} written before pooled misalignment "
+                          "existed (no shared_input / random_basis_seed): rerun rule statistics")
+            elif not all(bool(e["shared_input"]) for _, e in entries if e is not None):
+                reason = (f"layer {layer} is not pooled: its inputs are each seed's own lower-layer "
+                          "units, not coordinates the seeds share (only a layer that sees the data itself is)")
+            for s, e in entries:
+                if e is None:
+                    left_out.append(f"seed {s['seed']}: no epoch {epoch}")
+                elif s["status"]:
+                    left_out.append(f"seed {s['seed']}: {s['status']}")
+                elif not reason:
+                    if not np.isfinite(e["weights"]).all():
+                        left_out.append(f"seed {s['seed']}: non-finite weights")
+                    elif not np.isfinite(e["cov_x"]).all():
+                        left_out.append(f"seed {s['seed']}: non-finite Σx")
+                    else:
+                        members.append(e)
+            filters = 0
+            data = random = np.nan
+            if not reason and not members:
+                reason = "no seed left to pool" + (f" ({'; '.join(left_out)})" if left_out else "")
+            if not reason:
+                data, random, filters, reason = _pooled_layer(members)
+            for basis, value in (("data", data), ("random", random)):
+                rows.append({
+                    "experiment": experiment, "labels": labels, "init_scale": init_scale, "epoch": epoch,
+                    "layer": layer, "basis": basis, "misalignment": float(value), "seeds": len(members),
+                    "filters": int(filters), "left_out": "; ".join(left_out), "reason": reason,
+                })
+    return pd.DataFrame(rows, columns=POOLED_COLUMNS)
 
 
 def transfer_function_table(paths: Iterable[str]) -> pd.DataFrame:

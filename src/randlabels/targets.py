@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import plan, variants
+from .architectures import scale_invariance
 
 # Per-experiment tables a target may read (names of plan.tables entries).
 FINETUNE_TABLES = ("finetune_curves", "transfer_summary")
@@ -150,12 +151,28 @@ def _experiment_columns(table: pd.DataFrame, info: dict, keys: tuple[str, ...]) 
 
 
 def _build_misalignment(tables: dict, info: dict):
-    table = _experiment_columns(tables["misalignment"], info, ("model", "augment"))
+    """Per-seed rows (``pooled`` false) and, where the target reads them, the rows of Σw
+    pooled over seeds (``pooled`` true, ``seed`` empty, ``seeds`` the number pooled): one
+    table, which the misalignment figure splits again."""
+    table = tables["misalignment"]
+    pooled = tables.get("misalignment_pooled")
+    if pooled is not None and not pooled.empty:
+        table = pd.concat([table.assign(pooled=False), pooled.assign(pooled=True)], ignore_index=True)
+        for column in ("seed", "seeds", "filters"):  # integers, empty where they do not apply
+            if column in table.columns:
+                table[column] = table[column].astype("Int64")
+    table = _experiment_columns(table, info, ("model", "augment"))
     return table, table
 
 
 def _build_transfer_function(tables: dict, info: dict):
+    """f(σ) rows with the model and f_change = f − f(epoch 0) of the same run and
+    eigen-direction rank (the figure's lower row; METHODS.md, "Change from
+    initialization")."""
+    from .plots.transfer_function import change_from_init  # plotting stack: only in the job
+
     table = _experiment_columns(tables["transfer_function"], info, ("model",))
+    table["f_change"] = change_from_init(table)
     return table, table
 
 
@@ -212,8 +229,8 @@ TARGETS: dict[str, Target] = {
         "Transfer: pre-trained on random labels (rescaled or not) against scratch, downstream on real or fresh random labels, per init scale.",
         FINETUNE_TABLES, "learning_curves", _needs_variants("pretrained"), _build_transfer),
     "fig_misalignment": Target(
-        "First-layer misalignment over training, data basis against a random basis, random against real labels.",
-        STATS_TABLES[:1], "misalignment", _nothing, _build_misalignment),
+        "First-layer misalignment over training, data basis against a random basis, random against real labels; per seed and with Σw pooled over the seeds.",
+        STATS_TABLES[:1] + ("misalignment_pooled",), "misalignment", _nothing, _build_misalignment),
     "fig_eigenfilters": Target(
         "Top eigenvectors of the pooled filter covariance beside those of the image-patch covariance.",
         (), "eigenfilters", _needs_conv, _build_eigenfilter_table, stats_files=True),
@@ -304,6 +321,7 @@ def experiment_info(config: dict, name: str) -> dict[str, dict]:
         info[exp] = {
             "model": model["arch"] + (f" ×{model['upper_width']:g} upper" if model.get("upper_width", 1) != 1 else "")
             + (f", {model['init']} init" if model.get("init", "he") != "he" else ""),
+            "scale_invariant": bool(scale_invariance(model)) and len(entry["init_scales"]) > 1,
             "kernel_size": int(model.get("kernel_size", 3)) if model["arch"] == "cnn2" else 3,
             "augment": ", ".join(f"{k} {v}" for k, v in sorted(augment.items()) if v) or "none",
             "from_labels": plan.from_labels(config, exp) if plan.has_finetune(config, exp) else entry["pretrain"]["labels"][0],
@@ -324,8 +342,14 @@ def all_target_files(config: dict) -> list[str]:
 
 
 def combine(name: str, tables: dict[str, pd.DataFrame], info: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tidy table, the table the figure is drawn from) of a target."""
-    return TARGETS[name].build(tables, info)
+    """(tidy table, the table the figure is drawn from) of a target. In the figure, an
+    experiment whose init scales a batch-norm network divides out is named as such."""
+    table, figure_table = TARGETS[name].build(tables, info)
+    ablations = {exp: f"{exp} (batch norm: init scale acts through the head only)"
+                 for exp, entry in info.items() if entry.get("scale_invariant")}
+    if ablations and "experiment" in figure_table.columns:
+        figure_table = figure_table.assign(experiment=figure_table["experiment"].replace(ablations))
+    return table, figure_table
 
 
 def eigenfilter_table(experiment: str, cov_w: np.ndarray, eigvec_x: np.ndarray, eigval_x: np.ndarray, top: int = 16) -> pd.DataFrame:

@@ -124,7 +124,8 @@ def initial_state(
     ``expect`` (identity.expected) so that a file of another run is refused.
     """
     from .models import head_prefix
-    from .transfer import clone_state, partial_state, read_checkpoints, read_init, transferred_state
+    from .checkpoints import read_checkpoints, read_init
+    from .transfer import clone_state, partial_state, transferred_state
 
     parsed = parse(variant)
     fresh = clone_state(model)

@@ -7,7 +7,12 @@ import yaml
 SRC = os.path.join(workflow.basedir, "src")
 
 from randlabels import codedeps, plan, targets, variants
-from randlabels.config import ConfigError, check_config, command_line_config
+from randlabels.config import (
+    ConfigError,
+    check_config,
+    command_line_config,
+    config_warnings,
+)
 
 # --config KEY=VALUE: on config.yaml unless --configfile files were given, and a dotted
 # KEY sets one nested value (randlabels.config.command_line_config).
@@ -35,6 +40,8 @@ try:
     )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+for _warning in config_warnings(config):
+    logger.warning(f"config warning: {_warning}")
 
 ENV = "../../envs/randlabels.yaml"
 RESOURCES_TRAINING = plan.resources(config, "training")

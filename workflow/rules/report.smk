@@ -37,6 +37,12 @@ rule aggregate_statistics:
             category="{exp}",
             subcategory="Tables",
         ),
+        misalignment_pooled=report(
+            plan.path("table", exp="{exp}", table="misalignment_pooled"),
+            caption="../report/misalignment_pooled_table.rst",
+            category="{exp}",
+            subcategory="Tables",
+        ),
         transfer_function=plan.path("table", exp="{exp}", table="transfer_function"),
         activations=plan.path("table", exp="{exp}", table="activations"),
     log:
@@ -85,6 +91,7 @@ rule aggregate_finetuning:
 rule plot_misalignment:
     input:
         table=plan.path("table", exp="{exp}", table="misalignment"),
+        pooled=plan.path("table", exp="{exp}", table="misalignment_pooled"),
         code=script_code("plot_table", "randlabels.plots.misalignment"),
     output:
         report(
@@ -103,7 +110,7 @@ rule plot_misalignment:
         **RESOURCES_LIGHT,
     params:
         module="randlabels.plots.misalignment",
-        options={},
+        options=lambda w, input: {"pooled": input.pooled},
     message:
         "Plotting misalignment of {wildcards.exp}"
     script:

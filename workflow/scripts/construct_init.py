@@ -21,7 +21,8 @@ from randlabels.models import build_model
 from randlabels.plan import from_labels
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
-from randlabels.transfer import buildable_spec, clone_state, fresh_model, load_into, read_checkpoints, save_init
+from randlabels.checkpoints import buildable_spec, read_checkpoints, save_init
+from randlabels.transfer import clone_state, fresh_model, load_into
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

@@ -12,7 +12,8 @@ from randlabels.sampling import fit_gaussian, sample_gaussian
 from randlabels.seeding import stream_rng, stream_seed
 from randlabels.splits import read_split
 from randlabels.stats import weight_vectors
-from randlabels.transfer import buildable_spec, clone_state, fresh_model, read_checkpoints, save_init
+from randlabels.checkpoints import buildable_spec, read_checkpoints, save_init
+from randlabels.transfer import clone_state, fresh_model
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

@@ -3,6 +3,7 @@
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 from randlabels import provenance, runlog
+from randlabels.data.gaussian import seed_rows
 from randlabels.data.h5file import read_dataset
 from randlabels.splits import make_split, write_split
 
@@ -20,6 +21,8 @@ split = make_split(
     seed=snakemake.params.seed,
     source=snakemake.input.dataset,  # named, with the config section, if it is too small
     where=f"experiments.{snakemake.wildcards.exp}.split",
+    # A per-seed dataset (gaussian, per_seed: true): only this seed's own draw.
+    rows=seed_rows(dataset.attrs, snakemake.params.seed, snakemake.input.dataset),
 )
 write_split(split, snakemake.output[0])
 log.info(

@@ -14,7 +14,8 @@ from randlabels.resume import hold_run
 from randlabels.training_job import run_training
 from randlabels.seeding import stream_seed
 from randlabels.splits import read_split
-from randlabels.transfer import fresh_model, save_checkpoints
+from randlabels.checkpoints import save_checkpoints
+from randlabels.transfer import fresh_model
 
 # First: one process per run (a second job on a run another process trains stops here,
 # before opening, and so truncating, the run's log). Given back by store.clear().

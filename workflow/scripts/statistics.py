@@ -12,7 +12,8 @@ from randlabels.measure import measure_checkpoints
 from randlabels.models import build_model
 from randlabels.splits import read_split
 from randlabels.statsfile import write_stats
-from randlabels.transfer import buildable_spec, load_into, read_checkpoints
+from randlabels.checkpoints import buildable_spec, read_checkpoints
+from randlabels.transfer import load_into
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

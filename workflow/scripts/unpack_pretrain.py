@@ -7,7 +7,7 @@ from randlabels import provenance, runlog
 from randlabels.identity import expected
 from randlabels.io import write_table
 from randlabels.packed_job import read_bundle_run
-from randlabels.transfer import save_checkpoints
+from randlabels.checkpoints import save_checkpoints
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

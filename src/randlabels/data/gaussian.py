@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from randlabels.data.h5file import check_int, write_dataset
+from randlabels.errors import InputFileError
+from randlabels.seeding import stream_rng
 
 
 def _gaussian_variances(
@@ -45,6 +47,8 @@ def prepare_gaussian(
     n_samples: int,
     seed: int,
     num_classes: int = 10,
+    per_seed: bool = False,
+    draw_seeds: Sequence[int] | None = None,
 ) -> None:
     """Write x ~ N(0, diag(variances)) with labels drawn independently of x.
 
@@ -53,25 +57,50 @@ def prepare_gaussian(
     information about x by construction: they come uniformly from the same seeded
     generator, after x. The normalization stored is the identity, so training sees
     the exact covariance.
+
+    ``per_seed=True``: one independent sample of ``n_samples`` per experiment seed of
+    ``draw_seeds`` (the workflow passes the seeds of every experiment on this dataset,
+    :func:`randlabels.plan.dataset_settings`), stacked in the order of the sorted
+    seeds; the draw of experiment seed s comes from its own stream
+    ``stream_rng(s, "gaussian-data", seed)``, so it does not depend on which other
+    seeds are drawn. The file records ``draw_seeds``; a split of seed s takes its
+    samples from that seed's rows only (:func:`seed_rows`).
     """
     check_int("dim", dim, 1)
     check_int("n_samples", n_samples, 2)
     check_int("num_classes", num_classes, 2)
     check_int("seed", seed, 0)
     values = _gaussian_variances(int(dim), variances, spectrum)
-
-    rng = np.random.default_rng(int(seed))
-    x = (rng.standard_normal((int(n_samples), int(dim))) * np.sqrt(values)).astype(np.float32)
-    labels = rng.integers(0, int(num_classes), size=int(n_samples), dtype=np.int64)
+    if not isinstance(per_seed, (bool, np.bool_)):
+        raise ValueError(f"'per_seed' must be true or false, got {per_seed!r}")
+    if per_seed:
+        if draw_seeds is None or len(draw_seeds) == 0:
+            raise ValueError("'per_seed' needs the experiment seeds to draw for ('draw_seeds'), got none")
+        for s in draw_seeds:
+            check_int("draw_seeds", s, 0)
+        if len(set(int(s) for s in draw_seeds)) != len(draw_seeds):
+            raise ValueError(f"'draw_seeds' must not repeat a seed, got {list(draw_seeds)}")
+        ordered = sorted(int(s) for s in draw_seeds)
+        blocks = [_draw(stream_rng(s, "gaussian-data", int(seed)), n_samples, values, num_classes) for s in ordered]
+        x = np.concatenate([b[0] for b in blocks])
+        labels = np.concatenate([b[1] for b in blocks])
+    elif draw_seeds is not None:
+        raise ValueError("'draw_seeds' is only used with per_seed: true")
+    else:
+        x, labels = _draw(np.random.default_rng(int(seed)), n_samples, values, num_classes)
     if spectrum is None:
         how = "explicit variances"
     else:
         how = f"linear spectrum {float(spectrum['low'])}..{float(spectrum['high'])}"
+    extra = {}
+    if per_seed:
+        how += f"; {int(n_samples)} samples drawn afresh for each of the experiment seeds {ordered}"
+        extra["draw_seeds"] = np.asarray(ordered, dtype=np.int64)
     write_dataset(
         out_path,
         images=x,
         labels=labels,
-        is_test=np.zeros(int(n_samples), dtype=bool),
+        is_test=np.zeros(len(labels), dtype=bool),
         class_names=[f"class {k}" for k in range(int(num_classes))],
         attrs={
             "name": "gaussian",
@@ -88,5 +117,32 @@ def prepare_gaussian(
             "variances": values,
             "n_samples": int(n_samples),
             "seed": int(seed),
+            **extra,
         },
     )
+
+
+def _draw(rng: np.random.Generator, n_samples: int, values: np.ndarray, num_classes: int):
+    """One sample: x ~ N(0, diag(values)) (float32), then labels uniform over the classes."""
+    x = (rng.standard_normal((int(n_samples), len(values))) * np.sqrt(values)).astype(np.float32)
+    labels = rng.integers(0, int(num_classes), size=int(n_samples), dtype=np.int64)
+    return x, labels
+
+
+def seed_rows(attrs: Mapping[str, Any], seed: int, source: str | os.PathLike = "the dataset") -> np.ndarray | None:
+    """The rows of a dataset file that experiment seed ``seed`` may use: its own draw
+    of a per-seed dataset (``draw_seeds`` among the file's attributes), ``None`` (all
+    rows) for any other dataset. A seed the file has no draw for is refused, naming
+    the file (it was prepared for other seeds: rerun prepare_dataset)."""
+    if "draw_seeds" not in attrs:
+        return None
+    drawn = [int(s) for s in np.atleast_1d(attrs["draw_seeds"])]
+    if int(seed) not in drawn:
+        raise InputFileError(
+            source,
+            f"has per-seed draws for the seeds {drawn}, none for seed {int(seed)}; rerun "
+            "prepare_dataset (snakemake --forcerun prepare_dataset) so that it draws every seed",
+        )
+    n = int(attrs["n_samples"])
+    start = drawn.index(int(seed)) * n
+    return np.arange(start, start + n)
