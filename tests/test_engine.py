@@ -392,3 +392,29 @@ def test_cuda_where_there_is_none_names_the_config_key(monkeypatch):
     with pytest.raises(ResourceError, match="has 1 CUDA device"):
         resolve_device("cuda:1")
     assert resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+def test_device_data_subset_of_a_prepared_dataset():
+    from randlabels.data.h5file import Dataset
+
+    images = np.arange(5 * 4 * 4 * 1, dtype=np.uint8).reshape(5, 4, 4, 1)
+    dataset = Dataset(images=images, labels=np.array([0, 1, 2, 0, 1]), is_test=np.zeros(5, bool), class_names=["a", "b", "c"],
+                      attrs={"num_classes": 3, "kind": "image", "norm_mean": [0.5], "norm_std": [0.25]})
+    data = DeviceData.subset(dataset, np.array([3, 1]), "cpu")
+    assert data.labels.tolist() == [0, 1]
+    np.testing.assert_array_equal(data.inputs.numpy(), images[[3, 1]])
+    expected = (images[[3, 1]].transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
+    np.testing.assert_allclose(data.normalized(slice(None)).numpy(), expected, rtol=1e-6)
+    relabelled = DeviceData.subset(dataset, np.array([3, 1]), "cpu", labels=np.array([2, 2]))
+    assert relabelled.labels.tolist() == [2, 2]
+
+
+def test_job_device_sets_the_threads_and_resolves_the_device():
+    from randlabels.engine import job_device
+
+    before = torch.get_num_threads()
+    try:
+        assert job_device("cpu", threads=1) == torch.device("cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

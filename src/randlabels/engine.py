@@ -94,6 +94,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def job_device(name: str, threads: int, gpus: int = 0, jobs_per_gpu: int = 1) -> torch.device:
+    """The device of a workflow job, set up as every job script needs it: torch's CPU
+    threads set to the job's ``threads``, ``gpus`` devices claimed for it
+    (:func:`randlabels.gpus.bind_gpus`, before CUDA starts), and the config's ``device``
+    resolved (:func:`resolve_device`)."""
+    from randlabels.gpus import bind_gpus
+
+    torch.set_num_threads(threads)
+    bind_gpus(gpus, jobs_per_gpu)
+    return resolve_device(name)
+
+
 class DeviceData:
     """A labelled dataset held on one device; batches are normalized on the fly.
 
@@ -123,6 +135,14 @@ class DeviceData:
         self.std = torch.as_tensor(norm_std, dtype=torch.float32, device=self.device).view(shape)
         cuda = self.device.type == "cuda"
         self.memory_format = torch.channels_last if (cuda and self.is_image) else torch.contiguous_format
+
+    @classmethod
+    def subset(cls, dataset, index, device: torch.device | str = "cpu", labels: np.ndarray | None = None) -> "DeviceData":
+        """The samples ``index`` of a prepared dataset (:class:`randlabels.data.h5file.Dataset`)
+        on ``device``, normalized as the dataset says; ``labels`` replace the dataset's own
+        (random labels, a downstream task's)."""
+        return cls(dataset.images[index], dataset.labels[index] if labels is None else labels,
+                   dataset.norm_mean, dataset.norm_std, device)
 
     def __len__(self) -> int:
         return len(self.labels)

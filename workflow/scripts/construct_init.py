@@ -10,12 +10,10 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import time
 
-import torch
-
 from randlabels import provenance, runlog
 from randlabels.construct import construct_layers, constructible_layers
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, resolve_device
+from randlabels.engine import DeviceData, job_device
 from randlabels.identity import expected
 from randlabels.models import build_model
 from randlabels.plan import from_labels
@@ -26,17 +24,16 @@ from randlabels.transfer import clone_state, fresh_model, load_into
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes
-torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 method, depth = params.method, int(params.depth)
 if int(params.samples) < 2:
     raise ValueError(f"construct_init: samples must be >= 2 for a covariance, got {params.samples}")
-device = resolve_device(params.device)
+device = job_device(params.device, snakemake.threads)
 
 dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
 index = split.upstream[: int(params.samples)]
-data = DeviceData(dataset.images[index], dataset.labels[index], dataset.norm_mean, dataset.norm_std, device)
+data = DeviceData.subset(dataset, index, device)
 num_classes = split.upstream_classes
 
 

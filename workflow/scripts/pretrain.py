@@ -2,12 +2,9 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-import torch
-
 from randlabels import provenance, runlog
-from randlabels.gpus import bind_gpus
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, Trainer, TrainConfig, resolve_device
+from randlabels.engine import DeviceData, Trainer, TrainConfig, job_device
 from randlabels.io import write_table
 from randlabels.progress import job_monitor
 from randlabels.resume import hold_run
@@ -22,20 +19,18 @@ from randlabels.transfer import fresh_model
 hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes
-torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 labels_kind = snakemake.wildcards.labels
-bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
-device = resolve_device(params.device)
+device = job_device(params.device, snakemake.threads, snakemake.resources.gpu, params.jobs_per_gpu)
 
 dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
 labels = split.labels("upstream", labels_kind, dataset.labels)
 num_classes = dataset.num_classes if labels_kind == "real" else split.upstream_classes
-train = DeviceData(dataset.images[split.upstream], labels, dataset.norm_mean, dataset.norm_std, device)
+train = DeviceData.subset(dataset, split.upstream, device, labels)
 test = None
 if labels_kind == "real":
-    test = DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
+    test = DeviceData.subset(dataset, split.test, device)
 
 model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init"),
                     where=f"experiments.{snakemake.wildcards.exp}.model")

@@ -8,12 +8,9 @@ the per-seed files.
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-import torch
-
 from randlabels import provenance, runlog
-from randlabels.gpus import bind_gpus
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, TrainConfig, resolve_device
+from randlabels.engine import DeviceData, TrainConfig, job_device
 from randlabels.packed import PackedTrainer
 from randlabels.progress import job_monitor
 from randlabels.resume import hold_run
@@ -27,12 +24,10 @@ from randlabels.transfer import fresh_model
 hold_run(snakemake.params.resume)
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes
-torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 seeds = list(params.seeds)
 labels_kind = snakemake.wildcards.labels
-bind_gpus(snakemake.resources.gpu, params.jobs_per_gpu)  # before CUDA starts
-device = resolve_device(params.device)
+device = job_device(params.device, snakemake.threads, snakemake.resources.gpu, params.jobs_per_gpu)
 
 dataset = read_dataset(snakemake.input.dataset)
 models, trains, tests, classes = [], [], [], []
@@ -40,11 +35,9 @@ for seed, split_path in zip(seeds, snakemake.input.splits, strict=True):
     split = read_split(split_path)
     labels = split.labels("upstream", labels_kind, dataset.labels)
     num_classes = dataset.num_classes if labels_kind == "real" else split.upstream_classes
-    train = DeviceData(dataset.images[split.upstream], labels, dataset.norm_mean, dataset.norm_std, device)
+    train = DeviceData.subset(dataset, split.upstream, device, labels)
     if labels_kind == "real":
-        tests.append(
-            DeviceData(dataset.images[split.test], dataset.labels[split.test], dataset.norm_mean, dataset.norm_std, device)
-        )
+        tests.append(DeviceData.subset(dataset, split.test, device))
     trains.append(train)
     classes.append(num_classes)
     models.append(fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(seed, "init"),

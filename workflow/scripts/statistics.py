@@ -2,11 +2,9 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-import torch
-
 from randlabels import provenance, runlog
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, resolve_device
+from randlabels.engine import DeviceData, job_device
 from randlabels.identity import expected
 from randlabels.measure import measure_checkpoints
 from randlabels.models import build_model
@@ -17,16 +15,13 @@ from randlabels.transfer import load_into
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes
-torch.set_num_threads(snakemake.threads)
 params = snakemake.params
-device = resolve_device(params.device)
+device = job_device(params.device, snakemake.threads)
 # A checkpoint set of another run (copied here) is refused, naming both runs.
 checkpoints = read_checkpoints(snakemake.input.checkpoints, expect=expected(snakemake.wildcards))
 dataset = read_dataset(snakemake.input.dataset)
 split = read_split(snakemake.input.split)
-data = DeviceData(
-    dataset.images[split.upstream], split.upstream_random, dataset.norm_mean, dataset.norm_std, device
-)
+data = DeviceData.subset(dataset, split.upstream, device, split.upstream_random)
 # The spec recorded in the checkpoint; an own model's factory runs only if the config names it.
 spec = buildable_spec(checkpoints, snakemake.input.checkpoints, snakemake.config["experiments"][snakemake.wildcards.exp]["model"])
 model = build_model(spec, checkpoints["input_shape"], checkpoints["num_classes"], where=f"experiments.{snakemake.wildcards.exp}.model").to(device)
