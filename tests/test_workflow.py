@@ -100,6 +100,7 @@ def tiny_run(tmp_path_factory):
     project = copy_project(root / "project")
     config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
     config["resources"] = {"training": {"gpu": 1}}
+    config["tensorboard"] = True  # event files of every training run (tensorboard is in the test extra)
     (project / "config.yaml").write_text(yaml.safe_dump(config))
     fake_gpus = {"RANDLABELS_FAKE_GPUS": "0,1", "RANDLABELS_GPU_LOCK_DIR": str(root / "locks")}
     snakemake(project, "--cores", "2", "--resources", "gpu=2", env=fake_gpus)
@@ -160,7 +161,12 @@ def test_training_jobs_left_live_files_and_the_run_a_summary(tiny_run):
     assert len(finetune_live) == 4 * 2  # variants × seeds
     log = (results / "logs" / "pretrain" / "tiny" / "random" / "scale0.5" / "seed1.log").read_text()
     assert "experiment=tiny labels=random init_scale=0.5 seed=1  epoch 2/2  step " in log and " ETA " in log
-    assert not (results / "_tensorboard").exists()  # tensorboard: false by default
+    # tensorboard: true: event files per run and seed, for pre-training and fine-tuning
+    for folder in (results / "_tensorboard" / "tiny" / "pretrain" / "random" / "scale0.5" / "seed1",
+                   results / "_tensorboard" / "tiny" / "finetune" / "random10" / "gaussian" / "scale0.5" / "seed0"):
+        assert list(folder.glob("events.out.tfevents.*")), folder
+    # ... and switching it off reruns nothing: it changes no result.
+    assert job_counts(snakemake(tiny_run, "-n", "--config", "set=tensorboard=false").stdout) == {}
 
     summary = (results / "SUMMARY.md").read_text()
     misalignment = read_table(results / "tiny" / "tables" / "misalignment.tsv")
