@@ -323,6 +323,15 @@ STAGES = (
 )
 
 
+def _modified_since(path: Path, moment: float) -> bool:
+    """Whether ``path`` was written at or after ``moment``; False once it is gone
+    (Snakemake deletes a job's log when it reruns the job, between listing and stat)."""
+    try:
+        return path.stat().st_mtime >= moment
+    except FileNotFoundError:
+        return False
+
+
 def _kill_during(project: Path, stage: str, env: dict, rng: random.Random, force: bool = False) -> bool:
     """Start the workflow, ``kill -9`` all of it at a random moment while a job of
     ``stage`` runs; False if the run ended before such a job started."""
@@ -335,7 +344,7 @@ def _kill_during(project: Path, stage: str, env: dict, rng: random.Random, force
                            start_new_session=True)
     logs = project / "results" / "logs" / stage
     while run.poll() is None:
-        if logs.is_dir() and any(log.stat().st_mtime >= started for log in logs.rglob("*.log")):
+        if logs.is_dir() and any(_modified_since(log, started) for log in logs.rglob("*.log")):
             time.sleep(rng.uniform(0.0, 0.8))  # somewhere inside the job
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
