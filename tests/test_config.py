@@ -369,13 +369,16 @@ def test_an_init_scale_experiment_on_batch_norm_is_warned_about():
 
     config = load(ROOT / "configs" / "paper-cifar10.yaml")
     warned = config_warnings(config)
-    assert any(w.startswith("experiments.vgg16_transfer: init_scales [0.5, 1.0, 2.0] on vgg16_bn has batch norm")
+    assert any(w.startswith("experiments.vgg16_bn_transfer: init_scales [0.5, 1.0, 2.0] on vgg16_bn has batch norm")
                and "use arch vgg16" in w for w in warned)
     assert any(w.startswith("experiments.resnet18_transfer:") and "a network without batch norm" in w for w in warned)
-    config["experiments"]["vgg16_transfer"]["model"]["arch"] = "vgg16"  # plain: the scale acts
+    assert not any(w.startswith("experiments.vgg16_transfer:") for w in warned)  # plain vgg16: the scale acts
+    config["experiments"]["vgg16_transfer"]["model"]["arch"] = "vgg16_bn"
+    assert any(w.startswith("experiments.vgg16_transfer: init_scales [0.8, 1.0, 2.0] on vgg16_bn") for w in config_warnings(config))
+    config["experiments"]["vgg16_bn_transfer"]["model"]["arch"] = "vgg16"
     config["experiments"]["resnet18_transfer"]["init_scales"] = [1.0]  # one scale: nothing varies
     warned = config_warnings(config)
-    assert not any(w.startswith(("experiments.vgg16_transfer:", "experiments.resnet18_transfer:")) for w in warned)
+    assert not any(w.startswith(("experiments.vgg16_bn_transfer:", "experiments.resnet18_transfer:")) for w in warned)
     assert config_warnings(load()) == []  # the default config: cnn2 and fc
 
 
@@ -384,5 +387,5 @@ def test_the_config_command_prints_warnings_and_still_validates(capsys):
 
     assert main([str(ROOT / "configs" / "paper-cifar10.yaml")]) == 0
     out = capsys.readouterr()
-    assert "warning: experiments.vgg16_map: init_scales" in out.err
+    assert "warning: experiments.vgg16_bn_transfer: init_scales" in out.err
     assert out.out.rstrip().endswith("paper-cifar10.yaml: valid")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer
+from randlabels.engine import DeviceData, TrainConfig, Trainer, lr_factor
 from randlabels.models import build_model, initialize
 
 METRIC_COLUMNS = ["epoch", "step", "loss", "train_acc", "test_acc", "lr", "diverged", "seconds"]
@@ -418,3 +419,53 @@ def test_job_device_sets_the_threads_and_resolves_the_device():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_warmup_rises_linearly_then_hands_over_to_the_schedule():
+    # 2 epochs of 5 steps: warm-up over the first 4 steps (0.8 epochs), then constant.
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.1, warmup_epochs=0.8)
+    assert [lr_factor(config, step, 5) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    # With cosine, the cosine spans the 6 steps after the warm-up, from 1 down to 0.
+    cosine = TrainConfig(epochs=2, batch_size=8, lr=0.1, warmup_epochs=0.8, schedule="cosine")
+    after = [lr_factor(cosine, step, 5) for step in range(4, 11)]
+    assert after == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(7)])
+    assert after[-1] == pytest.approx(0.0, abs=1e-15) and after[3] == pytest.approx(0.5)
+    # Without a warm-up the cosine is the one of test_cosine_schedule_decays_to_zero.
+    plain = TrainConfig(epochs=3, batch_size=8, lr=0.1, schedule="cosine")
+    assert lr_factor(plain, 9, 6) == pytest.approx(0.5)
+
+
+def test_warmup_reaches_the_optimizer():
+    data = _vector_data()  # 6 steps per epoch at batch 16
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.3, warmup_epochs=1)
+    result = Trainer(_model(0), data, config, seed=0).fit(eval_every=1)
+    lrs = result.curve.set_index("step")["lr"]
+    # The curve row after step s shows the rate of step s + 1 (LambdaLR steps after each step).
+    assert [lrs[s] for s in range(6)] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
+    assert lrs[12] == pytest.approx(0.3)
+
+
+def test_bad_warmup_or_clipping_is_refused():
+    with pytest.raises(ValueError, match="invalid training settings"):
+        TrainConfig(epochs=1, warmup_epochs=-1)
+    with pytest.raises(ValueError, match="clip_grad_norm must be > 0"):
+        TrainConfig(epochs=1, clip_grad_norm=0)
+
+
+def test_clipping_bounds_each_step_to_lr_times_the_norm():
+    """Plain SGD (no momentum, no decay): a clipped step moves the parameters by at most
+    lr × max_norm, and by exactly that where the raw gradient is larger."""
+    data = _vector_data()
+    config = TrainConfig(epochs=1, batch_size=16, lr=1.0, momentum=0.0, clip_grad_norm=1e-3)
+    trainer = Trainer(_model(0), data, config, seed=0)
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.train_step(*data.batch(torch.arange(16)))
+    after = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    assert float((after - before).norm()) == pytest.approx(1e-3, rel=1e-3)
+    # A bound far above the gradient changes nothing: the same step as without clipping.
+    loose = Trainer(_model(0), data, dataclasses.replace(config, clip_grad_norm=1e6), seed=0)
+    free = Trainer(_model(0), data, dataclasses.replace(config, clip_grad_norm=None), seed=0)
+    for t in (loose, free):
+        t.train_step(*data.batch(torch.arange(16)))
+    for a, b in zip(loose.model.parameters(), free.model.parameters()):
+        assert torch.equal(a, b)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from randlabels.measure import measure_checkpoints, measure_layer
+from randlabels.errors import ResourceError
+from randlabels.measure import check_layer_sizes, layer_memory_bytes, measure_checkpoints, measure_layer
 from randlabels.models import build_model
 from randlabels.stats import patch_covariance, random_orthonormal_basis
 from randlabels.statsfile import (
@@ -340,3 +341,26 @@ def test_stats_files_are_compressed_and_float32_halves_them(measured, tmp_path):
     pd.testing.assert_frame_equal(misalignment_table([double]), misalignment_table([single]))
     with pytest.raises(ValueError, match="precision"):
         write_stats(tmp_path / "bad.h5", records, ATTRS, precision="float16")
+
+
+def test_a_layer_too_large_for_the_jobs_memory_is_refused_before_any_data_pass():
+    """The 2-layer CNN's hidden layer after 256 filters on 32×32 images has 262 144 input
+    dimensions: 6 × 262144² × 8 bytes ≈ 3 TiB. The check names the key and the size."""
+    model = build_model({"arch": "cnn2", "filters": 256, "kernel_size": 3, "hidden": 64}, (3, 32, 32), 10)
+    assert model.fc1.weight.shape[1] == 262144
+    passes = []
+
+    def batches():
+        passes.append(1)
+        return iter([torch.zeros(2, 3, 32, 32)])
+
+    with pytest.raises(ResourceError, match=r"experiments\.big\.stats\.layers: layer fc1 has 262144 input "
+                                            r"dimensions.*3\.07e\+03 GiB, more than this job's 7\.81 GiB") as err:
+        measure_checkpoints(model, {0: model.state_dict()}, ["first", "fc1"], batches, seed=0,
+                            load=lambda m, s: m.load_state_dict(s), memory_mb=8000,
+                            where="experiments.big.stats.layers")
+    assert passes == [] and "Leave the layer out of stats.layers" in str(err.value)
+    # The first layer (27 dimensions) fits in a megabyte; so does nothing without a limit.
+    assert layer_memory_bytes(27) == 6 * 27 * 27 * 8
+    check_layer_sizes(model, ["conv1"], memory_mb=1, where="x")
+    check_layer_sizes(model, ["fc1"], memory_mb=None, where="x")

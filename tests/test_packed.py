@@ -9,6 +9,7 @@ the resume point) must agree exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -19,7 +20,7 @@ import torch
 
 from randlabels.engine import DeviceData, TrainConfig, Trainer
 from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer, with_labels
+from randlabels.packed import PackedTrainer, clip_grad_norm_per_replica, with_labels
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -222,3 +223,37 @@ def test_mismatched_groups_are_refused():
         PackedTrainer(cnn, [data] * 3, CONFIG, [1, 2])
     with pytest.raises(ValueError, match="labels for 20 samples"):
         with_labels(data, np.zeros(19))
+
+
+def test_warmup_and_per_replica_clipping_match_separate_runs():
+    """Each replica's gradient is clipped by its own norm, as its Trainer clips it; a
+    bound below the gradient norms makes clipping act on every step."""
+    images = _images()
+    base = DeviceData(images, np.zeros(len(images)), [0.5], [0.25])
+    datas = [with_labels(base, labels) for labels in _labels(len(images))]
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.05, momentum=0.9, warmup_epochs=0.5, clip_grad_norm=0.05)
+    seeds, init_seeds = [100, 101, 102], [10, 11, 12]
+    # Init scales 1, 2, 4: very different gradient norms, so one shared factor would differ.
+    models = lambda: [_model(CNN, (1, 8, 8), s, scale) for s, scale in zip(init_seeds, (1.0, 2.0, 4.0))]
+    separate = _separate(models(), datas, seeds, config=config, checkpoint_epochs=[0, 2])
+    packed = PackedTrainer(models(), datas, config, seeds).fit(checkpoint_epochs=[0, 2])
+    _same_results(separate, packed)
+    unclipped = _separate(models(), datas, seeds, config=dataclasses.replace(config, clip_grad_norm=None),
+                          checkpoint_epochs=[0, 2])
+    for a, b in zip(separate, unclipped):
+        assert not torch.allclose(a.checkpoints[2]["conv1.weight"], b.checkpoints[2]["conv1.weight"])
+
+
+def test_clip_grad_norm_per_replica_equals_torch_on_each_replica():
+    rng = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, 5, generator=rng) * torch.tensor([0.01, 1.0, 100.0]).view(3, 1, 1),
+             torch.randn(3, 7, generator=rng)]
+    clipped = [g.clone() for g in grads]
+    clip_grad_norm_per_replica(clipped, 2.0)
+    for r in range(3):
+        params = [torch.nn.Parameter(torch.zeros_like(g[r])) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g[r].clone()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        for p, c in zip(params, clipped):
+            torch.testing.assert_close(c[r], p.grad)

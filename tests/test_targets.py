@@ -6,15 +6,13 @@ from __future__ import annotations
 import copy
 import time
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import yaml
 
 from randlabels import plan, targets
 from randlabels.config import check_config
-from randlabels.io import read_table
-from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake
+from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake, target_outputs
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
 TINY = ROOT / "tests" / "configs" / "targets.yaml"
@@ -122,8 +120,8 @@ def test_every_target_dry_runs_on_the_paper_config(tmp_path):
         assert f"results/paper/{name}.png" in output
     # The depth variants and the transfer map's tasks are all planned.
     assert "results/vgg16_transfer/finetune/real/layerwise4/scale2/seed4.tsv" in output
-    assert "results/vgg16_map/finetune/random100/pretrained/scale0.25/seed2.tsv" in output
-    assert "results/vgg16_transfer/init/covariance2/scale0.5/seed0.pt" in output
+    assert "results/vgg16_map/finetune/random100/pretrained/scale4/seed2.tsv" in output
+    assert "results/vgg16_transfer/init/covariance2/scale0.8/seed0.pt" in output
     assert counts["pretrain_packed"] >= 4  # the eigen-filter seeds in packs of 16
     print(f"DAG of {sum(counts.values())} jobs in {seconds:.1f} s (including start-up)")
 
@@ -160,23 +158,11 @@ def tiny_project(tmp_path):
     return project
 
 
-def _image(path):
-    image = mpimg.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, path
-    assert float(np.std(image)) > 0.01, f"{path} is blank"
-    return image
-
-
 @pytest.mark.slow
 def test_every_target_end_to_end_at_tiny_scale(tmp_path):
     project = tiny_project(tmp_path)
     snakemake(project, *targets.TARGETS, "--cores", "2", "--configfile", "configs/targets-tiny.yaml", timeout=2400)
-    paper = project / "results" / "paper"
-    tables = {}
-    for name in targets.TARGETS:
-        _image(paper / f"{name}.png")
-        tables[name] = read_table(paper / f"{name}.tsv")
-        assert not tables[name].empty, name
+    tables = target_outputs(project, targets.TARGETS)
 
     transfer = tables["fig_transfer"]
     assert set(transfer["task"]) == {"real", "random10"}
@@ -265,12 +251,13 @@ def test_a_batch_norm_init_scale_experiment_is_named_as_such_in_figures():
     network; the tidy table keeps the experiment's own name."""
     config = load(PAPER)
     info = targets.experiment_info(config, "fig_transfer")
-    assert info["vgg16_transfer"]["scale_invariant"] and info["resnet18_transfer"]["scale_invariant"]
+    assert info["vgg16_bn_transfer"]["scale_invariant"] and info["resnet18_transfer"]["scale_invariant"]
+    assert not info["vgg16_transfer"]["scale_invariant"]  # plain VGG16
     import pandas as pd
 
-    summary = pd.DataFrame({"experiment": ["vgg16_transfer"], "variant": ["pretrained"], "task": ["real"]})
+    summary = pd.DataFrame({"experiment": ["vgg16_bn_transfer", "vgg16_transfer"], "variant": ["pretrained"] * 2,
+                            "task": ["real"] * 2})
     table, figure_table = targets.combine("fig_transfer", {"transfer_summary": summary, "finetune_curves": summary}, info)
-    assert list(table["experiment"]) == ["vgg16_transfer"]
-    assert list(figure_table["experiment"]) == ["vgg16_transfer (batch norm: init scale acts through the head only)"]
-    config["experiments"]["vgg16_transfer"]["model"]["arch"] = "vgg16"
-    assert not targets.experiment_info(config, "fig_transfer")["vgg16_transfer"]["scale_invariant"]
+    assert list(table["experiment"]) == ["vgg16_bn_transfer", "vgg16_transfer"]
+    assert list(figure_table["experiment"]) == [
+        "vgg16_bn_transfer (batch norm: init scale acts through the head only)", "vgg16_transfer"]

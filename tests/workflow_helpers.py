@@ -89,3 +89,22 @@ def job_counts(output: str) -> dict[str, int]:
                     break
                 counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+def target_outputs(project: Path, names) -> dict:
+    """Each named target's table (results/paper/NAME.tsv, which must not be empty), after
+    checking that its figure (NAME.png) is a real, non-blank image."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    from randlabels.io import read_table
+
+    paper = project / "results" / "paper"
+    tables = {}
+    for name in names:
+        image = mpimg.imread(paper / f"{name}.png")
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, name
+        assert float(np.std(image)) > 0.01, f"{name}.png is blank"
+        tables[name] = read_table(paper / f"{name}.tsv")
+        assert not tables[name].empty, name
+    return tables

@@ -48,6 +48,12 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "constant"
+    # Linear learning-rate warm-up over the first this many epochs (fractions allowed),
+    # from lr/steps to lr; the schedule runs over the steps after it. 0: none.
+    warmup_epochs: float = 0.0
+    # Rescale each step's gradient to at most this ℓ2 norm (over all parameters of
+    # the model, as torch.nn.utils.clip_grad_norm_); None: no clipping.
+    clip_grad_norm: float | None = None
     eval_batch_size: int = 2048
     # Wrap the model in torch.compile (TorchInductor; on the CPU it needs a C compiler).
     # The first steps pay the compilation; the numbers equal eager mode's up to
@@ -63,8 +69,10 @@ class TrainConfig:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; valid names: {', '.join(SCHEDULES)}"
             )
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.warmup_epochs < 0:
             raise ValueError(f"invalid training settings: {self}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm!r}")
         Augmentation.from_settings(self.augment)  # refuse bad settings here, not mid-run
 
     @classmethod
@@ -72,6 +80,19 @@ class TrainConfig:
         """Take the keys this class knows from a config section, ignore the rest."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate's multiplier before step ``step`` (counted from 0): rising
+    linearly to 1 over the warm-up's steps, then the schedule (constant, or a cosine
+    from 1 to 0 over the remaining steps)."""
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.schedule == "cosine":
+        span = max(1, config.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+    return 1.0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -230,18 +251,15 @@ class Trainer:
         )
         self.steps_per_epoch = math.ceil(len(data) / config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.augmentation = Augmentation.from_settings(config.augment)
         if self.augmentation is not None:
             self.augmentation.check_inputs(data.input_shape)
         self.probe = probe
         self.step_count = 0
-
-    def _lr_factor(self, step: int) -> float:
-        if self.config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
-        return 1.0
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -264,6 +282,8 @@ class Trainer:
             loss = F.cross_entropy(self.forward(inputs), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.config.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1

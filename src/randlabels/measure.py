@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .errors import ResourceError
 from .models import resolve_layer, weight_layers
 from .probes import activation_statistics, layer_input_covariance
 from .seeding import stream_seed
@@ -119,6 +120,41 @@ def _sees_raw_inputs(model: nn.Module, first: str) -> bool:
     return True
 
 
+# The d×d float64 matrices one layer's measurement holds at once (Σx's running scatter
+# and its copy, Σx's eigenvectors, Σw, the random basis, eigh's workspace), for
+# :func:`check_layer_sizes`.
+MATRICES_PER_LAYER = 6
+
+
+def layer_memory_bytes(dim: int) -> int:
+    """About the most memory measuring a layer of input dimension ``dim`` takes."""
+    return MATRICES_PER_LAYER * dim * dim * 8
+
+
+def check_layer_sizes(model: nn.Module, names: Iterable[str], memory_mb: float | None, where: str) -> None:
+    """Refuse, before any data pass, a layer whose d×d statistics cannot fit in the
+    job's memory (``memory_mb``; None: no limit), naming the config key ``where``.
+
+    A linear layer after a large feature map has a huge input dimension (the 2-layer
+    CNN's hidden layer after 256 filters on 32×32 images: d = 262 144, so Σx alone
+    is 512 GiB); without this check the job dies in the allocator after the training.
+    """
+    if memory_mb is None:
+        return
+    modules = dict(model.named_modules())
+    for name in names:
+        dim = modules[name].weight[0].numel()
+        needed = layer_memory_bytes(dim)
+        if needed > memory_mb * 2**20:
+            raise ResourceError(
+                f"{where}: layer {name} has {dim} input dimensions, so its statistics "
+                f"(Σx, Σw and their eigenvectors, d×d float64 each) need about "
+                f"{needed / 2**30:.3g} GiB, more than this job's {memory_mb / 1024:.3g} GiB "
+                "(resources.light.mem_mb). Leave the layer out of stats.layers, or raise the "
+                "memory if the layer is worth it."
+            )
+
+
 def measure_checkpoints(
     model: nn.Module,
     states: dict[int, dict],
@@ -127,8 +163,13 @@ def measure_checkpoints(
     seed: int,
     load: Callable[[nn.Module, dict], None],
     log: logging.Logger | None = None,
+    memory_mb: float | None = None,
+    where: str = "stats.layers",
 ) -> list[CheckpointRecord]:
     """Measure every checkpoint in ``states`` (epoch → state dict).
+
+    Layers too large for ``memory_mb`` are refused first (:func:`check_layer_sizes`,
+    whose message names the config key ``where``).
 
     ``batches()`` yields the normalized upstream inputs afresh for each pass. The
     first layer's Σx does not depend on the weights and is computed once (unless
@@ -137,6 +178,7 @@ def measure_checkpoints(
     """
     log = log or logging.getLogger("randlabels")
     names = [resolve_layer(model, layer) for layer in layers]
+    check_layer_sizes(model, names, memory_mb, where)
     first = weight_layers(model)[0]
     if not _sees_raw_inputs(model, first):
         first = None  # an own model with parameters before its first layer: measure it afresh

@@ -49,7 +49,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from randlabels.augment import Augmentation
-from randlabels.engine import DeviceData, FitResult, TrainConfig
+from randlabels.engine import DeviceData, FitResult, TrainConfig, lr_factor
 from randlabels.progress import Monitor
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
@@ -152,6 +152,19 @@ def _as_list(value, replicas: int, role: str) -> list | None:
     return value
 
 
+def clip_grad_norm_per_replica(grads: Sequence[torch.Tensor | None], max_norm: float) -> None:
+    """Scale each replica's gradients (the leading dimension of every tensor) to at most
+    ``max_norm`` in ℓ2 norm over all of its tensors, in place: what
+    torch.nn.utils.clip_grad_norm_ does to each model alone."""
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return
+    norms = torch.stack([g.detach().flatten(1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    factors = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factors.view(-1, *[1] * (g.ndim - 1)).to(g.dtype))
+
+
 class PackedTrainer:
     """SGD training of R replicas of one configuration at once (see the module docstring).
 
@@ -213,7 +226,9 @@ class PackedTrainer:
         )
         self.steps_per_epoch = math.ceil(len(self.data) / config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
+        )
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         self.augmentation = Augmentation.from_settings(config.augment)
         if self.augmentation is not None:
@@ -238,11 +253,6 @@ class PackedTrainer:
             self._train_losses = torch.compile(self._train_losses)
 
     # ------------------------------------------------------------------ steps
-
-    def _lr_factor(self, step: int) -> float:
-        if self.config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
-        return 1.0
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -274,6 +284,8 @@ class PackedTrainer:
             losses = self._train_losses(self.params, self.buffers, inputs, labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
+        if self.config.clip_grad_norm is not None:
+            clip_grad_norm_per_replica([p.grad for p in self.params.values()], self.config.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1

@@ -23,6 +23,8 @@ TRAINING_DEFAULTS = {
     "momentum": 0.9,
     "weight_decay": 0.0,
     "schedule": "constant",
+    "warmup_epochs": 0,
+    "clip_grad_norm": None,
     "eval_batch_size": 2048,
     "resume_every": 1,
     "compile": False,

@@ -34,6 +34,8 @@ records = measure_checkpoints(
     seed=params.seed,
     load=lambda m, state: load_into(m, state, snakemake.input.checkpoints),
     log=log,
+    memory_mb=getattr(snakemake.resources, "mem_mb", None),
+    where=f"experiments.{snakemake.wildcards.exp}.stats.layers",
 )
 write_stats(
     snakemake.output[0],
