@@ -274,6 +274,19 @@ def test_command_line_values_change_the_default_config_when_no_file_is_given():
     assert command_line_config({"seeds": [0], "device": "cpu"}, {"device": "cpu"}) == {"seeds": [0], "device": "cpu"}
 
 
+def test_command_line_values_are_read_as_yaml():
+    """Snakemake passes ``false`` and ``[0, 1]`` on as strings; they mean what they
+    would mean in a config file. A string stays a string."""
+    from randlabels.config import command_line_config
+
+    overrides = {"tensorboard": "false", "seeds": ["0", "1"], "device": "cuda:0", "x": "[unclosed"}
+    for config, default in (({}, load()), ({**load(), **overrides}, None)):
+        got = command_line_config(config, overrides, default=default)
+        assert got["tensorboard"] is False and got["seeds"] == [0, 1]
+        assert got["device"] == "cuda:0" and got["x"] == "[unclosed"
+    check_config({**load(), "tensorboard": False, "seeds": [0, 1]}, SCHEMA)
+
+
 def test_set_changes_nested_values_read_as_yaml():
     from randlabels.config import command_line_config
 

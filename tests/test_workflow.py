@@ -71,6 +71,7 @@ def test_command_line_values_change_the_default_config(tmp_path):
     assert job_counts(snakemake(project, "-n", "--config", "device=cpu").stdout) == default
     one_seed = job_counts(snakemake(project, "-n", "--config", "set=seeds=[0]").stdout)
     assert one_seed["pretrain"] * 3 == default["pretrain"]
+    assert job_counts(snakemake(project, "-n", "--config", "seeds=[0]").stdout) == one_seed  # read as YAML
     bad = snakemake(project, "-n", "--config", "set=experiments.digits_cnn.pretrain.epoch=3", check=False)
     assert bad.returncode != 0
     assert "experiments.digits_cnn.pretrain.epoch (did you mean 'epochs'?)" in bad.stdout + bad.stderr
@@ -167,6 +168,7 @@ def test_training_jobs_left_live_files_and_the_run_a_summary(tiny_run):
         assert list(folder.glob("events.out.tfevents.*")), folder
     # ... and switching it off reruns nothing: it changes no result.
     assert job_counts(snakemake(tiny_run, "-n", "--config", "set=tensorboard=false").stdout) == {}
+    assert job_counts(snakemake(tiny_run, "-n", "--config", "tensorboard=false").stdout) == {}  # YAML's false
 
     summary = (results / "SUMMARY.md").read_text()
     misalignment = read_table(results / "tiny" / "tables" / "misalignment.tsv")

@@ -389,17 +389,18 @@ def command_line_config(config: dict, overrides: dict, default: dict | None = No
     would make ``--config device=cpu`` alone replace it too; given ``default``, the
     values change the default config instead, section by section.
 
+    Values are read as YAML, as a config file's are: Snakemake hands ``false`` or
+    ``[0, 1]`` over as strings (it knows only ``False``), which the schema would refuse.
+
     Nested values: ``--config set=PATH=VALUE`` (several: ``set='PATH=VALUE; PATH=VALUE'``),
     PATH dotted (``experiments.digits_cnn.pretrain.epochs``) and VALUE read as YAML;
     sections on the path that the config leaves out are created, and the schema check
     then judges every name. (Snakemake itself takes no dots in a key and reads nested
     values as strings.)
     """
-    if default is not None:
-        result = copy.deepcopy(default)
-        _merge(result, overrides)
-    else:
-        result = copy.deepcopy(dict(config))
+    typed = {key: (value if key == SET_KEY else _read_as_yaml(value)) for key, value in overrides.items()}
+    result = copy.deepcopy(dict(default if default is not None else config))
+    _merge(result, typed)
     assignments = result.pop(SET_KEY, None)
     if assignments is None:
         return result
@@ -498,6 +499,21 @@ def check_config(config: dict, schema_path: str | Path, files=()) -> None:
         problems = semantic_errors(config)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _read_as_yaml(value):
+    """A --config value as a config file would hold it: strings (also inside lists and
+    sections, as Snakemake leaves them) read as YAML where that parses."""
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    if isinstance(value, list):
+        return [_read_as_yaml(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _read_as_yaml(item) for key, item in value.items()}
+    return value
 
 
 def _merge(base: dict, update: dict) -> dict:
