@@ -24,7 +24,7 @@ test-data:
 	tests/data/fashion_mnist.sh
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file on one worker so
-# that a file's shared workflow run is made once.
+# that a file's shared workflow run is made once; the longest files first (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 # The fast tier, for the inner loop: everything but the end-to-end workflow runs
@@ -34,7 +34,7 @@ check: venv
 
 # Everything but the GPU and cluster tests.
 test: venv test-data
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-gpu: venv
 	$(BIN)/python -m pytest -m gpu

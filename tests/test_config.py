@@ -12,6 +12,7 @@ import yaml
 
 from randlabels import plan
 from randlabels.config import ConfigError, check_config, schema_errors, semantic_errors
+from randlabels.engine import TrainConfig
 from workflow_helpers import ROOT
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -133,8 +134,10 @@ def _schema_default(*path):
 
 
 def test_schema_documents_the_defaults_the_code_uses():
-    for key, value in plan.TRAINING_DEFAULTS.items():
+    for key, value in {**plan.TRAINING_DEFAULTS, **plan.TRAINING_OPTIONAL}.items():
         assert _schema_default("training", "properties", key) == value, key
+    for key, value in plan.TRAINING_OPTIONAL.items():  # what a run without the key trains with
+        assert getattr(TrainConfig(epochs=1), key) == value, key
     finetune = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]["finetune"]["properties"]
     for key, value in plan.FINETUNE_DEFAULTS.items():
         assert finetune[key]["default"] == value, key
@@ -155,6 +158,10 @@ def test_settings_fill_defaults_and_always_keep_first_and_last_checkpoint():
     settings = plan.pretrain_settings(config, "digits_cnn")
     assert settings["checkpoints"] == [0, 10, config["experiments"]["digits_cnn"]["pretrain"]["epochs"]]
     assert settings["weight_decay"] == 0.0 and settings["schedule"] == "constant"
+    # Keys added later stay out unless given: results made before them are not rerun.
+    assert not set(plan.TRAINING_OPTIONAL) & set(settings)
+    config["experiments"]["digits_cnn"]["pretrain"]["clip_grad_norm"] = 1.0
+    assert plan.pretrain_settings(config, "digits_cnn")["clip_grad_norm"] == 1.0
 
 
 def test_scale_labels_round_trip():

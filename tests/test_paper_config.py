@@ -15,11 +15,13 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from randlabels import targets
 from randlabels.architectures import scale_invariance
 from randlabels.config import check_config, config_warnings
+from randlabels.models import build_model, initialize
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, snakemake, target_outputs
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
@@ -136,9 +138,23 @@ def test_init_scale_experiments_are_plain_vgg16_and_batch_norm_is_a_named_ablati
             assert spec["arch"] == "vgg16" and scale_invariance(spec) is None, (target, exp)
     for exp in config["targets"]["fig_transfer"]["experiments"]:
         assert exp in ablations or config["experiments"][exp]["model"]["arch"] == "vgg16", exp
+    # Every other init-scale experiment's network computes another function at each
+    # scale: its output at initialization changes (plain VGG16: by (s'/s)^16).
+    for exp, entry in config["experiments"].items():
+        scales = entry["init_scales"]
+        if len(scales) < 2 or exp in ablations:
+            continue
+        dataset = config["datasets"][entry["dataset"]]
+        shape = (dataset["dim"],) if dataset["source"] == "gaussian" else (3, 32, 32)  # CIFAR-10's images
+        inputs = torch.randn(4, *shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            outputs = [initialize(build_model(entry["model"], shape, 10), s, seed=0)(inputs) for s in scales]
+        norms = [float(out.norm()) for out in outputs]
+        for smaller, larger in zip(norms, norms[1:]):
+            assert larger > 2 * smaller, (exp, scales, norms)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=9)  # the longest test: tests/conftest.py starts its file first
 def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     project = copy_project(tmp_path / "project")
     _noise_cifar(project / "cifar.npz")

@@ -201,6 +201,28 @@ def test_learning_curves_every_run_diverged_in_a_facet(tmp_path: Path) -> None:
     assert_png(out)
 
 
+def test_learning_curves_leave_out_scales_an_experiment_lacks(tmp_path: Path, monkeypatch) -> None:
+    """Two experiments at different init scales: each row shows its own scales, and no
+    panel is drawn empty."""
+    from randlabels.plots import learning_curves, style
+
+    curves = finetune_curves(diverge=False)
+    scales = sorted(curves["init_scale"].unique())
+    other = curves[curves["init_scale"] == scales[0]].assign(experiment="other", init_scale=7.0)
+    shown = {}
+
+    def keep(fig, path):
+        shown["panels"] = sorted(ax.get_title() for ax in fig.axes if ax.get_visible())
+        style.plt.close(fig)
+
+    monkeypatch.setattr(style, "save_figure", keep)
+    learning_curves.plot(pd.concat([curves, other]), tmp_path / "lc.png")
+    experiment = curves["experiment"].iloc[0]
+    assert len(shown["panels"]) == len(scales) + 1
+    assert all(t.startswith(f"{experiment}, ") for t in shown["panels"] if not t.startswith("other"))
+    assert sum(t.startswith("other, ") for t in shown["panels"]) == 1
+
+
 def test_learning_curves_without_divergence(tmp_path: Path) -> None:
     from randlabels.plots import learning_curves
 

@@ -23,12 +23,14 @@ TRAINING_DEFAULTS = {
     "momentum": 0.9,
     "weight_decay": 0.0,
     "schedule": "constant",
-    "warmup_epochs": 0,
-    "clip_grad_norm": None,
     "eval_batch_size": 2048,
     "resume_every": 1,
     "compile": False,
 }
+# Training keys added after results existed, off unless given (TrainConfig holds their
+# neutral defaults): left out of the settings when absent, so that a run made before
+# they existed keeps its params and is not rerun.
+TRAINING_OPTIONAL = {"warmup_epochs": 0, "clip_grad_norm": None}
 # Keys of an experiment's `pretrain` section that are not training settings: how the
 # seeds are grouped into jobs (see seed_groups). Not among pretrain_settings, so the
 # plain `pretrain` rule's params do not depend on them.

@@ -2,7 +2,8 @@
 
 This is the raw evidence behind claims 2 and 3 (pre-trained and Gaussian-sampled
 first layers train faster than scratch). Bands show the spread over seeds; facets
-split init scales (columns) and experiments (rows). Diverged runs are excluded from
+split init scales (columns) and experiments (rows); a row shows only the scales its
+experiment has (the paper config's ablations use other scales than plain VGG16). Diverged runs are excluded from
 the mean and band (their accuracy after divergence is meaningless) but are drawn as
 thin dotted lines and counted in the legend and facet titles, so nothing disappears
 silently.
@@ -58,6 +59,9 @@ def plot(curves: pd.DataFrame, out_path: str | os.PathLike) -> None:
     for key, ax in grid.axes_dict.items():
         experiment, init_scale = key if several_rows else (data["experiment"].iloc[0], key)
         facet = data[(data["experiment"] == experiment) & (data["init_scale"] == init_scale)]
+        if facet.empty:  # an experiment without this init scale: no empty panel
+            ax.set_visible(False)
+            continue
         healthy = facet[~facet["run_diverged"] & facet["train_acc"].notna()]
         if not healthy.empty:
             sns.lineplot(data=healthy, x="step", y="train_acc", hue="variant",
