@@ -99,7 +99,7 @@ class BaselineLoop:
 
 
 class EngineLoop:
-    """Trainer.fit's inner loop: on-device permutation and batches, loss kept on the device."""
+    """The training loop's steps (randlabels.fitloop): on-device permutation and batches, loss kept on the device."""
 
     def __init__(self, spec, images, labels, device, batch, compile_=False):
         self.data = DeviceData(images, labels, CIFAR_MEAN, CIFAR_STD, device)

@@ -51,7 +51,7 @@ class _Steps:
             if self.order is None or self.position + self.batch > len(self.data):
                 self.position = 0
                 if self.packed:
-                    self.order = self.trainer.permutations()
+                    self.order = self.trainer.orders()
                 else:
                     self.order = self.data.permutation(self.trainer.generator)
             window = slice(self.position, self.position + self.batch)

@@ -98,11 +98,11 @@ def _script_deps(script: str, *extra: str) -> set[str]:
 def test_the_rule_scripts_depend_on_the_modules_the_hand_kept_lists_missed():
     assert "augment.py" in _script_deps("pretrain") and "augment.py" in _script_deps("pretrain_packed")
     assert {"augment.py", "probes.py", "stats.py", "gpus.py", "plan.py"} <= _script_deps("finetune")
-    assert "summary.py" in _script_deps("plot_table", "randlabels.plots.transfer_summary")
-    assert {"plots/style.py", "stats.py", "statsfile.py", "targets.py"} <= _script_deps("paper_target")
+    assert "summary.py" in _script_deps("plot", "randlabels.plots.transfer_summary")
+    assert {"plots/style.py", "eigenfilters.py", "targets.py"} <= _script_deps("paper_target")
     plots = {p.relative_to(SRC / "randlabels").as_posix() for p in (SRC / "randlabels" / "plots").glob("*.py")}
     assert plots <= _script_deps("paper_target")  # its figure module is chosen at run time
-    assert "plots/misalignment.py" not in _script_deps("plot_table", "randlabels.plots.transfer_summary")
+    assert "plots/misalignment.py" not in _script_deps("plot", "randlabels.plots.transfer_summary")
 
 
 # Runs in a fresh interpreter: for each rule script, import (as the script would) every
@@ -133,7 +133,7 @@ def test_what_python_loads_for_each_rule_script_is_in_its_derived_closure():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout)
-    assert "pretrain" in loaded and "plot_table" in loaded
+    assert "pretrain" in loaded and "plot" in loaded
     for script, files in loaded.items():
         derived = {str(p.resolve()) for p in code_files(SCRIPTS / f"{script}.py", SRC)}
         assert files and set(files) <= derived, (script, sorted(set(files) - derived))

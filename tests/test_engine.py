@@ -328,7 +328,7 @@ def test_packed_training_step_reads_nothing_back_to_the_host(monkeypatch):
     models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
               for s in (0, 1)]
     trainer = PackedTrainer(models, data, TrainConfig(epochs=1, batch_size=8, lr=0.05), [0, 1])
-    order = trainer.permutations()
+    order = trainer.orders()
     loss_sum = torch.zeros(2, dtype=torch.float64)
     with _NoHostReads(monkeypatch):
         for b in range(5):
@@ -344,7 +344,7 @@ def test_augmented_training_step_reads_nothing_back_to_the_host(monkeypatch):
     models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
               for s in (0, 1)]
     packed = PackedTrainer(models, data, config, [0, 1])
-    order, packed_order = data.permutation(trainer.generator), packed.permutations()
+    order, packed_order = data.permutation(trainer.generator), packed.orders()
     loss_sum = torch.zeros((), dtype=torch.float64)
     packed_sum = torch.zeros(2, dtype=torch.float64)
     with _NoHostReads(monkeypatch):  # the crops and flips are drawn and cut on the device
@@ -366,7 +366,7 @@ def test_cuda_training_step_never_synchronizes():
     models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
               for s in (0, 1)]
     packed = PackedTrainer(models, data, TrainConfig(epochs=1, batch_size=8, lr=0.05), [0, 1])
-    packed_order = packed.permutations()
+    packed_order = packed.orders()
     packed_sum = torch.zeros(2, dtype=torch.float64, device="cuda")
     packed_sum += packed.train_step(*packed.data.batch(packed_order[:, :8]))
     torch.cuda.synchronize()

@@ -1,5 +1,5 @@
 """configs/paper-cifar10.yaml end to end on the CPU, shrunk: every experiment, every
-named target, the same architectures (VGG16, VGG16 with batch norm, ResNet18, the
+named target (this is the end-to-end test of the targets), the same architectures (VGG16, VGG16 with batch norm, ResNet18, the
 2-layer CNN, the fully connected nets), every kind of fine-tuning variant, and seeds
 packed into one job.
 
@@ -168,20 +168,47 @@ def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     transfer = tables["fig_transfer"]
     assert set(transfer["experiment"].astype(str)) == set(small["targets"]["fig_transfer"]["experiments"])
     assert set(transfer["task"]) == {"real", "random10"}
-    families = set(tables["fig_layerwise"]["family"])
-    assert {"layerwise", "covariance", "scratch"} <= families
-    assert {"first", "last"} <= set(tables["q_last_layers"]["family"])
+    assert set(transfer["variant"]) == {"scratch", "pretrained", "pretrained_norescale"}
+    assert {"scratch", "gaussian"} <= set(tables["fig_gaussian_init"]["variant"])
+
+    layerwise = tables["fig_layerwise"]
+    assert {"layerwise", "covariance", "scratch"} <= set(layerwise["family"])
+    depths = {float(v[len("layerwise"):]) for v in small["experiments"]["vgg16_transfer"]["finetune"]["variants"]
+              if v.startswith("layerwise")}
+    assert set(layerwise.loc[layerwise["family"] == "layerwise", "depth"]) == depths and len(depths) == 2
+    last = tables["q_last_layers"]
+    assert {"first", "last"} <= set(last["family"]) and "layerwise" not in set(last["family"])
+    assert {"covariance", "scratch"} <= set(tables["q_covariance_init"]["family"])
+
     transfer_map = tables["fig_transfer_map"]
     assert set(transfer_map["classes"]) == {2, 100} and len(set(transfer_map["init_scale"])) == 2
-    assert set(tables["fig_specialization"]["experiment"]) == {"vgg16_transfer", "vgg16_wide"}
+    # Scratch against itself: a speed-up of 1 wherever it reaches the target after step
+    # 0; at step 0 it is 0/0, undefined.
+    scratch = transfer_map[transfer_map["variant"] == "scratch"]
+    later = scratch["steps_to_target"] > 0
+    assert np.allclose(scratch.loc[later, "speedup"], 1.0)
+    assert scratch.loc[scratch["steps_to_target"] == 0, "speedup"].isna().all()
+
+    special = tables["fig_specialization"]
+    assert set(special["experiment"]) == {"vgg16_transfer", "vgg16_wide"}
+    assert set(special["phase"]) == {"upstream", "downstream"}
+    assert set(special["statistic"]) == {"frac_active", "frac_dead", "mean_activation"}
+    assert np.isfinite(special["value"]).all()
+    assert special.loc[special["statistic"] != "mean_activation", "value"].between(0, 1).all()
+
     assert dict(tables["q_kernel_size"].groupby("kernel_size")["dim"].first()) == {3: 27, 5: 75, 7: 147}
     assert set(tables["q_augmentation"]["augment"]) == {"none", "crop 4, flip True"}
+    misalignment = tables["fig_misalignment"]
+    assert set(misalignment["labels"]) == {"random", "real"} and set(misalignment["basis"]) == {"data", "random"}
     tf = tables["fig_transfer_function"]
     assert {"gaussian_fc", "cnn2_cifar10", "e1_d10_w2048", "e1_d30_w2048", "e1_d30_w256_n2000"} <= set(
         tf["experiment"].astype(str))
-    assert (tf["f"] >= 0).all()
+    assert (tf["f"] >= 0).all() and set(tf["epoch"]) == set(range(EPOCHS + 1))
+
     eigen = tables["fig_eigenfilters"]
+    assert list(eigen["rank"]) == list(range(1, 17))  # 2 seeds × 256 filters in 75 dimensions: the top 16 kept
     assert eigen["cos_best_match"].between(0, 1 + 1e-9).all()
+    assert (eigen["cos_best_match"] >= eigen["cos_same_rank"] - 1e-12).all()
 
     rerun = snakemake(project, *targets.TARGETS, "-n", "--configfile", "configs/paper-shrunk.yaml").stdout
     assert job_counts(rerun) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from randlabels import plan
+from randlabels.plots import FIGURES
 from workflow_helpers import ROOT
 
 
@@ -30,11 +31,14 @@ def test_settings_do_not_depend_on_key_order():
 
 def test_targets_follow_the_experiment_kind():
     config = load()
-    digits = plan.figures(config, "digits_cnn")
-    gaussian = plan.figures(config, "gaussian_fc")
-    assert any("eigenfilters" in f for f in digits) and not any("eigenfilters" in f for f in gaussian)
-    assert any("learning_curves" in f for f in digits) and not any("learning_curves" in f for f in gaussian)
-    assert set(plan.all_targets(config)) >= set(digits) | set(gaussian)
+    # A conv net with fine-tuning gets every figure; Gaussian data on an MLP without
+    # fine-tuning neither the eigen-filters nor the downstream figures.
+    assert plan.figures(config, "digits_cnn") == list(FIGURES)
+    assert plan.figures(config, "gaussian_fc") == ["misalignment", "transfer_function"]
+    assert "eigenfilters" in plan.tables(config, "digits_cnn") and "eigenfilters" not in plan.tables(config, "gaussian_fc")
+    wanted = {plan.path("figure", exp=exp, figure=name)
+              for exp in ("digits_cnn", "gaussian_fc") for name in plan.figures(config, exp)}
+    assert wanted <= set(plan.all_targets(config))
 
 
 def test_resources_merge_config_over_defaults():

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from randlabels.summary import transfer_summary
+from workflow_helpers import figure_caption
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,10 +136,10 @@ def render_all(out_dir: Path) -> dict[str, Path]:
     learning_curves.plot(curves, paths["learning_curves"])
     summary_plot.plot(transfer_summary(curves, target=0.7), paths["transfer_summary"], target=0.7)
     filters, ew, ex, shape, _, _ = eigen_inputs(1)
-    eigenfilters.plot(filters, ew, ex, shape, paths["eigenfilters_gray"],
+    eigenfilters.draw(filters, ew, ex, shape, paths["eigenfilters_gray"],
                       title="5×5 grayscale filters")
     filters, ew, ex, shape, _, _ = eigen_inputs(3)
-    eigenfilters.plot(filters, ew, ex, shape, paths["eigenfilters_rgb"], title="5×5 RGB filters")
+    eigenfilters.draw(filters, ew, ex, shape, paths["eigenfilters_rgb"], title="5×5 RGB filters")
     return paths
 
 
@@ -246,7 +247,7 @@ def test_eigenfilters_other_channel_count_and_eigenvalue_order(tmp_path: Path) -
     filters, ew, ex, shape, eval_w, eval_x = eigen_inputs(2, k=3)
     out = tmp_path / "e.png"
     # eigh order (ascending) with eigenvalues given: the plot must sort itself.
-    eigenfilters.plot(filters, ew[:, ::-1], ex[:, ::-1], shape, out, n_show=4,
+    eigenfilters.draw(filters, ew[:, ::-1], ex[:, ::-1], shape, out, n_show=4,
                       eigval_w=eval_w, eigval_x=eval_x)
     assert_png(out)
 
@@ -256,7 +257,7 @@ def test_eigenfilters_rejects_wrong_shape(tmp_path: Path) -> None:
 
     filters, ew, ex, _, _, _ = eigen_inputs(1)
     with pytest.raises(ValueError):
-        eigenfilters.plot(filters, ew, ex, (3, 5, 5), tmp_path / "bad.png")
+        eigenfilters.draw(filters, ew, ex, (3, 5, 5), tmp_path / "bad.png")
     assert not list(tmp_path.iterdir())
 
 
@@ -313,11 +314,10 @@ def test_plot_modules_do_not_import_training_code(module: str) -> None:
 def test_captions_say_what_the_bands_are():
     """A figure drawn with style.SEED_BAND shows the seeds' range; its report caption
     must say so, not promise a confidence interval."""
-    captions = ROOT / "workflow" / "report"
     using_band = [p.stem for p in PLOTS_DIR.glob("*.py") if "SEED_BAND" in p.read_text() and p.stem != "style"]
     assert using_band
     for module in using_band:
-        caption = (captions / f"{module}.rst").read_text()
+        caption = figure_caption(module)
         assert "min to max" in caption and "95%" not in caption, module
 
 

@@ -1,18 +1,18 @@
 """The paper's experiments as named targets: planning, config checks, dry runs of the
-paper config, and every target end to end at tiny scale (figures and tables opened)."""
+paper config and small runs of one target. Every target end to end: the shrunk paper
+config of tests/test_paper_config.py."""
 
 from __future__ import annotations
 
 import copy
 import time
 
-import numpy as np
 import pytest
 import yaml
 
 from randlabels import plan, targets
 from randlabels.config import check_config
-from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake, target_outputs
+from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
 TINY = ROOT / "tests" / "configs" / "targets.yaml"
@@ -56,7 +56,9 @@ def test_target_inputs_are_the_tables_of_its_experiments():
     inputs = targets.table_inputs(config, "fig_specialization")
     assert inputs["finetune_curves"] == ["results/tiny/tables/finetune_curves.tsv", "results/tiny_depth/tables/finetune_curves.tsv"]
     assert set(inputs) == {"finetune_curves", "transfer_summary", "activations"}
-    assert len(targets.table_inputs(config, "fig_eigenfilters")["stats"]) == 2  # the seeds pooled
+    assert targets.table_inputs(config, "fig_eigenfilters") == {
+        "eigenfilters": [plan.path("table", exp=exp, table="eigenfilters") for exp in targets.experiments(config, "fig_eigenfilters")]}
+    assert len(plan.eigenfilter_sources(config, "tiny")) == 2  # the seeds pooled into that table
     info = targets.experiment_info(config, "q_kernel_size")
     assert info["tiny_k5"]["kernel_size"] == 5 and info["tiny_aug"]["augment"] == "crop 1, flip True"
 
@@ -156,60 +158,6 @@ def tiny_project(tmp_path):
     project = copy_project(tmp_path / "project")
     (project / "configs" / "targets-tiny.yaml").write_text(TINY.read_text())
     return project
-
-
-@pytest.mark.slow
-def test_every_target_end_to_end_at_tiny_scale(tmp_path):
-    project = tiny_project(tmp_path)
-    snakemake(project, *targets.TARGETS, "--cores", "2", "--configfile", "configs/targets-tiny.yaml", timeout=2400)
-    tables = target_outputs(project, targets.TARGETS)
-
-    transfer = tables["fig_transfer"]
-    assert set(transfer["task"]) == {"real", "random10"}
-    assert set(transfer["variant"]) == {"scratch", "pretrained", "pretrained_norescale"}
-    assert set(tables["fig_gaussian_init"]["variant"]) >= {"scratch", "gaussian"}
-
-    layerwise = tables["fig_layerwise"]
-    assert set(layerwise["family"]) >= {"layerwise", "covariance", "scratch"}
-    assert set(layerwise.loc[layerwise["family"] == "layerwise", "depth"]) == {1.0, 2.0}
-    last = tables["q_last_layers"]
-    assert set(last["family"]) >= {"first", "last"} and "layerwise" not in set(last["family"])
-    assert set(tables["q_covariance_init"]["family"]) >= {"covariance", "scratch"}
-
-    transfer_map = tables["fig_transfer_map"]
-    assert set(transfer_map["classes"]) == {2, 10} and set(transfer_map["init_scale"]) == {0.5, 1.0}
-    # The speed-up of scratch against itself is 1 wherever it reaches the target after
-    # step 0 (at step 0 it is 0/0: undefined; 30% is below the chance level of 2 classes).
-    scratch = transfer_map[transfer_map["variant"] == "scratch"]
-    later = scratch["steps_to_target"] > 0
-    assert np.allclose(scratch.loc[later, "speedup"], 1.0) and scratch.loc[~later, "speedup"].isna().all()
-    assert (scratch.loc[scratch["classes"] == 2, "steps_to_target"] == 0).all()
-
-    special = tables["fig_specialization"]
-    assert set(special["phase"]) == {"upstream", "downstream"}
-    assert set(special["statistic"]) == {"frac_active", "frac_dead", "mean_activation"}
-    assert special["value"].between(-1e6, 1e6).all()
-    fractions = special[special["statistic"] != "mean_activation"]["value"]
-    assert fractions.between(0, 1).all()
-    assert set(special["experiment"]) == {"tiny", "tiny_depth"}
-
-    kernel = tables["q_kernel_size"]
-    assert dict(kernel.groupby("kernel_size")["dim"].first()) == {3: 9, 5: 25}
-    assert set(tables["q_augmentation"]["augment"]) == {"none", "crop 1, flip True"}
-
-    misalignment = tables["fig_misalignment"]
-    assert set(misalignment["labels"]) == {"random", "real"} and set(misalignment["basis"]) == {"data", "random"}
-    tf = tables["fig_transfer_function"]
-    assert (tf["f"] >= 0).all() and set(tf["epoch"]) == {0, 1, 2}
-
-    eigen = tables["fig_eigenfilters"]
-    assert list(eigen["rank"]) == list(range(1, len(eigen) + 1))
-    assert eigen["cos_best_match"].between(0, 1 + 1e-9).all()
-    assert (eigen["cos_best_match"] >= eigen["cos_same_rank"] - 1e-12).all()
-
-    # Nothing is left to do, and a second request of one target reruns nothing.
-    rerun = snakemake(project, "fig_layerwise", "-n", "--configfile", "configs/targets-tiny.yaml").stdout
-    assert job_counts(rerun) == {}
 
 
 def test_a_misspelled_target_gets_the_nearest_names(tmp_path):

@@ -51,8 +51,8 @@ def test_dry_run_of_the_default_config(tmp_path):
     digits = config["experiments"]["digits_cnn"]
     assert counts["finetune"] == len(digits["finetune"]["variants"]) * len(digits["init_scales"]) * seeds
     assert counts["gaussian_init"] == len(digits["init_scales"]) * seeds
-    for rule in ("plot_misalignment", "plot_transfer_function", "plot_eigenfilters", "plot_learning_curves", "plot_transfer_summary"):
-        assert counts[rule] >= 1, rule
+    assert counts["plot"] == sum(len(plan.figures(config, exp)) for exp in config["experiments"])
+    assert counts["aggregate_eigenfilters"] == sum(plan.is_conv(config, exp) for exp in config["experiments"])
 
 
 def test_dry_run_of_the_cifar10_config(tmp_path):
@@ -237,15 +237,15 @@ def test_a_sample_setting_reruns_the_gaussian_branch_only(tiny_run):
 def test_a_stats_setting_reruns_statistics_not_training(tiny_run):
     changed = _changed_config(tiny_run, "stats", "batch_size", 64)
     counts = job_counts(snakemake(tiny_run, "-n", "--configfile", changed).stdout)
-    assert counts["statistics"] == 4 and "plot_misalignment" in counts
+    assert counts["statistics"] == 4 and counts["plot"] == 3  # misalignment, transfer_function, eigenfilters
     assert {"pretrain", "make_split"}.isdisjoint(counts)
 
 
 @pytest.mark.slow
 def test_forcerun_redoes_one_stage_and_what_follows(tiny_run):
     counts = job_counts(snakemake(tiny_run, "-n", "--forcerun", "statistics").stdout)
-    readers = ("aggregate_statistics", "plot_eigenfilters", "plot_misalignment", "plot_transfer_function")
-    assert counts == {"statistics": 4, **dict.fromkeys(readers, 1), "all": 1}
+    readers = ("aggregate_statistics", "aggregate_eigenfilters")
+    assert counts == {"statistics": 4, **dict.fromkeys(readers, 1), "plot": 3, "all": 1}  # the figures above
 
 
 @pytest.mark.slow
@@ -305,7 +305,7 @@ def test_a_code_edit_reruns_what_depends_on_it(tiny_run):
     restore = _edited(tiny_run / "src" / "randlabels" / "plots" / "misalignment.py")
     try:
         counts = job_counts(snakemake(tiny_run, "-n").stdout)
-        assert set(counts) == {"plot_misalignment", "all"}
+        assert counts == {"plot": 1, "all": 1}
     finally:
         restore()
     restore = _edited(tiny_run / "src" / "randlabels" / "engine.py")
@@ -319,9 +319,7 @@ def test_a_code_edit_reruns_what_depends_on_it(tiny_run):
 
 STAGES = (
     "prepare_dataset", "make_split", "pretrain", "statistics", "gaussian_init", "finetune",
-    "aggregate_pretraining", "aggregate_statistics", "aggregate_finetuning",
-    "plot_misalignment", "plot_transfer_function", "plot_learning_curves", "plot_transfer_summary",
-    "plot_eigenfilters",
+    "aggregate_pretraining", "aggregate_statistics", "aggregate_finetuning", "aggregate_eigenfilters", "plot",
 )
 
 

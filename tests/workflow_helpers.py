@@ -108,3 +108,12 @@ def target_outputs(project: Path, names) -> dict:
         tables[name] = read_table(paper / f"{name}.tsv")
         assert not tables[name].empty, name
     return tables
+
+
+def figure_caption(figure: str) -> str:
+    """workflow/report/figure.rst as Snakemake's report renders it (with Jinja) for the
+    job that draws ``figure``."""
+    import jinja2
+
+    job = type("Job", (), {"wildcards": type("Wildcards", (), {"figure": figure})})
+    return jinja2.Environment().from_string((ROOT / "workflow/report/figure.rst").read_text()).render(snakemake=job)

@@ -20,20 +20,19 @@ import dataclasses
 import logging
 import math
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from randlabels import fitloop
 from randlabels.augment import Augmentation
 from randlabels.errors import ResourceError
+from randlabels.fitloop import FitResult
 from randlabels.progress import Monitor
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 SCHEDULES = ("constant", "cosine")
 
@@ -208,16 +207,6 @@ class DeviceData:
             yield self.normalized(index), self.labels[index]
 
 
-@dataclass
-class FitResult:
-    """What a training run produced: per-epoch metrics, learning curve, checkpoints."""
-
-    metrics: pd.DataFrame
-    curve: pd.DataFrame
-    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
-    diverged: bool = False
-
-
 class Trainer:
     """SGD training of one model on one :class:`DeviceData`."""
 
@@ -306,9 +295,28 @@ class Trainer:
         """A CPU copy of the model's state dict."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def _record(self, epoch: float, train_loss: float) -> dict:
+    # ------------------------------------------------------------------ for fitloop.fit
+    # The loop is the one PackedTrainer runs too: this Trainer is its case of one replica.
+
+    replicas = 1
+
+    def orders(self) -> torch.Tensor:
+        """(1, N): this epoch's seeded sample order."""
+        return self.data.permutation(self.generator).unsqueeze(0)
+
+    def step(self, orders: torch.Tensor, batch: int) -> torch.Tensor:
+        """One SGD step on batch ``batch`` of the epoch's order; the loss, shape (1,)."""
+        size = self.config.batch_size
+        return self.train_step(*self.training_batch(orders[0, batch * size : (batch + 1) * size])).reshape(1)
+
+    def evaluations(self) -> tuple[float, float, float]:
+        """(loss, accuracy) on the training data and the test accuracy (NaN without)."""
         eval_loss, train_acc = self.evaluate(self.data)
         test_acc = self.evaluate(self.test_data)[1] if self.test_data is not None else math.nan
+        return eval_loss, train_acc, test_acc
+
+    def row(self, evaluations: tuple[float, float, float], r: int, epoch: float, train_loss: float) -> dict:
+        eval_loss, train_acc, test_acc = evaluations
         loss = train_loss if not math.isnan(train_loss) else eval_loss
         return {
             "epoch": epoch,
@@ -320,7 +328,7 @@ class Trainer:
             "diverged": not math.isfinite(loss),
         }
 
-    def _with_probe(self, row: dict) -> dict:
+    def curve_row(self, r: int, row: dict) -> dict:
         """A copy of ``row`` with the probe's values added (the row itself if no probe)."""
         if self.probe is None:
             return row
@@ -330,10 +338,10 @@ class Trainer:
             raise ValueError(f"probe columns {clash} would overwrite the learning curve's own columns")
         return {**row, **values}
 
-    def _curve_row(self, epoch: float) -> dict:
-        return self._with_probe(self._record(epoch, math.nan))
+    def replica_state(self, r: int) -> dict[str, torch.Tensor]:
+        return self.state()
 
-    def _snapshot(self, progress: dict) -> dict:
+    def snapshot(self, progress: dict) -> dict:
         """Everything a rerun needs to continue exactly where this run is now."""
         return {
             "progress": progress,
@@ -345,7 +353,7 @@ class Trainer:
             "step_count": self.step_count,
         }
 
-    def _restore(self, saved: dict) -> dict:
+    def restore(self, saved: dict) -> dict:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -354,116 +362,9 @@ class Trainer:
         self.step_count = saved["step_count"]
         return saved["progress"]
 
-    def fit(
-        self,
-        checkpoint_epochs: Sequence[int] = (),
-        eval_every: int | None = None,
-        on_epoch_end: Callable[[int], None] | None = None,
-        resume: ResumeStore | None = None,
-        stop: StopSignals | None = None,
-        save_every: int = 1,
-        monitor: Monitor | None = None,
-    ) -> FitResult:
-        """Train for ``config.epochs`` epochs.
-
-        Records a metrics row at epoch 0 (the initialization) and after each epoch, a
-        learning-curve row at step 0, every ``eval_every`` steps and at the last step (if
-        ``eval_every`` is given; with the probe's columns, if the Trainer has a probe),
-        and a state copy at
-        each epoch in ``checkpoint_epochs``. Stops early, flagged as diverged, when the
-        loss becomes NaN or infinite.
-
-        With ``resume``, the run continues from the state saved there (if it belongs
-        to this run) and saves its state every ``save_every`` epochs; with ``stop``, a
-        stop signal saves the state after the current step and raises
-        :class:`TrainingInterrupted`. A resumed run gives the same numbers as an
-        uninterrupted one (on CPU, bit for bit). ``monitor`` reports each epoch (the log
-        line, a live file, TensorBoard; by default the log line alone).
-        """
-        monitor = monitor or Monitor(log=self.log)
-        wanted = set(int(e) for e in checkpoint_epochs)
-        saved = resume.load() if resume is not None else None
-        if saved is not None:
-            progress = self._restore(saved)
-            self.log.info(
-                "resuming from %s: epoch %d, step %d", resume.path, progress["epoch"], self.step_count
-            )
-        else:
-            first = self._record(0, math.nan)
-            progress = {
-                "epoch": 1,  # the epoch to run next
-                "batch": 0,  # batches of that epoch already done
-                "order": None,  # that epoch's sample order, once drawn
-                "loss_sum": 0.0,
-                "metrics": [{**first, "seconds": 0.0}],
-                "curve": [self._with_probe(first)] if eval_every else [],
-                "checkpoints": {0: self.state()} if 0 in wanted else {},
-                "seconds": 0.0,
-            }
-        metrics, curve, checkpoints = progress["metrics"], progress["curve"], progress["checkpoints"]
-        start = time.perf_counter() - progress["seconds"]
-        batch_size = self.config.batch_size
-        diverged = False
-        monitor.start(self.config.epochs, [metrics])
-
-        def save(**position) -> None:
-            if resume is not None:
-                progress.update(position, seconds=time.perf_counter() - start)
-                resume.save(self._snapshot(progress))
-
-        try:
-            for epoch in range(progress["epoch"], self.config.epochs + 1):
-                if progress["epoch"] == epoch and progress["order"] is not None:
-                    order, first_batch = progress["order"].to(self.device), progress["batch"]
-                else:
-                    order, first_batch = self.data.permutation(self.generator), 0
-                    progress["loss_sum"] = 0.0
-                loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
-                done = first_batch
-                for b in range(first_batch, self.steps_per_epoch):
-                    done = b + 1
-                    loss_sum += self.train_step(*self.training_batch(order[b * batch_size : (b + 1) * batch_size]))
-                    if eval_every and self.step_count % eval_every == 0:
-                        row = self._curve_row(self.step_count / self.steps_per_epoch)
-                        curve.append(row)
-                        if row["diverged"]:
-                            diverged = True
-                            break
-                    if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
-                        save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.item())
-                        raise TrainingInterrupted(
-                            stop.received, epoch, self.step_count, str(resume.path) if resume else None
-                        )
-                row = self._record(epoch, loss_sum.item() / max(done, 1))
-                row["seconds"] = time.perf_counter() - start
-                metrics.append(row)
-                diverged = diverged or row["diverged"]
-                monitor.epoch(epoch, self.step_count, [row], row["seconds"])
-                if epoch in wanted and not diverged:  # a NaN state is no checkpoint
-                    checkpoints[epoch] = self.state()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch)
-                if diverged:
-                    self.log.warning("loss is %s at epoch %d: run diverged, stopping", row["loss"], epoch)
-                    break
-                if epoch == self.config.epochs:
-                    break
-                interrupted = stop is not None and stop.received
-                if interrupted or epoch % save_every == 0:
-                    save(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0)
-                if interrupted:
-                    raise TrainingInterrupted(
-                        stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
-                    )
-        finally:
-            monitor.close()
-        if eval_every and not diverged and curve and curve[-1]["step"] != self.step_count:
-            # The trained model too, when the step count is no multiple of eval_every
-            # (with eval_every above it, the curve would hold the initialization alone).
-            curve.append(self._curve_row(self.step_count / self.steps_per_epoch))
-        return FitResult(
-            metrics=pd.DataFrame(metrics),
-            curve=pd.DataFrame(curve),
-            checkpoints=checkpoints,
-            diverged=diverged,
-        )
+    def fit(self, monitor: Monitor | None = None, **options) -> FitResult:
+        """Train for ``config.epochs`` epochs: :func:`randlabels.fitloop.fit` with
+        ``options`` (checkpoint_epochs, eval_every, resume, stop, ...). Learning-curve
+        rows carry the probe's columns, if the Trainer has a probe. ``monitor`` reports
+        each epoch (the log line, a live file, TensorBoard; by default the log line)."""
+        return fitloop.fit(self, self.config.epochs, self.log, monitor or Monitor(log=self.log), **options)[0]

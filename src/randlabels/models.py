@@ -4,7 +4,7 @@ A model spec is a dict such as ``{"arch": "cnn2", "filters": 256, "kernel_size":
 "hidden": 64}``; :func:`build_model` adds the input shape and the number of classes.
 The spec travels inside every checkpoint so that any checkpoint can be rebuilt alone.
 
-Initialization (PAPER.md): every conv/linear weight is drawn from He (Kaiming normal,
+Initialization (docs/METHODS.md, "Initialization"): every conv/linear weight is drawn from He (Kaiming normal,
 fan-in, ReLU gain, std √2/√fan_in) and multiplied by ``init_scale``; biases are zero;
 batch-norm layers start at weight 1, bias 0. The spec's ``init: lecun`` draws LeCun
 normal (std 1/√fan_in) instead: the same draws divided by √2 (:func:`initialize`).

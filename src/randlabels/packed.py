@@ -38,20 +38,19 @@ import contextlib
 import copy
 import logging
 import math
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
+from randlabels import fitloop
 from randlabels.augment import Augmentation
-from randlabels.engine import DeviceData, FitResult, TrainConfig, lr_factor
+from randlabels.engine import DeviceData, TrainConfig, lr_factor
+from randlabels.fitloop import FitResult
 from randlabels.progress import Monitor
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 __all__ = ["PackedTrainer", "with_labels"]
 
@@ -174,7 +173,7 @@ class PackedTrainer:
     :func:`with_labels`, or each seed's own split); ``seeds`` are the R data-order seeds,
     the ``seed`` a :class:`~randlabels.engine.Trainer` would get. ``test_data`` is
     None, one DeviceData, or one per replica. :meth:`fit` returns one
-    :class:`~randlabels.engine.FitResult` per replica, as Trainer.fit would.
+    :class:`~randlabels.fitloop.FitResult` per replica, as Trainer.fit would.
     ``config.augment`` crops / flips each replica's training batches with crops and
     flips drawn from that replica's own generator, as its Trainer would draw them.
     """
@@ -259,7 +258,7 @@ class PackedTrainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def permutations(self) -> torch.Tensor:
+    def orders(self) -> torch.Tensor:
         """(R, N): each replica's seeded random order of its samples, made on the device."""
         n = len(self.data)
         return torch.stack([torch.randperm(n, generator=g, device=self.device) for g in self.generators])
@@ -275,6 +274,11 @@ class PackedTrainer:
         dy, dx, flip = (torch.cat(parts) for parts in zip(*draws))
         flat = self.augmentation.transform(inputs.flatten(0, 1), dy, dx, flip)
         return flat.unflatten(0, inputs.shape[:2]), labels
+
+    def step(self, orders: torch.Tensor, batch: int) -> torch.Tensor:
+        """One SGD step of every replica on batch ``batch`` of its order; the R losses."""
+        size = self.config.batch_size
+        return self.train_step(*self.training_batch(orders[:, batch * size : (batch + 1) * size]))
 
     def train_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One SGD step of every replica on its (B, ...) slice of ``inputs`` (R, B, ...);
@@ -319,15 +323,16 @@ class PackedTrainer:
             state[key] = source[r].detach().to("cpu", copy=True)
         return state
 
-    # ------------------------------------------------------------------ records
+    # ------------------------------------------------------------------ for fitloop.fit
 
-    def _evaluations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def evaluations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per replica: loss and accuracy on its training data, and its test accuracy."""
         eval_loss, train_acc = self.evaluate(self.data)
         test_acc = self.evaluate(self.test_data)[1] if self.test_data is not None else np.full(self.replicas, np.nan)
         return eval_loss, train_acc, test_acc
 
-    def _row(self, evaluations, r: int, epoch: float, train_loss: float) -> dict:
-        """Replica r's metrics row, as Trainer._record would write it."""
+    def row(self, evaluations, r: int, epoch: float, train_loss: float) -> dict:
+        """Replica r's metrics row, as Trainer.row writes it."""
         eval_loss, train_acc, test_acc = evaluations
         loss = train_loss if not math.isnan(train_loss) else float(eval_loss[r])
         return {
@@ -340,7 +345,10 @@ class PackedTrainer:
             "diverged": not math.isfinite(loss),
         }
 
-    def _snapshot(self, progress: dict) -> dict:
+    def curve_row(self, r: int, row: dict) -> dict:
+        return row  # no probe
+
+    def snapshot(self, progress: dict) -> dict:
         return {
             "progress": progress,
             "params": {k: v.detach().to("cpu", copy=True) for k, v in self.params.items()},
@@ -354,7 +362,7 @@ class PackedTrainer:
         }
 
     @torch.no_grad()
-    def _restore(self, saved: dict) -> dict:
+    def restore(self, saved: dict) -> dict:
         if saved.get("replicas") != self.replicas:
             raise ValueError(f"resume state holds {saved.get('replicas')} replicas, not {self.replicas}")
         for key, value in saved["params"].items():
@@ -369,139 +377,10 @@ class PackedTrainer:
         self.step_count = saved["step_count"]
         return saved["progress"]
 
-    # ------------------------------------------------------------------ fit
-
-    def fit(
-        self,
-        checkpoint_epochs: Sequence[int] = (),
-        eval_every: int | None = None,
-        on_epoch_end: Callable[[int], None] | None = None,
-        resume: ResumeStore | None = None,
-        stop: StopSignals | None = None,
-        save_every: int = 1,
-        monitor: Monitor | None = None,
-    ) -> list[FitResult]:
-        """Train every replica for ``config.epochs`` epochs; one FitResult per replica.
-
-        The arguments mean what they mean for :meth:`randlabels.engine.Trainer.fit`;
-        a resume state holds the whole group. A replica that diverges stops being
-        recorded where a Trainer would stop it; the group stops when all have. A
-        ``monitor`` reports all replicas (one replica each in its ``replicas``).
-        """
-        R = self.replicas
-        monitor = monitor or Monitor(log=self.log, replicas=[{"replica": r} for r in range(R)])
-        wanted = set(int(e) for e in checkpoint_epochs)
-        saved = resume.load() if resume is not None else None
-        if saved is not None:
-            progress = self._restore(saved)
-            self.log.info(
-                "resuming %d replicas from %s: epoch %d, step %d",
-                R, resume.path, progress["epoch"], self.step_count,
-            )
-        else:
-            evaluations = self._evaluations()
-            first = [self._row(evaluations, r, 0, math.nan) for r in range(R)]
-            progress = {
-                "epoch": 1,
-                "batch": 0,
-                "order": None,
-                "loss_sum": [0.0] * R,
-                "metrics": [[{**row, "seconds": 0.0}] for row in first],
-                "curve": [[row] if eval_every else [] for row in first],
-                "checkpoints": [{0: self.replica_state(r)} if 0 in wanted else {} for r in range(R)],
-                "active": [True] * R,  # not yet diverged
-                "seconds": 0.0,
-            }
-        metrics, curve, checkpoints = progress["metrics"], progress["curve"], progress["checkpoints"]
-        active = progress["active"]
-        start = time.perf_counter() - progress["seconds"]
-        batch_size = self.config.batch_size
-        monitor.start(self.config.epochs, metrics)
-
-        def save(**position) -> None:
-            if resume is not None:
-                progress.update(position, seconds=time.perf_counter() - start)
-                resume.save(self._snapshot(progress))
-
-        def finish_epoch(evaluations, r: int, epoch: int, loss_sum: np.ndarray, done: int) -> None:
-            """Replica r's end-of-epoch row (or the row where it diverged mid-epoch)."""
-            row = self._row(evaluations, r, epoch, float(loss_sum[r]) / max(done, 1))
-            row["seconds"] = time.perf_counter() - start
-            metrics[r].append(row)
-            if row["diverged"] or not active[r]:
-                active[r] = False
-                self.log.warning("replica %d: loss is %s at epoch %d: diverged, stopping it", r, row["loss"], epoch)
-            elif epoch in wanted:
-                checkpoints[r][epoch] = self.replica_state(r)
-
-        try:
-            for epoch in range(progress["epoch"], self.config.epochs + 1):
-                if not any(active):
-                    break
-                if progress["epoch"] == epoch and progress["order"] is not None:
-                    order, first_batch = progress["order"].to(self.device), progress["batch"]
-                else:
-                    order, first_batch = self.permutations(), 0
-                    progress["loss_sum"] = [0.0] * R
-                loss_sum = torch.tensor(progress["loss_sum"], device=self.device, dtype=torch.float64)
-                running = list(active)  # replicas that take part in this epoch's records
-                done = first_batch
-                for b in range(first_batch, self.steps_per_epoch):
-                    done = b + 1
-                    loss_sum += self.train_step(*self.training_batch(order[:, b * batch_size : (b + 1) * batch_size]))
-                    if eval_every and self.step_count % eval_every == 0:
-                        evaluations = self._evaluations()
-                        sums = None
-                        for r in range(R):
-                            if not running[r]:
-                                continue
-                            row = self._row(evaluations, r, self.step_count / self.steps_per_epoch, math.nan)
-                            curve[r].append(row)
-                            if row["diverged"]:  # a Trainer ends its epoch here, and its run
-                                sums = loss_sum.cpu().numpy() if sums is None else sums
-                                active[r] = running[r] = False
-                                finish_epoch(evaluations, r, epoch, sums, done)
-                        if not any(running):
-                            break
-                    if stop is not None and stop.received and b + 1 < self.steps_per_epoch:
-                        save(epoch=epoch, batch=b + 1, order=order.cpu(), loss_sum=loss_sum.cpu().tolist())
-                        raise TrainingInterrupted(
-                            stop.received, epoch, self.step_count, str(resume.path) if resume else None
-                        )
-                if any(running):
-                    evaluations = self._evaluations()
-                    sums = loss_sum.cpu().numpy()
-                    for r in range(R):
-                        if running[r]:
-                            finish_epoch(evaluations, r, epoch, sums, done)
-                # This epoch's rows: of the replicas that ended it, or diverged in it.
-                rows = [metrics[r][-1] if metrics[r][-1]["epoch"] == epoch else None for r in range(R)]
-                monitor.epoch(epoch, self.step_count, rows, time.perf_counter() - start)
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch)
-                if not any(active) or epoch == self.config.epochs:
-                    break
-                interrupted = stop is not None and stop.received
-                if interrupted or epoch % save_every == 0:
-                    save(epoch=epoch + 1, batch=0, order=None, loss_sum=[0.0] * R)
-                if interrupted:
-                    raise TrainingInterrupted(
-                        stop.received, epoch + 1, self.step_count, str(resume.path) if resume else None
-                    )
-        finally:
-            monitor.close()
-        # The last step's row, as a Trainer records it (see Trainer.fit).
-        pending = [r for r in range(R) if eval_every and active[r] and curve[r] and curve[r][-1]["step"] != self.step_count]
-        if pending:
-            evaluations = self._evaluations()
-            for r in pending:
-                curve[r].append(self._row(evaluations, r, self.step_count / self.steps_per_epoch, math.nan))
-        return [
-            FitResult(
-                metrics=pd.DataFrame(metrics[r]),
-                curve=pd.DataFrame(curve[r]),
-                checkpoints=checkpoints[r],
-                diverged=not active[r],
-            )
-            for r in range(R)
-        ]
+    def fit(self, monitor: Monitor | None = None, **options) -> list[FitResult]:
+        """Train every replica for ``config.epochs`` epochs, one FitResult each:
+        :func:`randlabels.fitloop.fit` with ``options``, the loop a Trainer runs too. A
+        resume state holds the whole group; a ``monitor`` reports all replicas (one
+        replica each in its ``replicas``)."""
+        monitor = monitor or Monitor(log=self.log, replicas=[{"replica": r} for r in range(self.replicas)])
+        return fitloop.fit(self, self.config.epochs, self.log, monitor, **options)

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from randlabels.engine import FitResult
+from randlabels.fitloop import FitResult
 from randlabels.errors import InputFileError
 from randlabels.identity import expect_identity
 from randlabels import provenance

@@ -13,6 +13,7 @@ import json
 import os
 
 from .architectures import is_factory
+from .plots import FIGURES
 
 RESULTS = "results"
 
@@ -405,27 +406,38 @@ def sample_sources(config: dict, exp: str, scale: str, seed: int) -> list[str]:
     return [path("checkpoints", exp=exp, labels=labels, scale=scale, seed=s) for s in chosen]
 
 
-def figures(config: dict, exp: str) -> list[str]:
-    names = ["misalignment", "transfer_function"]
+def tables(config: dict, exp: str) -> list[str]:
+    """The per-experiment tables of ``exp`` (names), as the stages it runs make them."""
+    names = ["pretrain_metrics", "misalignment", "misalignment_pooled", "transfer_function", "activations"]
     if is_conv(config, exp):
         names.append("eigenfilters")
     if has_finetune(config, exp):
-        names += ["learning_curves", "transfer_summary"]
-    return [path("figure", exp=exp, figure=name) for name in names]
-
-
-def tables(config: dict, exp: str) -> list[str]:
-    names = ["pretrain_metrics", "misalignment", "transfer_function", "activations"]
-    if has_finetune(config, exp):
         names += ["finetune_curves", "transfer_summary"]
-    return [path("table", exp=exp, table=name) for name in names]
+    return names
+
+
+def figures(config: dict, exp: str) -> list[str]:
+    """The figures of ``exp`` (names of plots.FIGURES): those whose tables it has."""
+    have = set(tables(config, exp))
+    return [name for name, figure in FIGURES.items() if set(figure.tables) <= have]
+
+
+def figure_inputs(exp: str, figure: str) -> dict[str, str]:
+    """The table files a per-experiment figure is drawn from: ``table``, and one per
+    keyword of its ``extra`` tables."""
+    entry = FIGURES[figure]
+    return {
+        "table": path("table", exp=exp, table=entry.table),
+        **{keyword: path("table", exp=exp, table=name) for keyword, name in entry.extra.items()},
+    }
 
 
 def all_targets(config: dict) -> list[str]:
     """Every table and figure of every experiment: what `rule all` asks for."""
     targets = []
     for exp in config["experiments"]:
-        targets += tables(config, exp) + figures(config, exp)
+        targets += [path("table", exp=exp, table=name) for name in tables(config, exp)]
+        targets += [path("figure", exp=exp, figure=name) for name in figures(config, exp)]
     return targets
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
-from . import plan, variants
+from . import eigenfilters, plan, variants
 from .architectures import scale_invariance
 
 # Per-experiment tables a target may read (names of plan.tables entries).
@@ -37,8 +37,8 @@ class Target:
     plot: str  # module of randlabels.plots
     requires: Callable[[dict, str], list[str]]
     build: Callable[[dict[str, pd.DataFrame], dict], tuple[pd.DataFrame, pd.DataFrame]]
-    options: dict = field(default_factory=dict)
-    stats_files: bool = False  # reads the statistics files themselves (eigen-filters)
+    # The figure's keyword arguments beyond its table, from the experiments' settings.
+    options: Callable[[dict], dict] = lambda info: {}  # noqa: E731
 
 
 # ----------------------------------------------------------------- requirements
@@ -219,9 +219,17 @@ def _build_specialization(tables: dict, info: dict):
     return table, table[shown].drop(columns="task")
 
 
-def _build_eigenfilter_table(tables: dict, info: dict):
-    # Built from the statistics files (see eigenfilter_table); nothing to combine here.
-    raise NotImplementedError("fig_eigenfilters is built from statistics files")
+def _build_eigenfilters(tables: dict, info: dict):
+    """Rank-by-rank comparison of Σw's and Σx's eigenvectors per experiment; the figure
+    draws the first experiment's filters and eigenvectors."""
+    rows = tables["eigenfilters"]
+    return eigenfilters.rank_comparison(rows), rows
+
+
+def _target_accuracy_of_first(info: dict) -> dict:
+    """The transfer map's speed-ups are to the first experiment's target accuracy (an
+    accuracy, or {from_chance: f} resolved per class count in the table)."""
+    return {"target": next(iter(info.values()))["target_accuracy"]}
 
 
 TARGETS: dict[str, Target] = {
@@ -233,7 +241,7 @@ TARGETS: dict[str, Target] = {
         STATS_TABLES[:1] + ("misalignment_pooled",), "misalignment", _nothing, _build_misalignment),
     "fig_eigenfilters": Target(
         "Top eigenvectors of the pooled filter covariance beside those of the image-patch covariance.",
-        (), "eigenfilters", _needs_conv, _build_eigenfilter_table, stats_files=True),
+        ("eigenfilters",), "eigenfilters", _needs_conv, _build_eigenfilters),
     "fig_transfer_function": Target(
         "The transfer function f(σ) of the first layer after each checkpoint epoch, random and real labels.",
         STATS_TABLES[1:2], "transfer_function", _nothing, _build_transfer_function),
@@ -249,7 +257,8 @@ TARGETS: dict[str, Target] = {
         FINETUNE_TABLES + STATS_TABLES[2:], "specialization", _specialization_needs, _build_specialization),
     "fig_transfer_map": Target(
         "Positive and negative transfer over init scale × number of downstream classes (steps-to-target ratio).",
-        FINETUNE_TABLES, "transfer_map", _needs_random_tasks, _build_transfer_map),
+        FINETUNE_TABLES, "transfer_map", _needs_random_tasks, _build_transfer_map,
+        options=_target_accuracy_of_first),
     "q_augmentation": Target(
         "Reviewers: does data augmentation (random crops and flips) change the alignment?",
         STATS_TABLES[:1], "misalignment", _nothing, _build_misalignment),
@@ -305,10 +314,7 @@ def problems(config: dict) -> list[str]:
 def table_inputs(config: dict, name: str) -> dict[str, list[str]]:
     """Per table kind, the per-experiment table files a target reads."""
     exps = experiments(config, name)
-    inputs = {kind: [plan.path("table", exp=exp, table=kind) for exp in exps] for kind in TARGETS[name].tables}
-    if TARGETS[name].stats_files:
-        inputs["stats"] = [path for exp in exps for path in plan.eigenfilter_sources(config, exp)]
-    return inputs
+    return {kind: [plan.path("table", exp=exp, table=kind) for exp in exps] for kind in TARGETS[name].tables}
 
 
 def experiment_info(config: dict, name: str) -> dict[str, dict]:
@@ -325,6 +331,7 @@ def experiment_info(config: dict, name: str) -> dict[str, dict]:
             "kernel_size": int(model.get("kernel_size", 3)) if model["arch"] == "cnn2" else 3,
             "augment": ", ".join(f"{k} {v}" for k, v in sorted(augment.items()) if v) or "none",
             "from_labels": plan.from_labels(config, exp) if plan.has_finetune(config, exp) else entry["pretrain"]["labels"][0],
+            "target_accuracy": plan.finetune_settings(config, exp)["target_accuracy"] if plan.has_finetune(config, exp) else None,
         }
     return info
 
@@ -350,25 +357,6 @@ def combine(name: str, tables: dict[str, pd.DataFrame], info: dict) -> tuple[pd.
     if ablations and "experiment" in figure_table.columns:
         figure_table = figure_table.assign(experiment=figure_table["experiment"].replace(ablations))
     return table, figure_table
-
-
-def eigenfilter_table(experiment: str, cov_w: np.ndarray, eigvec_x: np.ndarray, eigval_x: np.ndarray, top: int = 16) -> pd.DataFrame:
-    """Rank-by-rank comparison of the pooled Σw's eigenvectors with Σx's: eigenvalues,
-    |cos| between the i-th eigenvectors of each, and the best |cos| of the i-th Σw
-    eigenvector with any of Σx's top ``top``."""
-    from .stats import eigh_descending
-
-    eigval_w, eigvec_w = eigh_descending(cov_w)
-    n = min(top, eigvec_w.shape[1], eigvec_x.shape[1])
-    overlap = np.abs(eigvec_w[:, :n].T @ eigvec_x[:, :n])
-    return pd.DataFrame({
-        "experiment": experiment,
-        "rank": np.arange(1, n + 1),
-        "eigval_w": eigval_w[:n],
-        "eigval_x": np.asarray(eigval_x)[:n],
-        "cos_same_rank": np.diag(overlap),
-        "cos_best_match": overlap.max(axis=1),
-    })
 
 
 def refuse_unknown_target(name: str, known: Iterable[str]) -> list:

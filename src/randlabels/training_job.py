@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from randlabels.engine import FitResult
+from randlabels.fitloop import FitResult
 from randlabels.errors import ResourceError, TrainingDiverged
 from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
 

@@ -7,6 +7,7 @@ import yaml
 SRC = os.path.join(workflow.basedir, "src")
 
 from randlabels import codedeps, plan, targets, variants
+from randlabels.plots import FIGURES, figure_module
 from randlabels.config import (
     ConfigError,
     check_config,

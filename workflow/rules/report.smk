@@ -88,139 +88,50 @@ rule aggregate_finetuning:
         "../scripts/aggregate_finetuning.py"
 
 
-rule plot_misalignment:
-    input:
-        table=plan.path("table", exp="{exp}", table="misalignment"),
-        pooled=plan.path("table", exp="{exp}", table="misalignment_pooled"),
-        code=script_code("plot_table", "randlabels.plots.misalignment"),
-    output:
-        report(
-            plan.path("figure", exp="{exp}", figure="misalignment"),
-            caption="../report/misalignment.rst",
-            category="{exp}",
-            subcategory="Figures",
-        ),
-    log:
-        logs("plot_misalignment/{exp}"),
-    benchmark:
-        benchmarks("plot_misalignment/{exp}")
-    conda:
-        ENV
-    resources:
-        **RESOURCES_LIGHT,
-    params:
-        module="randlabels.plots.misalignment",
-        options=lambda w, input: {"pooled": input.pooled},
-    message:
-        "Plotting misalignment of {wildcards.exp}"
-    script:
-        "../scripts/plot_table.py"
-
-
-rule plot_transfer_function:
-    input:
-        table=plan.path("table", exp="{exp}", table="transfer_function"),
-        code=script_code("plot_table", "randlabels.plots.transfer_function"),
-    output:
-        report(
-            plan.path("figure", exp="{exp}", figure="transfer_function"),
-            caption="../report/transfer_function.rst",
-            category="{exp}",
-            subcategory="Figures",
-        ),
-    log:
-        logs("plot_transfer_function/{exp}"),
-    benchmark:
-        benchmarks("plot_transfer_function/{exp}")
-    conda:
-        ENV
-    resources:
-        **RESOURCES_LIGHT,
-    params:
-        module="randlabels.plots.transfer_function",
-        options={},
-    message:
-        "Plotting f(σ) of {wildcards.exp}"
-    script:
-        "../scripts/plot_table.py"
-
-
-rule plot_learning_curves:
-    input:
-        table=plan.path("table", exp="{exp}", table="finetune_curves"),
-        code=script_code("plot_table", "randlabels.plots.learning_curves"),
-    output:
-        report(
-            plan.path("figure", exp="{exp}", figure="learning_curves"),
-            caption="../report/learning_curves.rst",
-            category="{exp}",
-            subcategory="Figures",
-        ),
-    log:
-        logs("plot_learning_curves/{exp}"),
-    benchmark:
-        benchmarks("plot_learning_curves/{exp}")
-    conda:
-        ENV
-    resources:
-        **RESOURCES_LIGHT,
-    params:
-        module="randlabels.plots.learning_curves",
-        options={},
-    message:
-        "Plotting downstream learning curves of {wildcards.exp}"
-    script:
-        "../scripts/plot_table.py"
-
-
-rule plot_transfer_summary:
-    input:
-        table=plan.path("table", exp="{exp}", table="transfer_summary"),
-        code=script_code("plot_table", "randlabels.plots.transfer_summary"),
-    output:
-        report(
-            plan.path("figure", exp="{exp}", figure="transfer_summary"),
-            caption="../report/transfer_summary.rst",
-            category="{exp}",
-            subcategory="Figures",
-        ),
-    log:
-        logs("plot_transfer_summary/{exp}"),
-    benchmark:
-        benchmarks("plot_transfer_summary/{exp}")
-    conda:
-        ENV
-    resources:
-        **RESOURCES_LIGHT,
-    params:
-        module="randlabels.plots.transfer_summary",
-        options={},  # the target accuracy is the table's own (per task)
-    message:
-        "Plotting the transfer summary of {wildcards.exp}"
-    script:
-        "../scripts/plot_table.py"
-
-
-rule plot_eigenfilters:
+rule aggregate_eigenfilters:
     input:
         stats=lambda w: plan.eigenfilter_sources(config, w.exp),
-        code=script_code("plot_eigenfilters"),
+        code=script_code("aggregate_eigenfilters"),
     output:
-        report(
-            plan.path("figure", exp="{exp}", figure="eigenfilters"),
-            caption="../report/eigenfilters.rst",
-            category="{exp}",
-            subcategory="Figures",
-        ),
+        plan.path("table", exp="{exp}", table="eigenfilters"),
     log:
-        logs("plot_eigenfilters/{exp}"),
+        logs("aggregate_eigenfilters/{exp}"),
     benchmark:
-        benchmarks("plot_eigenfilters/{exp}")
+        benchmarks("aggregate_eigenfilters/{exp}")
     conda:
         ENV
     resources:
         **RESOURCES_LIGHT,
     message:
-        "Drawing filters and eigenvectors of {wildcards.exp}"
+        "Pooling the first-layer filters of {wildcards.exp} over seeds"
     script:
-        "../scripts/plot_eigenfilters.py"
+        "../scripts/aggregate_eigenfilters.py"
+
+
+# Every per-experiment figure (randlabels.plots.FIGURES): the module
+# randlabels.plots.FIGURE draws the experiment's tables.
+rule plot:
+    input:
+        unpack(lambda w: plan.figure_inputs(w.exp, w.figure)),
+        code=lambda w: script_code("plot", figure_module(w.figure)),
+    output:
+        report(
+            plan.path("figure", exp="{exp}", figure="{figure}"),
+            caption="../report/figure.rst",
+            category="{exp}",
+            subcategory="Figures",
+        ),
+    log:
+        logs("plot/{exp}/{figure}"),
+    benchmark:
+        benchmarks("plot/{exp}/{figure}")
+    wildcard_constraints:
+        figure="|".join(FIGURES),
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    message:
+        "Drawing the {wildcards.figure} figure of {wildcards.exp}"
+    script:
+        "../scripts/plot.py"

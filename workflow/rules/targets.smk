@@ -33,11 +33,6 @@ rule paper_target:
         description=lambda w: targets.TARGETS[w.target].description,
         experiments=lambda w: targets.experiments(config, w.target),
         info=lambda w: targets.experiment_info(config, w.target),
-        target_accuracy={
-            exp: plan.finetune_settings(config, exp)["target_accuracy"]
-            for exp in config["experiments"]
-            if plan.has_finetune(config, exp)
-        },
     message:
         "Building the paper's {wildcards.target}"
     script:

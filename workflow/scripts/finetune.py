@@ -2,9 +2,9 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog, variants
+from randlabels import provenance, runlog, task_data, variants
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, Trainer, TrainConfig, job_device
+from randlabels.engine import Trainer, TrainConfig, job_device
 from randlabels.io import write_table
 from randlabels.resume import hold_run
 from randlabels.training_job import run_training
@@ -28,13 +28,9 @@ variant, task = params.variant, params.task
 parsed = variants.parse(variant)
 device = job_device(params.device, snakemake.threads, snakemake.resources.gpu, params.jobs_per_gpu)
 
-dataset = read_dataset(snakemake.input.dataset)
-split = read_split(snakemake.input.split)
-labels, num_classes = split.downstream_task(task, dataset.labels, dataset.num_classes)
-train = DeviceData.subset(dataset, split.downstream, device, labels)
-test = None
-if task == "real":
-    test = DeviceData.subset(dataset, split.test, device)
+train, test, num_classes = task_data.downstream(
+    read_dataset(snakemake.input.dataset), read_split(snakemake.input.split), task, device
+)
 
 model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init", "finetune"),
                     where=f"experiments.{params.experiment}.model")

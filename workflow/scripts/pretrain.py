@@ -2,9 +2,9 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog
+from randlabels import provenance, runlog, task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, Trainer, TrainConfig, job_device
+from randlabels.engine import Trainer, TrainConfig, job_device
 from randlabels.io import write_table
 from randlabels.progress import job_monitor
 from randlabels.resume import hold_run
@@ -23,14 +23,9 @@ params = snakemake.params
 labels_kind = snakemake.wildcards.labels
 device = job_device(params.device, snakemake.threads, snakemake.resources.gpu, params.jobs_per_gpu)
 
-dataset = read_dataset(snakemake.input.dataset)
-split = read_split(snakemake.input.split)
-labels = split.labels("upstream", labels_kind, dataset.labels)
-num_classes = dataset.num_classes if labels_kind == "real" else split.upstream_classes
-train = DeviceData.subset(dataset, split.upstream, device, labels)
-test = None
-if labels_kind == "real":
-    test = DeviceData.subset(dataset, split.test, device)
+train, test, num_classes = task_data.upstream(
+    read_dataset(snakemake.input.dataset), read_split(snakemake.input.split), labels_kind, device
+)
 
 model = fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(params.seed, "init"),
                     where=f"experiments.{snakemake.wildcards.exp}.model")

@@ -8,9 +8,9 @@ the per-seed files.
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog
+from randlabels import provenance, runlog, task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, TrainConfig, job_device
+from randlabels.engine import TrainConfig, job_device
 from randlabels.packed import PackedTrainer
 from randlabels.progress import job_monitor
 from randlabels.resume import hold_run
@@ -32,12 +32,9 @@ device = job_device(params.device, snakemake.threads, snakemake.resources.gpu, p
 dataset = read_dataset(snakemake.input.dataset)
 models, trains, tests, classes = [], [], [], []
 for seed, split_path in zip(seeds, snakemake.input.splits, strict=True):
-    split = read_split(split_path)
-    labels = split.labels("upstream", labels_kind, dataset.labels)
-    num_classes = dataset.num_classes if labels_kind == "real" else split.upstream_classes
-    train = DeviceData.subset(dataset, split.upstream, device, labels)
-    if labels_kind == "real":
-        tests.append(DeviceData.subset(dataset, split.test, device))
+    train, test, num_classes = task_data.upstream(dataset, read_split(split_path), labels_kind, device)
+    if test is not None:
+        tests.append(test)
     trains.append(train)
     classes.append(num_classes)
     models.append(fresh_model(params.model, train.input_shape, num_classes, params.init_scale, stream_seed(seed, "init"),

@@ -2,9 +2,9 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog
+from randlabels import provenance, runlog, task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, job_device
+from randlabels.engine import job_device
 from randlabels.identity import expected
 from randlabels.measure import measure_checkpoints
 from randlabels.models import build_model
@@ -19,9 +19,8 @@ params = snakemake.params
 device = job_device(params.device, snakemake.threads)
 # A checkpoint set of another run (copied here) is refused, naming both runs.
 checkpoints = read_checkpoints(snakemake.input.checkpoints, expect=expected(snakemake.wildcards))
-dataset = read_dataset(snakemake.input.dataset)
-split = read_split(snakemake.input.split)
-data = DeviceData.subset(dataset, split.upstream, device, split.upstream_random)
+# Σx of the upstream images (the labels play no part).
+data = task_data.upstream(read_dataset(snakemake.input.dataset), read_split(snakemake.input.split), "random", device).train
 # The spec recorded in the checkpoint; an own model's factory runs only if the config names it.
 spec = buildable_spec(checkpoints, snakemake.input.checkpoints, snakemake.config["experiments"][snakemake.wildcards.exp]["model"])
 model = build_model(spec, checkpoints["input_shape"], checkpoints["num_classes"], where=f"experiments.{snakemake.wildcards.exp}.model").to(device)

@@ -4,6 +4,9 @@ If training on random labels aligns Σw with Σx (claim 1), the leading eigenvec
 the filter covariance look like those of the image-patch covariance (smooth, low
 frequency, colour-opponent), even though single filters look like noise. Three rows
 of small images make that visible: sampled filters, eigenvectors of Σw, of Σx.
+
+:func:`plot` draws the eigen-filter table (:mod:`randlabels.eigenfilters`) like every
+figure module draws its table; :func:`draw` is the same figure from arrays.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
+from randlabels.eigenfilters import vectors as table_vectors
 from randlabels.plots import style
 
 ROW_LABELS = ("filters\n(sample)", "eigvecs\nof Σw", "eigvecs\nof Σx")
@@ -55,16 +60,34 @@ def _top_columns(eigvec: np.ndarray, eigval: np.ndarray | None,
     return eigvec[:, order], titles
 
 
-def plot(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
+def plot(table: pd.DataFrame, out_path: str | os.PathLike, n_show: int = 8) -> None:
+    """Draw the first experiment of an eigen-filter table (one experiment's, or a paper
+    target's with several); write ``out_path``."""
+    if table.empty:
+        raise ValueError("eigenfilters: the table is empty")
+    rows = table[table["experiment"] == table["experiment"].iloc[0]]
+    first = rows.iloc[0]
+    filters, columns, _ = table_vectors(rows, "filter")
+    eigvec_w, _, eigval_w = table_vectors(rows, "eigvec_w")
+    eigvec_x, _, eigval_x = table_vectors(rows, "eigvec_x")
+    draw(filters.T, eigvec_w, eigvec_x, (int(first["c_in"]), int(first["kh"]), int(first["kw"])), out_path,
+         n_show=n_show, eigval_w=eigval_w, eigval_x=eigval_x, filter_names=[int(c) for c in columns],
+         title=f"{first['experiment']}: layer {first['layer']}, {int(first['filters'])} filters pooled "
+               f"over {int(first['seeds'])} seeds ({first['labels']} labels, init scale {first['init_scale']:g})")
+
+
+def draw(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
          kernel_shape: Sequence[int], out_path: str | os.PathLike, n_show: int = 8,
          title: str = "", eigval_w: np.ndarray | None = None,
-         eigval_x: np.ndarray | None = None) -> None:
+         eigval_x: np.ndarray | None = None, filter_names: Sequence[int] | None = None) -> None:
     """Draw sampled filters and top eigenvectors of Σw and Σx; write ``out_path``.
 
     ``filters`` is (n, d); ``eigvec_w`` and ``eigvec_x`` hold unit eigenvectors as
     columns (d, m); ``kernel_shape`` = (C_in, k, k) with d = C_in·k·k in the conv weight's
     flatten order. C_in = 1 is shown in grayscale, C_in = 3 as RGB, otherwise the first
-    channel. Filters are a fixed-seed random sample so the figure is reproducible.
+    channel. Filters are a fixed-seed random sample so the figure is reproducible; with
+    ``filter_names`` (their indices in a larger stack, already a sample) the first
+    ``n_show`` are drawn under those names.
     """
     filters = np.atleast_2d(np.asarray(filters, dtype=float))
     eigvec_w = np.asarray(eigvec_w, dtype=float)
@@ -82,10 +105,14 @@ def plot(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
         raise ValueError("eigenfilters: nothing to show (n_show or an input is empty)")
     style.apply_theme()
 
-    pick = np.sort(np.random.default_rng(0).choice(filters.shape[0], n_cols, replace=False))
+    if filter_names is None:
+        pick = np.sort(np.random.default_rng(0).choice(filters.shape[0], n_cols, replace=False))
+        names = list(pick)
+    else:
+        pick, names = np.arange(n_cols), list(filter_names)[:n_cols]
     top_w, titles_w = _top_columns(eigvec_w, eigval_w, n_cols)
     top_x, titles_x = _top_columns(eigvec_x, eigval_x, n_cols)
-    rows = [([filters[i] for i in pick], [f"filter {i}" for i in pick]),
+    rows = [([filters[i] for i in pick], [f"filter {name}" for name in names]),
             (list(top_w.T), titles_w), (list(top_x.T), titles_x)]
 
     fig, axes = plt.subplots(3, n_cols, squeeze=False,

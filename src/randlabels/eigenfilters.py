@@ -1,0 +1,102 @@
+"""The eigen-filter table: first-layer filters pooled over seeds beside the top
+eigenvectors of their covariance Σw and of the patch covariance Σx.
+
+The paper's first claim, as a picture: single filters look like noise, but the leading
+eigenvectors of Σw look like those of Σx. One tidy table per experiment holds what
+that picture needs, so the figure (:mod:`randlabels.plots.eigenfilters`) and the paper
+target ``fig_eigenfilters`` (:func:`rank_comparison`) are ordinary table readers and
+never open a statistics file. Long format, one row per vector element:
+
+    experiment, layer, labels, init_scale, seeds, filters, c_in, kh, kw,
+    kind (filter | eigvec_w | eigvec_x), column, eigval, element, value
+
+``column`` is the filter's index in the pooled stack, or an eigenvector's rank
+(1 = largest eigenvalue); ``eigval`` is empty for filters; ``element`` indexes the
+flattened (C_in, k, k) kernel. Readers need pandas alone; building imports the
+statistics (torch) when called.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+KINDS = ("filter", "eigvec_w", "eigvec_x")
+TOP = 16  # eigen-directions kept of Σw and of Σx
+SAMPLE = 8  # filters kept: a fixed-seed sample, drawn in the figure's first row
+
+
+def table(records: Sequence[dict], experiment: str, layer: str, labels: str, init_scale: float,
+          top: int = TOP, sample: int = SAMPLE) -> pd.DataFrame:
+    """The eigen-filter rows of one experiment from its seeds' statistics records
+    (:func:`randlabels.statsfile.read_layer` of one conv layer at one epoch): Σw of
+    all their filters stacked, Σx of the first seed."""
+    from .stats import eigh_descending, weight_statistics
+
+    if not records:
+        raise ValueError(f"{experiment}: no statistics records to pool")
+    kernel = tuple(int(s) for s in records[0]["weight_shape"][1:])
+    if len(kernel) != 3:
+        raise ValueError(f"{experiment}: layer {layer} has weight shape {tuple(records[0]['weight_shape'])}, "
+                         "not a convolution's (out, C_in, k, k)")
+    pooled = np.concatenate([np.asarray(r["weights"], dtype=float) for r in records])
+    _, cov_w = weight_statistics(pooled)
+    eigval_w, eigvec_w = eigh_descending(cov_w)
+    eigvec_x = np.asarray(records[0]["eigvec_x"], dtype=float)
+    eigval_x = np.asarray(records[0]["eigval_x"], dtype=float)
+    n = min(top, eigvec_w.shape[1], eigvec_x.shape[1])
+    pick = np.sort(np.random.default_rng(0).choice(len(pooled), min(sample, len(pooled)), replace=False))
+    blocks = (
+        ("filter", pooled[pick].T, pick, np.full(len(pick), np.nan)),
+        ("eigvec_w", eigvec_w[:, :n], np.arange(1, n + 1), eigval_w[:n]),
+        ("eigvec_x", eigvec_x[:, :n], np.arange(1, n + 1), eigval_x[:n]),
+    )
+    d = pooled.shape[1]
+    frames = [
+        pd.DataFrame({
+            "kind": kind,
+            "column": np.repeat(columns, d),
+            "eigval": np.repeat(eigvals, d),
+            "element": np.tile(np.arange(d), len(columns)),
+            "value": vectors.T.reshape(-1),
+        })
+        for kind, vectors, columns, eigvals in blocks
+    ]
+    out = pd.concat(frames, ignore_index=True)
+    head = {"experiment": experiment, "layer": layer, "labels": labels, "init_scale": float(init_scale),
+            "seeds": len(records), "filters": len(pooled), "c_in": kernel[0], "kh": kernel[1], "kw": kernel[2]}
+    return out.assign(**head)[[*head, *out.columns]]
+
+
+def vectors(rows: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(matrix with the vectors of ``kind`` as columns (d, n), their ``column`` labels,
+    their eigenvalues) from one experiment's rows, in the table's column order."""
+    part = rows[rows["kind"] == kind]
+    if part.empty:
+        raise ValueError(f"eigen-filter table has no {kind!r} rows")
+    wide = part.pivot(index="element", columns="column", values="value").sort_index()
+    columns = wide.columns.to_numpy()
+    eigvals = part.groupby("column")["eigval"].first().reindex(columns).to_numpy(dtype=float)
+    return wide.to_numpy(dtype=float), columns, eigvals
+
+
+def rank_comparison(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment, rank by rank: the eigenvalues of Σw and Σx, |cos| between their
+    i-th eigenvectors, and the best |cos| of Σw's i-th with any of Σx's kept ones."""
+    frames = []
+    for experiment, part in rows.groupby("experiment", sort=False):
+        eigvec_w, ranks, eigval_w = vectors(part, "eigvec_w")
+        eigvec_x, _, eigval_x = vectors(part, "eigvec_x")
+        n = min(len(ranks), eigvec_x.shape[1])
+        overlap = np.abs(eigvec_w[:, :n].T @ eigvec_x[:, :n])
+        frames.append(pd.DataFrame({
+            "experiment": experiment,
+            "rank": ranks[:n].astype(int),
+            "eigval_w": eigval_w[:n],
+            "eigval_x": eigval_x[:n],
+            "cos_same_rank": np.diag(overlap),
+            "cos_best_match": overlap.max(axis=1),
+        }))
+    return pd.concat(frames, ignore_index=True)
