@@ -336,6 +336,25 @@ def test_packed_training_step_reads_nothing_back_to_the_host(monkeypatch):
     assert torch.isfinite(loss_sum).all().item()
 
 
+def test_clipped_training_steps_read_nothing_back_to_the_host(monkeypatch):
+    """Gradient clipping keeps the norms on the device: one replica's
+    (clip_grad_norm_) and each packed replica's (clip_grad_norm_per_replica)."""
+    from randlabels.packed import PackedTrainer
+
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.05, clip_grad_norm=0.01)  # below the norms: clips
+    trainer, data = _image_trainer(config)
+    models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
+              for s in (0, 1)]
+    packed = PackedTrainer(models, data, config, [0, 1])
+    order, packed_order = data.permutation(trainer.generator), packed.orders()
+    loss_sum, packed_sum = torch.zeros((), dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    with _NoHostReads(monkeypatch):
+        for b in range(5):
+            loss_sum += trainer.train_step(*data.batch(order[b * 8 : (b + 1) * 8]))
+            packed_sum += packed.train_step(*packed.data.batch(packed_order[:, b * 8 : (b + 1) * 8]))
+    assert math.isfinite(loss_sum.item()) and torch.isfinite(packed_sum).all().item()
+
+
 def test_augmented_training_step_reads_nothing_back_to_the_host(monkeypatch):
     from randlabels.packed import PackedTrainer
 
@@ -355,17 +374,21 @@ def test_augmented_training_step_reads_nothing_back_to_the_host(monkeypatch):
 
 
 @pytest.mark.gpu  # deselected by default; `make test-gpu` runs it on a CUDA machine
-def test_cuda_training_step_never_synchronizes():
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_cuda_training_step_never_synchronizes(clip):
+    """Nor with gradient clipping: each norm stays on the device (clip_grad_norm_,
+    clip_grad_norm_per_replica)."""
     from randlabels.packed import PackedTrainer
 
-    trainer, data = _image_trainer(device="cuda")
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.05, weight_decay=1e-4, schedule="cosine", clip_grad_norm=clip)
+    trainer, data = _image_trainer(config, device="cuda")
     assert torch.backends.cudnn.benchmark is True
     order = data.permutation(trainer.generator)
     loss_sum = torch.zeros((), dtype=torch.float64, device="cuda")
     loss_sum += trainer.train_step(*data.batch(order[:8]))  # first step: cuDNN picks algorithms
     models = [initialize(build_model({"arch": "cnn2", "filters": 4, "hidden": 8}, (3, 8, 8), 5), 1.0, s)
               for s in (0, 1)]
-    packed = PackedTrainer(models, data, TrainConfig(epochs=1, batch_size=8, lr=0.05), [0, 1])
+    packed = PackedTrainer(models, data, TrainConfig(epochs=1, batch_size=8, lr=0.05, clip_grad_norm=clip), [0, 1])
     packed_order = packed.orders()
     packed_sum = torch.zeros(2, dtype=torch.float64, device="cuda")
     packed_sum += packed.train_step(*packed.data.batch(packed_order[:, :8]))
