@@ -15,7 +15,7 @@ configfile: "config.yaml"
 
 
 # The report opens on the workflow's description and the summary of the last run
-# (written by onsuccess below, randlabels.headlines); before any run, on the description.
+# (written by onsuccess below, randlabels.analysis.headlines); before any run, on the description.
 DESCRIPTION = "workflow/report/workflow.rst"
 FRONT_PAGE = os.path.abspath(os.path.join("results", "report_front.rst"))
 
@@ -43,7 +43,7 @@ rule all:
 # At the end of a run (make run, or any target): the headline numbers of each
 # experiment, printed and written to results/SUMMARY.md and the report's front page.
 onsuccess:
-    from randlabels import headlines
+    from randlabels.analysis import headlines
 
     try:
         with open(

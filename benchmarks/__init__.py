@@ -10,7 +10,7 @@ kept. Results go to ``benchmarks/results/DEVICE.json`` and to the DEVICE section
   loop, images/s and ratio (cnn2, vgg16, resnet18); FLOPs per image and, on a GPU,
   the fraction of its peak bf16 FLOP/s.
 - :mod:`benchmarks.packing`: R replicas of a small cnn2 in one process
-  (:mod:`randlabels.packed`) against R separate sequential runs.
+  (:mod:`randlabels.training.packed`) against R separate sequential runs.
 - :mod:`benchmarks.covariance`: the library's streaming patch covariance against
   numpy im2col and XᵀX.
 - :mod:`benchmarks.workflow`: ``snakemake -n`` time against the number of jobs.

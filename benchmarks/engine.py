@@ -7,7 +7,7 @@ DataLoader with batch 128 (worker processes and pinned memory on a GPU), fp32 an
 the default memory format, each batch copied to the device, and the running loss
 read back with ``loss.item()`` after every step.
 
-The engine is :class:`randlabels.engine.Trainer` on a :class:`DeviceData`: the same
+The engine is :class:`randlabels.training.engine.Trainer` on a :class:`DeviceData`: the same
 model (same architecture and initialization), the same optimizer (SGD, lr 0.01,
 momentum 0.9), the same batch size and the same number of steps, its loop written as
 ``Trainer.fit`` writes it (a permutation per epoch, the loss summed on the device).
@@ -34,8 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import (
     CIFAR_MEAN, CIFAR_STD, Sizes, free_memory, log, median, peak_bf16_flops, random_images, timed,
 )
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
 
 MODELS = {"cnn2": {"arch": "cnn2"}, "vgg16": {"arch": "vgg16"}, "resnet18": {"arch": "resnet18"}}
 INPUT_SHAPE, CLASSES, BATCH = (3, 32, 32), 10, 128
@@ -99,7 +99,7 @@ class BaselineLoop:
 
 
 class EngineLoop:
-    """The training loop's steps (randlabels.fitloop): on-device permutation and batches, loss kept on the device."""
+    """The training loop's steps (randlabels.training.fitloop): on-device permutation and batches, loss kept on the device."""
 
     def __init__(self, spec, images, labels, device, batch, compile_=False):
         self.data = DeviceData(images, labels, CIFAR_MEAN, CIFAR_STD, device)

@@ -1,8 +1,8 @@
 """Replica packing: R seeds of one small cnn2 in one process against R sequential runs.
 
-Packed: one :class:`randlabels.packed.PackedTrainer` trains the R replicas at once
+Packed: one :class:`randlabels.training.packed.PackedTrainer` trains the R replicas at once
 (each its own initialization, data order and random labels). Separate: R
-:class:`randlabels.engine.Trainer` runs one after the other, each on the same
+:class:`randlabels.training.engine.Trainer` runs one after the other, each on the same
 on-device data, as R one-model-per-process jobs would run, without their process
 start-up, imports and data loading (which favours the separate runs). Both are timed
 over the same number of steps per replica after their warm-up steps, in trials that
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import Sizes, free_memory, log, median, random_images, timed
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer, with_labels
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.packed import PackedTrainer, with_labels
 
 CONFIGS = {
     "digits_cnn2": {

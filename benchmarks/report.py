@@ -27,7 +27,7 @@ sizes (50,000 CIFAR-shaped images) on a CUDA device. Each writes
 below; the code and what exactly each baseline is are in `benchmarks/` (one module per
 benchmark, with the method in its docstring).
 
-- **Engine vs baseline**: `randlabels.engine.Trainer` (dataset on the device as uint8,
+- **Engine vs baseline**: `randlabels.training.engine.Trainer` (dataset on the device as uint8,
   batches cut and normalized there, bf16 autocast and channels_last on CUDA, no
   host sync in the step) against a plain loop: a Dataset over the uint8 arrays with
   per-sample ToTensor + Normalize, a shuffling DataLoader, fp32, `loss.item()` per
@@ -37,12 +37,12 @@ benchmark, with the method in its docstring).
   peak from its data sheet (H100 SXM and H200 989 TFLOP/s, H100 PCIe 756, A100 312;
   "unknown" for other devices).
 - **Replica packing**: R seeds of one cnn2 configuration trained at once by
-  `randlabels.packed.PackedTrainer` (torch.func vmap over stacked parameters) against
+  `randlabels.training.packed.PackedTrainer` (torch.func vmap over stacked parameters) against
   R separate `Trainer` runs one after the other (one-model-per-process without the
   process start-ups). Aggregate images/s. The workflow trains this way when an
   experiment sets `pretrain: {pack_seeds: R}` (one `pretrain_packed` job per group of R
   seeds, see README, Configuration).
-- **Patch covariance**: `randlabels.stats.patch_covariance` (float64, streaming) against
+- **Patch covariance**: `randlabels.analysis.stats.patch_covariance` (float64, streaming) against
   numpy im2col (`sliding_window_view`) and XᵀX, float64, on the CPU.
 - **DAG build**: wall-clock time of `snakemake -n` on the default config with more
   seeds, against the number of jobs.

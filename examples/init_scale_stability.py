@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 # The recipes compared (SGD, momentum 0.9, weight decay 5e-4, batch --batch).

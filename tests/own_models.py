@@ -1,6 +1,6 @@
 """Own-model factories for tests/test_own_model.py, imported by their factory path
 ("own_models:NAME"; tests/ is on sys.path under pytest). Each is a small case of what
-the workflow accepts or refuses in a user's model (randlabels.models, "Your own model")."""
+the workflow accepts or refuses in a user's model (randlabels.models.networks, "Your own model")."""
 
 from __future__ import annotations
 

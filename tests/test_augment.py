@@ -1,4 +1,4 @@
-"""Random crops and flips on the device (randlabels.augment), the Trainer's use of them,
+"""Random crops and flips on the device (randlabels.data.augment), the Trainer's use of them,
 and the Trainer's learning-curve probe."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from randlabels.augment import Augmentation
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer, with_labels
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
+from randlabels.data.augment import Augmentation
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.packed import PackedTrainer, with_labels
+from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 CNN = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 8}
 AUGMENT = {"crop": 2, "flip": True}

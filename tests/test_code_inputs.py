@@ -1,5 +1,5 @@
 """Code as a rule input: each rule's library inputs are its script's import closure
-(randlabels.codedeps), as paths relative to the project, so that an edit reruns what
+(randlabels.workflow.codedeps), as paths relative to the project, so that an edit reruns what
 runs the edited file and a moved project keeps its cache; and rule scripts import this
 checkout's library even where another clone's is on sys.path.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from randlabels.codedeps import code_files
+from randlabels.workflow.codedeps import code_files
 from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 # Every rule with a script, with as few jobs as that takes: packed pre-training
@@ -145,7 +145,7 @@ def test_a_figure_module_edit_reruns_its_figure_only(finished):
 def test_an_augmentation_edit_reruns_all_training_but_no_data_preparation(finished):
     """augment.py is what the hand-kept list of the training rules lacked."""
     project, summary = finished
-    counts = _reruns_after_editing(project, "augment.py")
+    counts = _reruns_after_editing(project, "data/augment.py")
     assert set(counts) == {row["rule"] for row in summary} - {"prepare_dataset", "make_split"} | {"all"}
     assert counts["pretrain"] == 1 and counts["pretrain_packed"] == 1 and counts["finetune"] == 3
 
@@ -170,7 +170,7 @@ def test_rule_scripts_and_the_snakefile_use_this_checkouts_library(tmp_path):
     snakemake(project, "-s", "where.smk", "--cores", "1", "where.txt", env={"PYTHONPATH": other})
     library, planner = (project / "where.txt").read_text().split()
     assert Path(library).resolve() == (project / "src" / "randlabels" / "io.py").resolve()
-    assert Path(planner).resolve() == (project / "src" / "randlabels" / "plan.py").resolve()
+    assert Path(planner).resolve() == (project / "src" / "randlabels" / "workflow" / "plan.py").resolve()
 
 
 def test_bootstrap_refuses_a_library_already_imported_from_elsewhere(tmp_path):

@@ -1,4 +1,4 @@
-"""A rule's library inputs derived from its script's imports (randlabels.codedeps)."""
+"""A rule's library inputs derived from its script's imports (randlabels.workflow.codedeps)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from randlabels.codedeps import code_files
+from randlabels.workflow.codedeps import code_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -96,10 +96,11 @@ def _script_deps(script: str, *extra: str) -> set[str]:
 
 
 def test_the_rule_scripts_depend_on_the_modules_the_hand_kept_lists_missed():
-    assert "augment.py" in _script_deps("pretrain") and "augment.py" in _script_deps("pretrain_packed")
-    assert {"augment.py", "probes.py", "stats.py", "gpus.py", "plan.py"} <= _script_deps("finetune")
-    assert "summary.py" in _script_deps("plot", "randlabels.plots.transfer_summary")
-    assert {"plots/style.py", "eigenfilters.py", "targets.py"} <= _script_deps("paper_target")
+    assert "data/augment.py" in _script_deps("pretrain") and "data/augment.py" in _script_deps("pretrain_packed")
+    finetune = {"data/augment.py", "analysis/probes.py", "analysis/stats.py", "training/gpus.py", "workflow/plan.py"}
+    assert finetune <= _script_deps("finetune")
+    assert "analysis/summary.py" in _script_deps("plot", "randlabels.plots.transfer_summary")
+    assert {"plots/style.py", "analysis/eigenfilters.py", "workflow/targets.py"} <= _script_deps("paper_target")
     plots = {p.relative_to(SRC / "randlabels").as_posix() for p in (SRC / "randlabels" / "plots").glob("*.py")}
     assert plots <= _script_deps("paper_target")  # its figure module is chosen at run time
     assert "plots/misalignment.py" not in _script_deps("plot", "randlabels.plots.transfer_summary")

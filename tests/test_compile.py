@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.packed import PackedTrainer
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
                                 reason="torch.compile on the CPU needs a C compiler")

@@ -10,9 +10,9 @@ import sys
 import pytest
 import yaml
 
-from randlabels import plan
-from randlabels.config import ConfigError, check_config, schema_errors, semantic_errors
-from randlabels.engine import TrainConfig
+from randlabels.training.engine import TrainConfig
+from randlabels.workflow import plan
+from randlabels.workflow.config import ConfigError, check_config, schema_errors, semantic_errors
 from workflow_helpers import ROOT
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -192,8 +192,8 @@ def test_semantic_rules_are_skipped_only_when_the_schema_fails():
     ids=lambda v: "-".join(map(str, v.values() if isinstance(v, dict) else v)),
 )
 def test_builtin_layer_names_are_those_of_the_built_model(spec, shape):
-    from randlabels.architectures import builtin_layers
-    from randlabels.models import check_model, weight_layers
+    from randlabels.models.architectures import builtin_layers
+    from randlabels.models.networks import check_model, weight_layers
 
     assert builtin_layers(spec) == weight_layers(check_model(spec, shape, 10))
 
@@ -202,7 +202,7 @@ def test_the_config_check_of_built_in_models_does_not_import_torch():
     """It runs at every Snakemake start; importing torch there costs about 2 s."""
     code = (
         "import sys, yaml\n"
-        "from randlabels.config import check_config\n"
+        "from randlabels.workflow.config import check_config\n"
         "for name in ('config.yaml', 'configs/paper-cifar10.yaml'):\n"
         "    check_config(yaml.safe_load(open(name)), 'workflow/schemas/config.schema.yaml')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
@@ -213,14 +213,14 @@ def test_the_config_check_of_built_in_models_does_not_import_torch():
 
 
 def test_builtin_layer_names_are_checked_without_building_the_model(monkeypatch):
-    import randlabels.config
-    import randlabels.models
+    import randlabels.workflow.config
+    import randlabels.models.networks
 
     def refuse(*args, **kwargs):
         raise AssertionError("the config check built a model")
 
-    monkeypatch.setattr(randlabels.models, "build_model", refuse)
-    monkeypatch.setattr(randlabels.models, "check_model", refuse)
+    monkeypatch.setattr(randlabels.models.networks, "build_model", refuse)
+    monkeypatch.setattr(randlabels.models.networks, "check_model", refuse)
     config = load()
     config.pop("targets")
     config["datasets"]["c10"] = {"source": "torchvision", "name": "CIFAR10", "root": "data"}
@@ -271,7 +271,7 @@ def test_integers_are_ints_and_finite_numbers_pass():
 
 
 def test_command_line_values_change_the_default_config_when_no_file_is_given():
-    from randlabels.config import command_line_config
+    from randlabels.workflow.config import command_line_config
 
     default = load()
     # Snakemake's config after the profile's replace-workflow-config: --config alone.
@@ -284,7 +284,7 @@ def test_command_line_values_change_the_default_config_when_no_file_is_given():
 def test_command_line_values_are_read_as_yaml():
     """Snakemake passes ``false`` and ``[0, 1]`` on as strings; they mean what they
     would mean in a config file. A string stays a string."""
-    from randlabels.config import command_line_config
+    from randlabels.workflow.config import command_line_config
 
     overrides = {"tensorboard": "false", "seeds": ["0", "1"], "device": "cuda:0", "x": "[unclosed"}
     for config, default in (({}, load()), ({**load(), **overrides}, None)):
@@ -295,7 +295,7 @@ def test_command_line_values_are_read_as_yaml():
 
 
 def test_set_changes_nested_values_read_as_yaml():
-    from randlabels.config import command_line_config
+    from randlabels.workflow.config import command_line_config
 
     default = load()
     got = command_line_config(
@@ -321,7 +321,7 @@ def test_set_changes_nested_values_read_as_yaml():
     ],
 )
 def test_a_bad_set_names_itself(assignment, message):
-    from randlabels.config import command_line_config
+    from randlabels.workflow.config import command_line_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         command_line_config({}, {"set": assignment}, default=load())
@@ -385,7 +385,7 @@ def test_an_own_models_init_is_checked_too():
 
 
 def test_an_init_scale_experiment_on_batch_norm_is_warned_about():
-    from randlabels.config import config_warnings
+    from randlabels.workflow.config import config_warnings
 
     config = load(ROOT / "configs" / "paper-cifar10.yaml")
     warned = config_warnings(config)
@@ -403,7 +403,7 @@ def test_an_init_scale_experiment_on_batch_norm_is_warned_about():
 
 
 def test_the_config_command_prints_warnings_and_still_validates(capsys):
-    from randlabels.config import main
+    from randlabels.workflow.config import main
 
     assert main([str(ROOT / "configs" / "paper-cifar10.yaml")]) == 0
     out = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Tests of randlabels.construct (paper §2.5) and its rule script construct_init.py."""
+"""Tests of randlabels.inits.construct (paper §2.5) and its rule script construct_init.py."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from randlabels.construct import (
+from randlabels.inits.construct import (
     construct_layers,
     constructible_layers,
     estimated_transfer,
     parametric_transfer,
 )
+from randlabels.analysis.stats import eigh_descending, misalignment, random_orthonormal_basis, weight_statistics
 from randlabels.data.digits import prepare_digits
 from randlabels.data.h5file import read_dataset
-from randlabels.models import build_model
+from randlabels.data.splits import make_split, write_split
+from randlabels.inits.pretrained import clone_state, fresh_model, load_into
+from randlabels.models.networks import build_model
 from randlabels.seeding import stream_seed
-from randlabels.splits import make_split, write_split
-from randlabels.stats import eigh_descending, misalignment, random_orthonormal_basis, weight_statistics
-from randlabels.checkpoints import read_init, save_checkpoints
-from randlabels.transfer import clone_state, fresh_model, load_into
+from randlabels.training.checkpoints import read_init, save_checkpoints
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 

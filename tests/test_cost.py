@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from randlabels import cost
+from randlabels.workflow import cost
 from workflow_helpers import ROOT
 
 TINY = ROOT / "tests" / "configs" / "targets.yaml"

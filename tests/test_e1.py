@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from randlabels import plan, targets
-from randlabels.config import check_config
+from randlabels.analysis.statsfile import first_layer_name, read_layer
 from randlabels.data import gaussian
 from randlabels.data.h5file import read_dataset
+from randlabels.data.splits import make_split, read_split, write_split
 from randlabels.errors import InputFileError
 from randlabels.io import read_table
-from randlabels.splits import make_split, read_split, write_split
-from randlabels.statsfile import first_layer_name, read_layer
+from randlabels.workflow import plan, targets
+from randlabels.workflow.config import check_config
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
@@ -288,7 +288,7 @@ def test_the_target_table_carries_the_change_from_init():
 
 @pytest.mark.parametrize("path", [EMBEDDED, PAPER])
 def test_the_configs_pass_the_check_and_hold_the_three_panels(path):
-    result = subprocess.run([sys.executable, "-m", "randlabels.config", str(path)],
+    result = subprocess.run([sys.executable, "-m", "randlabels.workflow.config", str(path)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     config = load(path)

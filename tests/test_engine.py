@@ -1,4 +1,4 @@
-"""Tests of randlabels.engine on the CPU: data handling, determinism, metrics, divergence."""
+"""Tests of randlabels.training.engine on the CPU: data handling, determinism, metrics, divergence."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer, lr_factor
-from randlabels.models import build_model, initialize
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer, lr_factor
 
 METRIC_COLUMNS = ["epoch", "step", "loss", "train_acc", "test_acc", "lr", "diverged", "seconds"]
 
@@ -321,7 +321,7 @@ def test_training_step_reads_nothing_back_to_the_host(monkeypatch):
 
 
 def test_packed_training_step_reads_nothing_back_to_the_host(monkeypatch):
-    from randlabels.packed import PackedTrainer
+    from randlabels.training.packed import PackedTrainer
 
     images, labels = _images(n=40, h=8, w=8, c=3)
     data = DeviceData(images, labels, [0.5] * 3, [0.25] * 3)
@@ -339,7 +339,7 @@ def test_packed_training_step_reads_nothing_back_to_the_host(monkeypatch):
 def test_clipped_training_steps_read_nothing_back_to_the_host(monkeypatch):
     """Gradient clipping keeps the norms on the device: one replica's
     (clip_grad_norm_) and each packed replica's (clip_grad_norm_per_replica)."""
-    from randlabels.packed import PackedTrainer
+    from randlabels.training.packed import PackedTrainer
 
     config = TrainConfig(epochs=1, batch_size=8, lr=0.05, clip_grad_norm=0.01)  # below the norms: clips
     trainer, data = _image_trainer(config)
@@ -356,7 +356,7 @@ def test_clipped_training_steps_read_nothing_back_to_the_host(monkeypatch):
 
 
 def test_augmented_training_step_reads_nothing_back_to_the_host(monkeypatch):
-    from randlabels.packed import PackedTrainer
+    from randlabels.training.packed import PackedTrainer
 
     config = TrainConfig(epochs=1, batch_size=8, lr=0.05, augment={"crop": 2, "flip": True})
     trainer, data = _image_trainer(config)
@@ -378,7 +378,7 @@ def test_augmented_training_step_reads_nothing_back_to_the_host(monkeypatch):
 def test_cuda_training_step_never_synchronizes(clip):
     """Nor with gradient clipping: each norm stays on the device (clip_grad_norm_,
     clip_grad_norm_per_replica)."""
-    from randlabels.packed import PackedTrainer
+    from randlabels.training.packed import PackedTrainer
 
     config = TrainConfig(epochs=1, batch_size=8, lr=0.05, weight_decay=1e-4, schedule="cosine", clip_grad_norm=clip)
     trainer, data = _image_trainer(config, device="cuda")
@@ -404,8 +404,8 @@ def test_cuda_training_step_never_synchronizes(clip):
 
 
 def test_cuda_where_there_is_none_names_the_config_key(monkeypatch):
-    from randlabels.engine import resolve_device
     from randlabels.errors import ResourceError
+    from randlabels.training.engine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ResourceError, match="config key device is 'cuda', but CUDA is not available"):
@@ -434,7 +434,7 @@ def test_device_data_subset_of_a_prepared_dataset():
 
 
 def test_job_device_sets_the_threads_and_resolves_the_device():
-    from randlabels.engine import job_device
+    from randlabels.training.engine import job_device
 
     before = torch.get_num_threads()
     try:

@@ -32,13 +32,13 @@ import pytest
 import torch
 import yaml
 
-from randlabels.config import ConfigError, check_config
-from randlabels.config import main as config_main
-from randlabels.engine import DeviceData, TrainConfig, Trainer
 from randlabels.errors import InputFileError, ResourceError, TrainingDiverged
 from randlabels.io import read_table
-from randlabels.models import build_model, initialize
-from randlabels.training_job import run_training
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.job import run_training
+from randlabels.workflow.config import ConfigError, check_config
+from randlabels.workflow.config import main as config_main
 from workflow_helpers import ROOT, copy_project, snakemake
 
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -199,7 +199,7 @@ def test_a_key_given_twice_in_the_yaml_file_is_refused(tmp_path):
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
     # Snakemake reads --configfile files before the workflow's code runs, and its
-    # message names neither file nor line; python -m randlabels.config FILE does.
+    # message names neither file nor line; python -m randlabels.workflow.config FILE does.
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "config.yaml").read_text() + "\nseeds: [0, 1\non_divergence: stop\n")
     assert config_main([str(bad)]) == 1
@@ -437,9 +437,9 @@ def test_a_failing_job_names_its_run_and_log(tmp_path):
 def _written_for(kind: str, path: Path, **run) -> None:
     """A file of ``kind`` written by the library's own writer for ``run`` (experiment,
     labels or init, init_scale, seed)."""
-    from randlabels.packed_job import save_bundle
-    from randlabels.statsfile import write_stats
-    from randlabels.checkpoints import save_checkpoints, save_init
+    from randlabels.analysis.statsfile import write_stats
+    from randlabels.training.checkpoints import save_checkpoints, save_init
+    from randlabels.training.packed_job import save_bundle
 
     state = {"fc1.weight": torch.zeros(2, 2)}
     shape = dict(spec={"arch": "fc"}, input_shape=[4], num_classes=2)
@@ -458,11 +458,11 @@ def _written_for(kind: str, path: Path, **run) -> None:
 
 def _read_expecting(kind: str, path: Path, wildcards: dict):
     """``path`` read as its rule reads it, expecting the run of ``wildcards``."""
-    from randlabels import plan
+    from randlabels.analysis.statsfile import expect_path_identities
     from randlabels.identity import expected
-    from randlabels.packed_job import read_bundle_run
-    from randlabels.statsfile import expect_path_identities
-    from randlabels.checkpoints import read_checkpoints, read_init
+    from randlabels.training.checkpoints import read_checkpoints, read_init
+    from randlabels.training.packed_job import read_bundle_run
+    from randlabels.workflow import plan
 
     if kind == "checkpoint set":
         return read_checkpoints(path, expect=expected(wildcards))
@@ -476,7 +476,7 @@ def _read_expecting(kind: str, path: Path, wildcards: dict):
 @pytest.mark.parametrize("kind", ["checkpoint set", "initialization", "packed bundle", "statistics file"])
 def test_a_file_of_another_run_is_refused_naming_both_runs(tmp_path, kind):
     """A file copied over another run's keeps the identity it was written with."""
-    from randlabels import plan
+    from randlabels.workflow import plan
 
     wildcards = {"exp": "tiny", "labels": "random", "scale": "0.5", "seed": "0"}
     path = tmp_path / (plan.path("stats", **wildcards) if kind == "statistics file" else "file.pt")
@@ -541,8 +541,8 @@ def test_a_dataset_too_small_for_the_split_names_the_file_and_the_numbers(tmp_pa
 
 def _crafted(kind: str, marker: Path) -> dict:
     """A well-formed file of ``kind`` (right format tag) with a code-running payload."""
-    from randlabels.packed_job import BUNDLE_FORMAT
-    from randlabels.checkpoints import CHECKPOINT_FORMAT, INIT_FORMAT
+    from randlabels.training.checkpoints import CHECKPOINT_FORMAT, INIT_FORMAT
+    from randlabels.training.packed_job import BUNDLE_FORMAT
 
     payload = _RunsCode(marker)
     state = {"fc1.weight": torch.zeros(2, 2)}
@@ -557,9 +557,9 @@ def _crafted(kind: str, marker: Path) -> dict:
 
 def _load(kind: str, path: Path):
     from randlabels.io import load_torch
-    from randlabels.packed_job import read_bundle_run
-    from randlabels.resume import ResumeStore
-    from randlabels.checkpoints import read_checkpoints, read_init
+    from randlabels.training.checkpoints import read_checkpoints, read_init
+    from randlabels.training.packed_job import read_bundle_run
+    from randlabels.training.resume import ResumeStore
 
     return {
         "checkpoint set": read_checkpoints,
@@ -607,8 +607,8 @@ WRITERS = {
     "table": "from randlabels.io import write_table; import pandas as pd; "
              "write_table(pd.DataFrame({'x': range(200000)}), OUT)",
     "checkpoint": "from randlabels.io import save_torch; import torch; save_torch({'w': torch.zeros(100000)}, OUT)",
-    "statistics": "from randlabels.statsfile import write_stats; write_stats(OUT, [], {'big': 'x' * 60000})",
-    "split": "from randlabels.splits import make_split, write_split; import numpy as np;"
+    "statistics": "from randlabels.analysis.statsfile import write_stats; write_stats(OUT, [], {'big': 'x' * 60000})",
+    "split": "from randlabels.data.splits import make_split, write_split; import numpy as np;"
              "write_split(make_split(np.zeros(200000, bool), upstream=90000, downstream=90000, test=1000,"
              " upstream_classes=10, downstream_classes=10, seed=0), OUT)",
     "figure": "from randlabels.plots.style import save_figure; import matplotlib; matplotlib.use('Agg');"
@@ -710,7 +710,7 @@ def test_a_read_only_folder_names_the_output_not_its_temporary_file(tmp_path, wr
 _HOLD_RUN = """
 import sys
 sys.path.insert(0, {src!r})
-from randlabels.resume import RunLock
+from randlabels.training.resume import RunLock
 RunLock({resume!r}).acquire()
 print("held", flush=True)
 sys.stdin.read()  # until the test closes stdin or kills this process
@@ -730,7 +730,7 @@ def test_a_run_another_process_trains_is_refused_and_free_once_it_dies(tmp_path)
     import signal
     import socket
 
-    from randlabels.resume import RunLocked
+    from randlabels.training.resume import RunLocked
 
     resume = tmp_path / "_resume" / "run.pt"
     holder = _hold_run(resume)
@@ -798,7 +798,7 @@ class _CtrlC(DeviceData):
 
 
 def test_ctrl_c_during_training_saves_the_state_like_sigterm(tmp_path, caplog):
-    from randlabels.resume import ResumeStore, fingerprint
+    from randlabels.training.resume import ResumeStore, fingerprint
 
     def run(trainer):
         return run_training(trainer, resume_path=tmp_path / "r.pt", run_settings={}, inputs=[],
@@ -858,7 +858,7 @@ def test_eval_every_above_the_number_of_steps_is_warned_and_the_last_step_record
 
 
 def test_singular_weight_covariance_gives_undefined_misalignment_with_reason():
-    from randlabels.stats import UndefinedStatistic, misalignment
+    from randlabels.analysis.stats import UndefinedStatistic, misalignment
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((3, 9))  # 3 filters in 9 dimensions: Σw has rank ≤ 3

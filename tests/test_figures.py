@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from randlabels import eigenfilters
+from randlabels.analysis import eigenfilters
 from randlabels.plots import FIGURES
 from workflow_helpers import ROOT, figure_caption
 

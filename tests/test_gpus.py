@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from randlabels import gpus
+from randlabels.training import gpus
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     import json, sys, time
     sys.path.insert(0, {src!r})
     import os
-    from randlabels.gpus import bind_gpus
+    from randlabels.training.gpus import bind_gpus
     count, per_gpu, hold, out = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     ids = bind_gpus(count, per_gpu, poll_seconds=0.05)
     start = time.time()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from randlabels import headlines, provenance
+from randlabels import provenance
+from randlabels.analysis import headlines
 from randlabels.io import write_table
 
 

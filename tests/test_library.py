@@ -1,4 +1,4 @@
-"""The light library: randlabels.stats and randlabels.models without the workflow's
+"""The light library: randlabels.analysis.stats and randlabels.models.networks without the workflow's
 packages, and the README's example, run exactly as the README shows it."""
 
 from __future__ import annotations
@@ -55,12 +55,13 @@ CHILD = textwrap.dedent(
     import numpy as np
     import torch
 
-    import randlabels.models as models
-    import randlabels.stats  # noqa: F401
+    import randlabels.models.networks as models
+    from randlabels.models.architectures import ARCHITECTURES
+    import randlabels.analysis.stats  # noqa: F401
 
     # The models module works too: every built-in network builds, one trains a step.
     layers = {}
-    for arch in models.ARCHITECTURES:
+    for arch in ARCHITECTURES:
         shape = (64,) if arch == "fc" else (3, 32, 32)
         layers[arch] = len(models.weight_layers(models.check_model({"arch": arch}, shape, 10)))
     net = models.initialize(models.build_model({"arch": "cnn2"}, (3, 8, 8), 10), 1.0, seed=0)

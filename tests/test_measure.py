@@ -1,4 +1,4 @@
-"""Tests of randlabels.measure and randlabels.statsfile: per-layer statistics and their HDF5 file."""
+"""Tests of randlabels.analysis.measure and randlabels.analysis.statsfile: per-layer statistics and their HDF5 file."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from randlabels.analysis.measure import check_layer_sizes, layer_memory_bytes, measure_checkpoints, measure_layer
+from randlabels.analysis.stats import patch_covariance, random_orthonormal_basis
 from randlabels.errors import ResourceError
-from randlabels.measure import check_layer_sizes, layer_memory_bytes, measure_checkpoints, measure_layer
-from randlabels.models import build_model
-from randlabels.stats import patch_covariance, random_orthonormal_basis
-from randlabels.statsfile import (
+from randlabels.models.networks import build_model
+from randlabels.analysis.statsfile import (
     ARRAYS,
     FORMAT,
     activation_table,
@@ -25,7 +25,7 @@ from randlabels.statsfile import (
     transfer_function_table,
     write_stats,
 )
-from randlabels.transfer import clone_state, fresh_model, load_into
+from randlabels.inits.pretrained import clone_state, fresh_model, load_into
 
 
 def _orthogonal(d, seed):
@@ -282,7 +282,7 @@ def test_read_layer_last_epoch_first_layer(stats_file, measured):
 
 
 def test_first_layer_name_without_layers_raises(tmp_path):
-    from randlabels.measure import CheckpointRecord
+    from randlabels.analysis.measure import CheckpointRecord
 
     path = tmp_path / "empty.h5"
     write_stats(path, [CheckpointRecord(epoch=0, layers=[], activations=None)], ATTRS)

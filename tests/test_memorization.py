@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from randlabels.memorization import chance_bound, collapsed_count, collapsed_runs, with_collapsed
+from randlabels.analysis.memorization import chance_bound, collapsed_count, collapsed_runs, with_collapsed
 
 
 def test_chance_bound_is_three_binomial_sigmas_above_chance():

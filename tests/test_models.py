@@ -1,4 +1,4 @@
-"""Tests of randlabels.models: architectures, option checking, He × init_scale initialization."""
+"""Tests of randlabels.models.networks: architectures, option checking, He × init_scale initialization."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from randlabels.models import (
-    ARCHITECTURES,
-    build_model,
-    head_prefix,
-    initialize,
-    model_options,
-    resolve_layer,
-    weight_layers,
-)
+from randlabels.models.architectures import ARCHITECTURES, model_options
+from randlabels.models.networks import build_model, head_prefix, initialize, resolve_layer, weight_layers
 
 
 def _forward(model: nn.Module, shape, batch: int = 2) -> torch.Tensor:
@@ -465,7 +458,7 @@ def test_init_scale_changes_the_hidden_features_unless_batch_norm_divides_it_out
     initialization, in training mode (batch statistics). They scale with init_scale in
     a plain network and do not under batch norm; architectures.SCALE_INVARIANT lists
     exactly the networks measured invariant here."""
-    from randlabels.architectures import SCALE_INVARIANT
+    from randlabels.models.architectures import SCALE_INVARIANT
 
     shape = (3, 32, 32)
     model = build_model({"arch": arch}, shape, 10)

@@ -19,14 +19,14 @@ import torch
 import yaml
 from torch import nn
 
-from randlabels import plan
-from randlabels.config import ConfigError, check_config
-from randlabels.construct import construct_layers, constructible_layers
-from randlabels.engine import DeviceData, TrainConfig, Trainer
+from randlabels.analysis.measure import measure_checkpoints
 from randlabels.errors import InputFileError, ModelError
+from randlabels.inits.construct import construct_layers, constructible_layers
 from randlabels.io import read_table
-from randlabels.measure import measure_checkpoints
-from randlabels.models import (
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.workflow import plan
+from randlabels.workflow.config import ConfigError, check_config
+from randlabels.models.networks import (
     build_model,
     check_model,
     head_prefix,
@@ -38,12 +38,12 @@ from randlabels.models import (
     uncovered_parameters,
     weight_layers,
 )
-from randlabels.probes import _layer_samples
-from randlabels.sampling import fit_gaussian, sample_gaussian
-from randlabels.stats import weight_vectors
-from randlabels.checkpoints import buildable_spec, read_checkpoints, save_checkpoints
-from randlabels.transfer import clone_state, fresh_model, layer_groups, load_into, partial_state
-from randlabels.variants import transferred_layers
+from randlabels.analysis.probes import _layer_samples
+from randlabels.analysis.stats import weight_vectors
+from randlabels.inits.pretrained import clone_state, fresh_model, layer_groups, load_into, partial_state
+from randlabels.inits.sampling import fit_gaussian, sample_gaussian
+from randlabels.inits.variants import transferred_layers
+from randlabels.training.checkpoints import buildable_spec, read_checkpoints, save_checkpoints
 from workflow_helpers import ROOT, copy_project, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -436,7 +436,7 @@ def test_an_input_shape_unknown_before_the_data_defers_the_build_to_the_job():
 def job_inputs(tmp_path_factory):
     from randlabels.data.digits import prepare_digits
     from randlabels.data.h5file import read_dataset
-    from randlabels.splits import make_split, write_split
+    from randlabels.data.splits import make_split, write_split
 
     tmp = tmp_path_factory.mktemp("own_model_job")
     prepare_digits(tmp / "digits.h5")

@@ -10,12 +10,12 @@ import tomllib
 
 import yaml
 
-from randlabels.codedeps import code_files
+from randlabels.workflow.codedeps import code_files
 from workflow_helpers import ROOT
 
 # What `pip install randlabels` (no extras) must support: these modules and, recursively,
 # every randlabels module they import (lazy imports in functions included).
-LIBRARY_MODULES = ("randlabels.stats", "randlabels.models")
+LIBRARY_MODULES = ("randlabels.analysis.stats", "randlabels.models.networks")
 
 # pip name → conda-forge name where they differ
 CONDA_NAMES = {"torch": "pytorch"}
@@ -84,7 +84,9 @@ def test_the_library_needs_exactly_the_dependencies():
     """`pip install randlabels` gives stats and models: what they import (at any depth) is
     a dependency, and every dependency is imported by them (the rest is the workflow's)."""
     files = code_files("/dev/null", ROOT / "src", extra=LIBRARY_MODULES)
-    assert {f.name for f in files} >= {"stats.py", "models.py", "architectures.py"}
+    assert {f.relative_to(ROOT / "src" / "randlabels").as_posix() for f in files} >= {
+        "analysis/stats.py", "models/networks.py", "models/architectures.py"
+    }
     wanted = _distributions(_third_party_imports(files))
     declared = _declared()
     assert wanted <= declared, f"imported by {LIBRARY_MODULES} but not in dependencies: {sorted(wanted - declared)}"

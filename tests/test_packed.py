@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer, clip_grad_norm_per_replica, with_labels
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.packed import PackedTrainer, clip_grad_norm_per_replica, with_labels
+from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 RTOL, ATOL = 1e-4, 1e-6
 CNN = {"arch": "cnn2", "filters": 6, "kernel_size": 3, "hidden": 12}

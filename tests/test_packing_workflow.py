@@ -19,15 +19,15 @@ import pytest
 import torch
 import yaml
 
-from randlabels import plan
-from randlabels.config import ConfigError, check_config
-from randlabels.engine import DeviceData, TrainConfig
 from randlabels.errors import TrainingDiverged
 from randlabels.io import read_table
-from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer
-from randlabels.packed_job import read_bundle_run, run_packed_training, save_bundle
-from randlabels.checkpoints import read_checkpoints
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.checkpoints import read_checkpoints
+from randlabels.training.engine import DeviceData, TrainConfig
+from randlabels.training.packed import PackedTrainer
+from randlabels.training.packed_job import read_bundle_run, run_packed_training, save_bundle
+from randlabels.workflow import plan
+from randlabels.workflow.config import ConfigError, check_config
 from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 RTOL, ATOL = 1e-4, 1e-6

@@ -18,10 +18,10 @@ import pytest
 import torch
 import yaml
 
-from randlabels import targets
-from randlabels.architectures import scale_invariance
-from randlabels.config import check_config, config_warnings
-from randlabels.models import build_model, initialize
+from randlabels.models.architectures import scale_invariance
+from randlabels.models.networks import build_model, initialize
+from randlabels.workflow import targets
+from randlabels.workflow.config import check_config, config_warnings
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, snakemake, target_outputs
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from randlabels import plan
 from randlabels.plots import FIGURES
+from randlabels.workflow import plan
 from workflow_helpers import ROOT
 
 

@@ -17,15 +17,15 @@ import pandas as pd
 import pytest
 
 from randlabels import provenance
+from randlabels.analysis.measure import CheckpointRecord, measure_layer
 from randlabels.io import read_table, write_table
-from randlabels.measure import CheckpointRecord, measure_layer
-from randlabels.stats import (
+from randlabels.analysis.stats import (
     misalignment,
     pool_filters,
     random_orthonormal_basis,
     weight_statistics,
 )
-from randlabels.statsfile import POOLED_COLUMNS, misalignment_table, pooled_misalignment_table, write_stats
+from randlabels.analysis.statsfile import POOLED_COLUMNS, misalignment_table, pooled_misalignment_table, write_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -166,10 +166,10 @@ def test_a_file_from_before_pooling_gives_a_reason_not_a_crash(tmp_path):
 def test_measure_checkpoints_marks_only_the_first_layer_shared(tmp_path):
     import torch
 
-    from randlabels.measure import measure_checkpoints
-    from randlabels.models import build_model
+    from randlabels.analysis.measure import measure_checkpoints
+    from randlabels.inits.pretrained import clone_state, fresh_model, load_into
+    from randlabels.models.networks import build_model
     from randlabels.seeding import stream_seed
-    from randlabels.transfer import clone_state, fresh_model, load_into
 
     spec = {"arch": "cnn2", "filters": 12, "kernel_size": 3, "hidden": 4}
     model = fresh_model(spec, (1, 4, 4), 3, 1.0, seed=0)
@@ -286,7 +286,7 @@ def test_the_figure_draws_the_pooled_score_from_its_table_or_path(tmp_path, monk
 
 
 def test_the_paper_target_table_carries_the_pooled_rows(tmp_path, monkeypatch):
-    from randlabels import targets
+    from randlabels.workflow import targets
 
     per_seed, pooled = _tables()
     info = {"cnn2": {"model": "cnn2", "augment": "none", "kernel_size": 3, "from_labels": "random"}}

@@ -1,22 +1,21 @@
-"""Tests of randlabels.probes: layer-input covariance and ReLU activity on known models."""
+"""Tests of randlabels.analysis.probes: layer-input covariance and ReLU activity on known models."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from randlabels.models import build_model, initialize
-from randlabels.probes import (
+from randlabels.models.networks import build_model, initialize
+from randlabels.analysis.probes import (
     activation_probe,
     activation_statistics,
     layer_input_covariance,
 )
-from randlabels.stats import patch_covariance
+from randlabels.analysis.stats import patch_covariance
 
 
 def _batches(n_batches=3, shape=(2, 5, 5), batch=4, seed=0):

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
-from randlabels.packed import PackedTrainer
-from randlabels.progress import Monitor, eta, job_monitor
-from randlabels.resume import ResumeStore
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.packed import PackedTrainer
+from randlabels.training.progress import Monitor, eta, job_monitor
+from randlabels.training.resume import ResumeStore
 
 CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.05)
 CNN = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 8}

@@ -14,12 +14,12 @@ import torch
 
 import randlabels
 from randlabels import provenance
+from randlabels.analysis.statsfile import identity, write_stats
 from randlabels.data.h5file import read_dataset, write_dataset
+from randlabels.data.splits import make_split, read_split, write_split
 from randlabels.io import read_table, write_table
-from randlabels.packed_job import read_bundle_run, save_bundle
-from randlabels.splits import make_split, read_split, write_split
-from randlabels.statsfile import identity, write_stats
-from randlabels.checkpoints import read_checkpoints, read_init, save_checkpoints, save_init
+from randlabels.training.checkpoints import read_checkpoints, read_init, save_checkpoints, save_init
+from randlabels.training.packed_job import read_bundle_run, save_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 HEX64 = r"[0-9a-f]{64}"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from randlabels.engine import DeviceData, TrainConfig, Trainer
-from randlabels.models import build_model, initialize
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
+from randlabels.models.networks import build_model, initialize
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
+from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
 
 CONFIG = TrainConfig(epochs=4, batch_size=8, lr=0.05, momentum=0.9, weight_decay=1e-4, schedule="cosine")
 CHECKPOINTS = [0, 2, 4]

@@ -1,4 +1,4 @@
-"""Tests of randlabels.sampling: the fitted Gaussian and draws from it."""
+"""Tests of randlabels.inits.sampling: the fitted Gaussian and draws from it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from randlabels.sampling import fit_gaussian, sample_gaussian
+from randlabels.inits.sampling import fit_gaussian, sample_gaussian
 
 MEAN = np.array([1.0, -2.0, 0.5])
 COV = np.array([[2.0, 0.6, 0.0], [0.6, 1.0, -0.3], [0.0, -0.3, 0.5]])

@@ -1,4 +1,4 @@
-"""Tests of randlabels.splits: disjoint subsets, fixed random labels, the HDF5 round trip."""
+"""Tests of randlabels.data.splits: disjoint subsets, fixed random labels, the HDF5 round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from randlabels.splits import Split, make_split, read_split, write_split
+from randlabels.data.splits import Split, make_split, read_split, write_split
 
 ARRAYS = ("upstream", "downstream", "test", "upstream_random", "downstream_random")
 

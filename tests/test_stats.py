@@ -1,4 +1,4 @@
-"""Closed-form tests of randlabels.stats: every expected value is derived independently."""
+"""Closed-form tests of randlabels.analysis.stats: every expected value is derived independently."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from randlabels import stats
-from randlabels.stats import (
+from randlabels.analysis import stats
+from randlabels.analysis.stats import (
     StreamingCovariance,
     UndefinedStatistic,
     eigh_descending,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from randlabels.summary import (SUMMARY_COLUMNS, area_under_curve, chance_accuracy,
+from randlabels.analysis.summary import (SUMMARY_COLUMNS, area_under_curve, chance_accuracy,
                                 describe_target, mean_and_ci, resolve_target,
                                 steps_to_target, task_target, transfer_summary)
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import yaml
 
-from randlabels import plan, targets
-from randlabels.config import check_config
+from randlabels.workflow import plan, targets
+from randlabels.workflow.config import check_config
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"

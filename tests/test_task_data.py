@@ -1,13 +1,13 @@
-"""The data a job trains or measures on (randlabels.task_data): which images, which
+"""The data a job trains or measures on (randlabels.data.task_data): which images, which
 labels and class count, and a test part only where the labels are real."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from randlabels import task_data
+from randlabels.data import task_data
 from randlabels.data.h5file import Dataset
-from randlabels.splits import Split
+from randlabels.data.splits import Split
 
 
 def _dataset_and_split():

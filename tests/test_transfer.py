@@ -1,4 +1,4 @@
-"""Tests of randlabels.transfer: rescaled pre-trained states, head reset, checkpoint files."""
+"""Tests of randlabels.inits.pretrained: rescaled pre-trained states, head reset, checkpoint files."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from randlabels.models import ARCHITECTURES, build_model, head_prefix, initialize, weight_layers
-from randlabels.variants import transferred_layers
-from randlabels.checkpoints import read_checkpoints, read_init, save_checkpoints, save_init
-from randlabels.transfer import clone_state, fresh_model, layer_groups, load_into, partial_state, transferred_state
+from randlabels.inits.pretrained import clone_state, fresh_model, layer_groups, load_into, partial_state, transferred_state
+from randlabels.inits.variants import transferred_layers
+from randlabels.models.architectures import ARCHITECTURES
+from randlabels.models.networks import build_model, head_prefix, initialize, weight_layers
+from randlabels.training.checkpoints import read_checkpoints, read_init, save_checkpoints, save_init
 
 SPEC = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 5}
 SHAPE = (2, 4, 4)

@@ -1,4 +1,4 @@
-"""Tests of randlabels.variants: names, the file each variant starts from, and the
+"""Tests of randlabels.inits.variants: names, the file each variant starts from, and the
 initial state each builds (against transfer's states, computed by hand here)."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import re
 import pytest
 import torch
 
-from randlabels import plan, variants
 from randlabels.errors import InputFileError
-from randlabels.models import build_model, head_prefix, initialize
-from randlabels.checkpoints import save_checkpoints, save_init
-from randlabels.transfer import clone_state, layer_groups
+from randlabels.inits import variants
+from randlabels.inits.pretrained import clone_state, layer_groups
+from randlabels.models.networks import build_model, head_prefix, initialize
+from randlabels.training.checkpoints import save_checkpoints, save_init
+from randlabels.workflow import plan
 
 SPEC = {"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 5}
 SHAPE = (1, 6, 6)

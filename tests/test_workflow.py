@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from randlabels import plan, provenance
+from randlabels import provenance
 from randlabels.io import read_table
+from randlabels.workflow import plan
 from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, snakemake
 
 CONFIG_DIR = ROOT / "tests" / "configs"
@@ -308,7 +309,7 @@ def test_a_code_edit_reruns_what_depends_on_it(tiny_run):
         assert counts == {"plot": 1, "all": 1}
     finally:
         restore()
-    restore = _edited(tiny_run / "src" / "randlabels" / "engine.py")
+    restore = _edited(tiny_run / "src" / "randlabels" / "training" / "engine.py")
     try:
         counts = job_counts(snakemake(tiny_run, "-n").stdout)
         assert counts["pretrain"] == 4 and counts["finetune"] == 8 and counts["statistics"] == 4

@@ -34,7 +34,7 @@ def refused(config: dict) -> str:
     """The config check's message for ``config``, which must be refused."""
     import pytest
 
-    from randlabels.config import ConfigError, check_config
+    from randlabels.workflow.config import ConfigError, check_config
 
     with pytest.raises(ConfigError) as info:
         check_config(config, SCHEMA)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 
-from .errors import InputFileError
+from randlabels.errors import InputFileError
 
 # The identity keys, in the order messages show them.
 KEYS = ("experiment", "labels", "init", "init_scale", "seed")
@@ -29,7 +29,7 @@ _SHOWN = {"init_scale": "scale"}  # as in the paths: .../scale0.5/...
 
 def _label(key: str, value) -> str:
     """A value as the paths spell it: an init scale as its path label (``f"{s:g}"``, as
-    :func:`randlabels.plan.scale_label`), a seed as an integer, the rest as text."""
+    :func:`randlabels.workflow.plan.scale_label`), a seed as an integer, the rest as text."""
     if key == "init_scale":
         return f"{float(value):g}"
     if key == "seed":

@@ -6,9 +6,10 @@ import yaml
 # The library of this checkout, first on sys.path since preflight.smk.
 SRC = os.path.join(workflow.basedir, "src")
 
-from randlabels import codedeps, plan, targets, variants
+from randlabels.inits import variants
 from randlabels.plots import FIGURES, figure_module
-from randlabels.config import (
+from randlabels.workflow import codedeps, plan, targets
+from randlabels.workflow.config import (
     ConfigError,
     check_config,
     command_line_config,
@@ -16,7 +17,7 @@ from randlabels.config import (
 )
 
 # --config KEY=VALUE: on config.yaml unless --configfile files were given, and a dotted
-# KEY sets one nested value (randlabels.config.command_line_config).
+# KEY sets one nested value (randlabels.workflow.config.command_line_config).
 if workflow.config_settings.overwrite_config:
     try:
         _resolved = command_line_config(
@@ -63,7 +64,7 @@ wildcard_constraints:
 
 def script_code(script, *modules):
     """The library files that workflow/scripts/SCRIPT.py runs, read off its imports
-    (randlabels.codedeps), plus ``modules`` it imports by a name known only at run
+    (randlabels.workflow.codedeps), plus ``modules`` it imports by a name known only at run
     time: as inputs, edits to them rerun the rule. Relative paths, so that a copied or
     moved project keeps its cache."""
     path = os.path.join(workflow.basedir, "workflow/scripts", f"{script}.py")

@@ -3,7 +3,7 @@
 # sys.path, and the Snakefile plans with it. Then config.yaml's YAML, so that a syntax
 # error names the file and the line (Snakemake's own message names neither). Files
 # given with --configfile are read by Snakemake's command line before any of this runs;
-# `python -m randlabels.config FILE` checks one the same way.
+# `python -m randlabels.workflow.config FILE` checks one the same way.
 import importlib.util
 import os
 
@@ -12,7 +12,7 @@ _spec = importlib.util.spec_from_file_location(
 )
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))
 
-from randlabels.config import yaml_errors
+from randlabels.workflow.config import yaml_errors
 
 if os.path.exists("config.yaml"):
     _yaml_problems = yaml_errors(["config.yaml"])

@@ -38,7 +38,7 @@ rule pretrain:
 
 
 # pack_seeds > 1: the seeds of one configuration are trained in groups, one job per
-# group (randlabels.packed.PackedTrainer), then unpacked into the per-seed files above.
+# group (randlabels.training.packed.PackedTrainer), then unpacked into the per-seed files above.
 rule pretrain_packed:
     input:
         dataset=exp_dataset_file,

@@ -1,4 +1,4 @@
-# The paper's experiments as named targets (randlabels.targets): `snakemake fig_transfer`
+# The paper's experiments as named targets (randlabels.workflow.targets): `snakemake fig_transfer`
 # builds results/paper/fig_transfer.tsv and .png from the experiments that
 # targets.fig_transfer.experiments lists, and everything they need.
 

@@ -3,10 +3,12 @@ beside the top eigenvectors of their covariance and of the data's (one tidy tabl
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import eigenfilters, plan, provenance, runlog
+from randlabels import provenance, runlog
+from randlabels.analysis import eigenfilters
+from randlabels.analysis.statsfile import expect_path_identities, first_layer_name, last_epoch, read_layer
 from randlabels.identity import path_wildcards
 from randlabels.io import write_table
-from randlabels.statsfile import expect_path_identities, first_layer_name, last_epoch, read_layer
+from randlabels.workflow import plan
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

@@ -6,8 +6,8 @@ import h5py
 import pandas as pd
 
 from randlabels import provenance, runlog
+from randlabels.analysis.summary import describe_target, is_relative, transfer_summary
 from randlabels.io import read_table, write_table
-from randlabels.summary import describe_target, is_relative, transfer_summary
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

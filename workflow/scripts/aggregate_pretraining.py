@@ -1,14 +1,14 @@
 """Rule aggregate_pretraining: stack per-run metrics into one tidy table, each run
 flagged ``collapsed`` if its random-label training never left chance
-(randlabels.memorization)."""
+(randlabels.analysis.memorization)."""
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 import pandas as pd
 
 from randlabels import provenance, runlog
+from randlabels.analysis.memorization import collapsed_runs, with_collapsed
 from randlabels.io import read_table, write_table
-from randlabels.memorization import collapsed_runs, with_collapsed
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

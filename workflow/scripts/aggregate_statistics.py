@@ -3,10 +3,11 @@ activation tables over runs."""
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import plan, provenance, runlog
+from randlabels import provenance, runlog
+from randlabels.analysis.memorization import with_collapsed
 from randlabels.io import read_table, write_table
-from randlabels.memorization import with_collapsed
-from randlabels.statsfile import (
+from randlabels.workflow import plan
+from randlabels.analysis.statsfile import (
     activation_table,
     expect_path_identities,
     misalignment_table,

@@ -2,7 +2,7 @@
 
 Method "layerwise" estimates the transfer function g from a network pre-trained on
 random labels (input ``source``, its final checkpoint); method "covariance" uses the
-training-free parametric g (randlabels.construct.parametric_transfer). Σx is measured on
+training-free parametric g (randlabels.inits.construct.parametric_transfer). Σx is measured on
 the first ``samples`` upstream images of the split.
 """
 
@@ -11,16 +11,16 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import time
 
 from randlabels import provenance, runlog
-from randlabels.construct import construct_layers, constructible_layers
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import DeviceData, job_device
+from randlabels.data.splits import read_split
 from randlabels.identity import expected
-from randlabels.models import build_model
-from randlabels.plan import from_labels
+from randlabels.inits.construct import construct_layers, constructible_layers
+from randlabels.inits.pretrained import clone_state, fresh_model, load_into
+from randlabels.models.networks import build_model
 from randlabels.seeding import stream_seed
-from randlabels.splits import read_split
-from randlabels.checkpoints import buildable_spec, read_checkpoints, save_init
-from randlabels.transfer import clone_state, fresh_model, load_into
+from randlabels.training.checkpoints import buildable_spec, read_checkpoints, save_init
+from randlabels.training.engine import DeviceData, job_device
+from randlabels.workflow.plan import from_labels
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

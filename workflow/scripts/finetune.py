@@ -2,19 +2,21 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog, task_data, variants
+from randlabels import provenance, runlog
+from randlabels.analysis.probes import activation_probe
+from randlabels.data import task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import Trainer, TrainConfig, job_device
-from randlabels.io import write_table
-from randlabels.resume import hold_run
-from randlabels.training_job import run_training
+from randlabels.data.splits import read_split
 from randlabels.identity import expected
-from randlabels.plan import from_labels
-from randlabels.probes import activation_probe
-from randlabels.progress import job_monitor
+from randlabels.inits import variants
+from randlabels.inits.pretrained import fresh_model, load_into
+from randlabels.io import write_table
 from randlabels.seeding import stream_seed
-from randlabels.splits import read_split
-from randlabels.transfer import fresh_model, load_into
+from randlabels.training.engine import Trainer, TrainConfig, job_device
+from randlabels.training.job import run_training
+from randlabels.training.progress import job_monitor
+from randlabels.training.resume import hold_run
+from randlabels.workflow.plan import from_labels
 
 
 # First: one process per run (a second job on a run another process trains stops here,

@@ -5,15 +5,16 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 import numpy as np
 import torch
 
-from randlabels import plan, provenance, runlog
+from randlabels import provenance, runlog
+from randlabels.analysis.stats import weight_vectors
+from randlabels.data.splits import read_split
 from randlabels.identity import expected, path_wildcards
-from randlabels.models import resolve_layer
-from randlabels.sampling import fit_gaussian, sample_gaussian
+from randlabels.inits.pretrained import clone_state, fresh_model
+from randlabels.inits.sampling import fit_gaussian, sample_gaussian
+from randlabels.models.networks import resolve_layer
 from randlabels.seeding import stream_rng, stream_seed
-from randlabels.splits import read_split
-from randlabels.stats import weight_vectors
-from randlabels.checkpoints import buildable_spec, read_checkpoints, save_init
-from randlabels.transfer import clone_state, fresh_model
+from randlabels.training.checkpoints import buildable_spec, read_checkpoints, save_init
+from randlabels.workflow import plan
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

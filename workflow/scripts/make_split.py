@@ -5,7 +5,7 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 from randlabels import provenance, runlog
 from randlabels.data.gaussian import seed_rows
 from randlabels.data.h5file import read_dataset
-from randlabels.splits import make_split, write_split
+from randlabels.data.splits import make_split, write_split
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

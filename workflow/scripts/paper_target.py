@@ -6,8 +6,9 @@ import importlib
 
 import pandas as pd
 
-from randlabels import provenance, runlog, targets
+from randlabels import provenance, runlog
 from randlabels.io import read_table, write_table
+from randlabels.workflow import targets
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

@@ -2,17 +2,18 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog, task_data
+from randlabels import provenance, runlog
+from randlabels.data import task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import Trainer, TrainConfig, job_device
+from randlabels.data.splits import read_split
+from randlabels.inits.pretrained import fresh_model
 from randlabels.io import write_table
-from randlabels.progress import job_monitor
-from randlabels.resume import hold_run
-from randlabels.training_job import run_training
 from randlabels.seeding import stream_seed
-from randlabels.splits import read_split
-from randlabels.checkpoints import save_checkpoints
-from randlabels.transfer import fresh_model
+from randlabels.training.checkpoints import save_checkpoints
+from randlabels.training.engine import Trainer, TrainConfig, job_device
+from randlabels.training.job import run_training
+from randlabels.training.progress import job_monitor
+from randlabels.training.resume import hold_run
 
 # First: one process per run (a second job on a run another process trains stops here,
 # before opening, and so truncating, the run's log). Given back by store.clear().

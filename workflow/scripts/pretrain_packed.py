@@ -8,16 +8,17 @@ the per-seed files.
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog, task_data
+from randlabels import provenance, runlog
+from randlabels.data import task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import TrainConfig, job_device
-from randlabels.packed import PackedTrainer
-from randlabels.progress import job_monitor
-from randlabels.resume import hold_run
-from randlabels.packed_job import run_packed_training, save_bundle
+from randlabels.data.splits import read_split
+from randlabels.inits.pretrained import fresh_model
 from randlabels.seeding import stream_seed
-from randlabels.splits import read_split
-from randlabels.transfer import fresh_model
+from randlabels.training.engine import TrainConfig, job_device
+from randlabels.training.packed import PackedTrainer
+from randlabels.training.packed_job import run_packed_training, save_bundle
+from randlabels.training.progress import job_monitor
+from randlabels.training.resume import hold_run
 
 # First: one process per run (a second job on a run another process trains stops here,
 # before opening, and so truncating, the run's log). Given back by store.clear().

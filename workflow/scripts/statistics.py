@@ -2,16 +2,17 @@
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
-from randlabels import provenance, runlog, task_data
+from randlabels import provenance, runlog
+from randlabels.analysis.measure import measure_checkpoints
+from randlabels.analysis.statsfile import write_stats
+from randlabels.data import task_data
 from randlabels.data.h5file import read_dataset
-from randlabels.engine import job_device
+from randlabels.data.splits import read_split
 from randlabels.identity import expected
-from randlabels.measure import measure_checkpoints
-from randlabels.models import build_model
-from randlabels.splits import read_split
-from randlabels.statsfile import write_stats
-from randlabels.checkpoints import buildable_spec, read_checkpoints
-from randlabels.transfer import load_into
+from randlabels.inits.pretrained import load_into
+from randlabels.models.networks import build_model
+from randlabels.training.checkpoints import buildable_spec, read_checkpoints
+from randlabels.training.engine import job_device
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

@@ -6,8 +6,8 @@ import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 from randlabels import provenance, runlog
 from randlabels.identity import expected
 from randlabels.io import write_table
-from randlabels.packed_job import read_bundle_run
-from randlabels.checkpoints import save_checkpoints
+from randlabels.training.checkpoints import save_checkpoints
+from randlabels.training.packed_job import read_bundle_run
 
 log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes

@@ -60,7 +60,7 @@ def prepare_gaussian(
 
     ``per_seed=True``: one independent sample of ``n_samples`` per experiment seed of
     ``draw_seeds`` (the workflow passes the seeds of every experiment on this dataset,
-    :func:`randlabels.plan.dataset_settings`), stacked in the order of the sorted
+    :func:`randlabels.workflow.plan.dataset_settings`), stacked in the order of the sorted
     seeds; the draw of experiment seed s comes from its own stream
     ``stream_rng(s, "gaussian-data", seed)``, so it does not depend on which other
     seeds are drawn. The file records ``draw_seeds``; a split of seed s takes its

@@ -43,5 +43,5 @@ FIGURES: dict[str, Figure] = {
 
 def figure_module(name: str) -> str:
     """The dotted name of the module that draws figure ``name``. Imported by this name
-    at run time, so a rule lists it among its code inputs itself (randlabels.codedeps)."""
+    at run time, so a rule lists it among its code inputs itself (randlabels.workflow.codedeps)."""
     return f"{__name__}.{name}"

@@ -5,7 +5,7 @@ the filter covariance look like those of the image-patch covariance (smooth, low
 frequency, colour-opponent), even though single filters look like noise. Three rows
 of small images make that visible: sampled filters, eigenvectors of Σw, of Σx.
 
-:func:`plot` draws the eigen-filter table (:mod:`randlabels.eigenfilters`) like every
+:func:`plot` draws the eigen-filter table (:mod:`randlabels.analysis.eigenfilters`) like every
 figure module draws its table; :func:`draw` is the same figure from arrays.
 """
 
@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from randlabels.eigenfilters import vectors as table_vectors
+from randlabels.analysis.eigenfilters import vectors as table_vectors
 from randlabels.plots import style
 
 ROW_LABELS = ("filters\n(sample)", "eigvecs\nof Σw", "eigvecs\nof Σx")

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from randlabels.analysis.memorization import collapsed_count
 from randlabels.io import read_table
-from randlabels.memorization import collapsed_count
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "basis", "misalignment"]

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from randlabels import variants  # noqa: E402
+from randlabels.inits import variants  # noqa: E402
 from randlabels.io import atomic_output  # noqa: E402
 
 DPI = 150
@@ -36,7 +36,7 @@ SEED_BAND_TEXT = "line: mean over seeds, band: min-max over seeds"
 
 _COLORBLIND = sns.color_palette("colorblind", 10)
 
-#: Fixed colours of the fixed fine-tuning variants (randlabels.variants.FIXED); a
+#: Fixed colours of the fixed fine-tuning variants (randlabels.inits.variants.FIXED); a
 #: depth variant (layerwise2, first1, ...) gets a hash-stable colour of its own.
 VARIANT_COLORS: dict[str, tuple[float, float, float]] = {
     "scratch": (0.35, 0.35, 0.35),

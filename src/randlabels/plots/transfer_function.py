@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from randlabels.memorization import collapsed_count
+from randlabels.analysis.memorization import collapsed_count
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "index", "sigma", "f"]

@@ -31,8 +31,8 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 
+from randlabels.analysis.summary import describe_target, is_relative
 from randlabels.plots import style
-from randlabels.summary import describe_target, is_relative
 
 COLUMNS = ["experiment", "task", "classes", "init_scale", "variant", "seed", "speedup",
            "auc_gap"]

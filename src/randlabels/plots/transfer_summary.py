@@ -3,7 +3,7 @@ per variant and init scale.
 
 One number per claim: above the "no transfer" line at 1 the variant trains faster
 than scratch. Points are means over seeds with 95 % Student-t intervals (see
-:func:`randlabels.summary.mean_and_ci`), individual seeds are drawn faintly behind
+:func:`randlabels.analysis.summary.mean_and_ci`), individual seeds are drawn faintly behind
 them, and each point says how many of its runs gave a defined speed-up (the others
 diverged or never reached the target), so missing runs stay visible.
 """
@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from randlabels.analysis.summary import mean_and_ci
 from randlabels.plots import style
-from randlabels.summary import mean_and_ci
 
 COLUMNS = ["experiment", "init_scale", "variant", "seed", "speedup", "auc_gap"]
 
@@ -64,7 +64,7 @@ def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float | Non
          baseline: str = "scratch") -> None:
     """Draw speed-up (top) and area-under-curve gap (bottom) per variant and init scale.
 
-    ``summary`` is the output of :func:`randlabels.summary.transfer_summary`; the
+    ``summary`` is the output of :func:`randlabels.analysis.summary.transfer_summary`; the
     ``baseline`` rows (speed-up 1 and gap 0 by construction) are left out. The gap is
     defined even where scratch never reaches the target, so both rows together show
     every init scale. The target accuracy is the table's own (its ``target`` column,

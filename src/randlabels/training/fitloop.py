@@ -1,7 +1,7 @@
 """The training loop of both trainers: epochs of steps, metrics and learning-curve rows,
 checkpoints, divergence, periodic resume states and stop signals.
 
-:class:`randlabels.engine.Trainer` trains one run, :class:`randlabels.packed.PackedTrainer`
+:class:`randlabels.training.engine.Trainer` trains one run, :class:`randlabels.training.packed.PackedTrainer`
 R replicas at once; both supply the steps and the records (:class:`Replicas`), and
 :func:`fit` is the one protocol of when to record, save, stop and resume. A Trainer is
 the case R = 1, so a packed replica is recorded where a separate run would be.
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from randlabels.progress import Monitor
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted
+from randlabels.training.progress import Monitor
+from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterrupted
 
 
 @dataclass

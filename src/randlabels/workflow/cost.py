@@ -1,8 +1,8 @@
 """What a config's named targets cost: images trained on per architecture, and hours
 at the training throughput a benchmark run measured.
 
-    python -m randlabels.cost configs/paper-cifar10.yaml
-    python -m randlabels.cost configs/paper-cifar10.yaml --bench benchmarks/results/cuda.json
+    python -m randlabels.workflow.cost configs/paper-cifar10.yaml
+    python -m randlabels.workflow.cost configs/paper-cifar10.yaml --bench benchmarks/results/cuda.json
 
 Each target is costed on its own (the experiments it lists, every pre-training and
 fine-tuning run of them, counted once even when two of its experiments' needs overlap);
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from . import plan, targets
+from randlabels.workflow import plan, targets
 
 # The engine benchmark measures cnn2, vgg16 and resnet18; the other architectures are
 # costed at the rate of the nearest measured one (fc is far cheaper than cnn2, so its
@@ -86,7 +86,7 @@ def _row(config: dict, name: str, exps: list[str], bench_rates: dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m randlabels.cost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m randlabels.workflow.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="a config file with a targets section")
     parser.add_argument("--bench", help="a benchmark JSON (benchmarks/results/DEVICE.json) for the throughput")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ device (summed there over the epoch), so the host never waits for the device ins
 epoch. On CUDA the model runs in channels_last with bf16 autocast and cuDNN picks its
 fastest convolution algorithms (``cudnn.benchmark``); ``TrainConfig.compile`` adds
 torch.compile. ``TrainConfig.augment`` crops and flips the training batches on the
-device as well (:mod:`randlabels.augment`). Evaluation runs in large no-grad batches.
+device as well (:mod:`randlabels.data.augment`). Evaluation runs in large no-grad batches.
 On CPU the same seed gives the same numbers. benchmarks/ measures all this against a plain DataLoader loop
 (docs/PERFORMANCE.md).
 """
@@ -28,11 +28,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from randlabels import fitloop
-from randlabels.augment import Augmentation
+from randlabels.data.augment import Augmentation
 from randlabels.errors import ResourceError
-from randlabels.fitloop import FitResult
-from randlabels.progress import Monitor
+from randlabels.training import fitloop
+from randlabels.training.fitloop import FitResult
+from randlabels.training.progress import Monitor
 
 SCHEDULES = ("constant", "cosine")
 
@@ -59,7 +59,7 @@ class TrainConfig:
     # floating-point rounding (fused kernels sum in another order).
     compile: bool = False
     # Random crops / flips of the training batches, e.g. {"crop": 4, "flip": True}
-    # (see randlabels.augment); None or all off: none. Left out of the hash (a dict is
+    # (see randlabels.data.augment); None or all off: none. Left out of the hash (a dict is
     # unhashable), compared as usual.
     augment: dict | None = field(default=None, hash=False)
 
@@ -117,9 +117,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def job_device(name: str, threads: int, gpus: int = 0, jobs_per_gpu: int = 1) -> torch.device:
     """The device of a workflow job, set up as every job script needs it: torch's CPU
     threads set to the job's ``threads``, ``gpus`` devices claimed for it
-    (:func:`randlabels.gpus.bind_gpus`, before CUDA starts), and the config's ``device``
+    (:func:`randlabels.training.gpus.bind_gpus`, before CUDA starts), and the config's ``device``
     resolved (:func:`resolve_device`)."""
-    from randlabels.gpus import bind_gpus
+    from randlabels.training.gpus import bind_gpus
 
     torch.set_num_threads(threads)
     bind_gpus(gpus, jobs_per_gpu)
@@ -363,7 +363,7 @@ class Trainer:
         return saved["progress"]
 
     def fit(self, monitor: Monitor | None = None, **options) -> FitResult:
-        """Train for ``config.epochs`` epochs: :func:`randlabels.fitloop.fit` with
+        """Train for ``config.epochs`` epochs: :func:`randlabels.training.fitloop.fit` with
         ``options`` (checkpoint_epochs, eval_every, resume, stop, ...). Learning-curve
         rows carry the probe's columns, if the Trainer has a probe. ``monitor`` reports
         each epoch (the log line, a live file, TensorBoard; by default the log line)."""

@@ -4,7 +4,7 @@ Forward hooks capture what a layer receives, so Σx is computed from the inputs 
 as that layer sees them (after the layers below, with its own padding and stride).
 ReLU activity is hooked on ``nn.ReLU`` modules: a functional ``F.relu`` in a forward
 is invisible to it, and a ReLU module applied twice would mix two activations under
-one name (which is why models.py gives each ResNet block two ReLU modules).
+one name (which is why models/networks.py gives each ResNet block two ReLU modules).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .stats import StreamingCovariance
+from randlabels.analysis.stats import StreamingCovariance
 
 
 def _explicit_padding(module: nn.Conv2d, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -13,13 +13,13 @@ The R models' parameters and buffers are stacked along a new leading dimension
 dimension with :func:`torch.func.vmap`. The alternative, rewriting each network with
 grouped convolutions and batched matrix products, was rejected: it needs a second,
 hand-written version of every architecture (and of batch norm with per-replica
-running statistics) that must be kept in step with :mod:`randlabels.models`. vmap
+running statistics) that must be kept in step with :mod:`randlabels.models.networks`. vmap
 works on the models as they are, all five architectures included, and it lowers to
 the same kernels one would write by hand: its batching rule turns a convolution with
 stacked weights into one grouped convolution, and a linear layer into one batched
 matrix product. Batch norm updates each replica's own stacked running statistics.
 
-Each replica is trained exactly as a separate :class:`~randlabels.engine.Trainer`
+Each replica is trained exactly as a separate :class:`~randlabels.training.engine.Trainer`
 would train it: its own initialization (the models passed in), its own data-order
 seed (its own on-device generator and permutation each epoch), its own labels (and
 inputs) if given per replica; the loss is the sum of the replicas' mean losses, so
@@ -46,11 +46,11 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
-from randlabels import fitloop
-from randlabels.augment import Augmentation
-from randlabels.engine import DeviceData, TrainConfig, lr_factor
-from randlabels.fitloop import FitResult
-from randlabels.progress import Monitor
+from randlabels.data.augment import Augmentation
+from randlabels.training import fitloop
+from randlabels.training.engine import DeviceData, TrainConfig, lr_factor
+from randlabels.training.fitloop import FitResult
+from randlabels.training.progress import Monitor
 
 __all__ = ["PackedTrainer", "with_labels"]
 
@@ -171,9 +171,9 @@ class PackedTrainer:
     seed); ``data`` is one :class:`DeviceData` for all replicas or one per replica
     (same size and shape: e.g. the same images with each replica's random labels, see
     :func:`with_labels`, or each seed's own split); ``seeds`` are the R data-order seeds,
-    the ``seed`` a :class:`~randlabels.engine.Trainer` would get. ``test_data`` is
+    the ``seed`` a :class:`~randlabels.training.engine.Trainer` would get. ``test_data`` is
     None, one DeviceData, or one per replica. :meth:`fit` returns one
-    :class:`~randlabels.fitloop.FitResult` per replica, as Trainer.fit would.
+    :class:`~randlabels.training.fitloop.FitResult` per replica, as Trainer.fit would.
     ``config.augment`` crops / flips each replica's training batches with crops and
     flips drawn from that replica's own generator, as its Trainer would draw them.
     """
@@ -379,7 +379,7 @@ class PackedTrainer:
 
     def fit(self, monitor: Monitor | None = None, **options) -> list[FitResult]:
         """Train every replica for ``config.epochs`` epochs, one FitResult each:
-        :func:`randlabels.fitloop.fit` with ``options``, the loop a Trainer runs too. A
+        :func:`randlabels.training.fitloop.fit` with ``options``, the loop a Trainer runs too. A
         resume state holds the whole group; a ``monitor`` reports all replicas (one
         replica each in its ``replicas``)."""
         monitor = monitor or Monitor(log=self.log, replicas=[{"replica": r} for r in range(self.replicas)])

@@ -4,7 +4,7 @@ Runs when the Snakefile is read, before any job starts; every problem is reporte
 with the dotted path of the key it is about (``experiments.digits_cnn.pretrain.lr``).
 Beyond the schema's standard meaning, an integer must be an int (2.0 is refused), no
 number may be NaN or infinite, and the layer names and depths the stages use are
-looked up in the model. ``python -m randlabels.config FILE...`` checks config files
+looked up in the model. ``python -m randlabels.workflow.config FILE...`` checks config files
 without Snakemake (:func:`main`).
 """
 
@@ -20,12 +20,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import plan, targets, variants
-from .errors import ModelError, RandlabelsError
-from .architectures import ARCHITECTURES, builtin_layers, is_factory, model_options, resolve_layer_name, scale_invariance, SCALE_INVARIANT
+from randlabels.errors import ModelError, RandlabelsError
+from randlabels.inits import variants
+from randlabels.models.architectures import ARCHITECTURES, builtin_layers, is_factory, model_options, resolve_layer_name, scale_invariance, SCALE_INVARIANT
+from randlabels.workflow import plan, targets
 
 # The schema beside this package in a checkout (the workflow passes its own path).
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 # Training samples of the sources whose size is known before preparation (torchvision's
 # datasets by class name); the split is checked against them before any job.
@@ -299,8 +300,8 @@ def model_errors(config: dict, exp: str) -> list[str]:
     its spec (:func:`builtin_layers`). An own model's factory (``arch:
     "package.module:function"``) is imported here, so a module that does not import
     stops the run before any job; where the input shape is known before the data are
-    prepared (:func:`randlabels.plan.input_shape`), the model is built cheaply
-    (:func:`randlabels.models.check_model`; a factory that raises or returns an
+    prepared (:func:`randlabels.workflow.plan.input_shape`), the model is built cheaply
+    (:func:`randlabels.models.networks.check_model`; a factory that raises or returns an
     unusable model is reported here, otherwise in the first job that builds it) and its
     layers are checked.
     """
@@ -308,7 +309,7 @@ def model_errors(config: dict, exp: str) -> list[str]:
     spec = config["experiments"][exp]["model"]
     if not is_factory(spec["arch"]):
         return _layer_errors(config, exp, builtin_layers(spec))
-    from .models import check_model, load_factory, weight_layers  # torch: only for own models
+    from randlabels.models.networks import check_model, load_factory, weight_layers  # torch: only for own models
 
     try:
         load_factory(spec["arch"], f"{where}.model")
@@ -528,12 +529,12 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python -m randlabels.config FILE...``: check config files as the workflow would
+    """``python -m randlabels.workflow.config FILE...``: check config files as the workflow would
     with ``--configfile FILE...`` (merged in order), one line per problem, without
     Snakemake. Snakemake reads the files named on its command line before the
     workflow's check runs, and reports a YAML syntax error in one of them naming
     neither file nor line; this names both."""
-    parser = argparse.ArgumentParser(prog="python -m randlabels.config", description=main.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m randlabels.workflow.config", description=main.__doc__.split("\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="YAML config files")
     parser.add_argument("--schema", type=Path, default=SCHEMA, help="the JSON schema (default: %(default)s)")
     args = parser.parse_args(argv)

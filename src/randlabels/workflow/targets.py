@@ -20,8 +20,10 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from . import eigenfilters, plan, variants
-from .architectures import scale_invariance
+from randlabels.analysis import eigenfilters
+from randlabels.inits import variants
+from randlabels.models.architectures import scale_invariance
+from randlabels.workflow import plan
 
 # Per-experiment tables a target may read (names of plan.tables entries).
 FINETUNE_TABLES = ("finetune_curves", "transfer_summary")
@@ -169,7 +171,7 @@ def _build_transfer_function(tables: dict, info: dict):
     """f(σ) rows with the model and f_change = f − f(epoch 0) of the same run and
     eigen-direction rank (the figure's lower row; METHODS.md, "Change from
     initialization")."""
-    from .plots.transfer_function import change_from_init  # plotting stack: only in the job
+    from randlabels.plots.transfer_function import change_from_init  # plotting stack: only in the job
 
     table = _experiment_columns(tables["transfer_function"], info, ("model",))
     table["f_change"] = change_from_init(table)

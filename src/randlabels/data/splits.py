@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from .errors import InputFileError
-from . import provenance
-from .io import atomic_output
-from .seeding import stream_rng
+from randlabels import provenance
+from randlabels.errors import InputFileError
+from randlabels.io import atomic_output
+from randlabels.seeding import stream_rng
 
 LABEL_KINDS = ("random", "real")
 

@@ -1,14 +1,14 @@
 """A packed pre-training job: a group of seeds trained by one PackedTrainer, resumable.
 
-What :func:`randlabels.training_job.run_training` does around ``Trainer.fit``, for a
-:class:`~randlabels.packed.PackedTrainer`: resume from the group's side state, save
+What :func:`randlabels.training.job.run_training` does around ``Trainer.fit``, for a
+:class:`~randlabels.training.packed.PackedTrainer`: resume from the group's side state, save
 and exit 75 on SLURM's signals, name the batch-size setting when the device runs out
 of memory; and the divergence policy per seed: a replica that diverged is flagged in
 its own results (``on_divergence: continue``), or fails the job with a message that
 names its seed (``stop``).
 
 The bundle (:func:`save_bundle`) holds, per seed, exactly what the ``pretrain`` rule
-would write for it: the arguments of :func:`randlabels.checkpoints.save_checkpoints` and
+would write for it: the arguments of :func:`randlabels.training.checkpoints.save_checkpoints` and
 the metrics table; the ``unpack_pretrain`` rule writes them to the usual per-seed
 files.
 """
@@ -20,15 +20,15 @@ from typing import Sequence
 
 import pandas as pd
 
-from randlabels.fitloop import FitResult
+from randlabels import provenance
 from randlabels.errors import InputFileError
 from randlabels.identity import expect_identity
-from randlabels import provenance
 from randlabels.io import load_torch, save_torch
-from randlabels.packed import PackedTrainer
-from randlabels.resume import ResumeStore
-from randlabels.training_job import run_training
-from randlabels.checkpoints import checkpoint_fields, checkpoint_identity
+from randlabels.training.checkpoints import checkpoint_fields, checkpoint_identity
+from randlabels.training.fitloop import FitResult
+from randlabels.training.job import run_training
+from randlabels.training.packed import PackedTrainer
+from randlabels.training.resume import ResumeStore
 
 BUNDLE_FORMAT = "randlabels-pretrain-bundle-1"
 

@@ -2,7 +2,7 @@
 
 A job's metrics table is written when the job ends; a long run needs to be watched
 before that. :class:`Monitor` takes each epoch's metrics rows from the fit loop
-(:meth:`randlabels.engine.Trainer.fit`, :meth:`randlabels.packed.PackedTrainer.fit`)
+(:meth:`randlabels.training.engine.Trainer.fit`, :meth:`randlabels.training.packed.PackedTrainer.fit`)
 and
 
 * logs one line naming the run (experiment, labels, scale, seed) with the job's ETA,

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from randlabels import plan, provenance
+from randlabels import provenance
 from randlabels.io import atomic_output, read_table
+from randlabels.workflow import plan
 
 SUMMARY = "SUMMARY.md"  # in the results folder
 FRONT_PAGE = "report_front.rst"  # the report's front page, in the results folder

@@ -35,11 +35,11 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .errors import InputFileError
-from .identity import expect_identity, expected, path_wildcards
-from . import provenance
-from .io import atomic_output
-from .stats import UndefinedStatistic, misalignment, pool_filters, random_orthonormal_basis, weight_statistics
+from randlabels import provenance
+from randlabels.analysis.stats import UndefinedStatistic, misalignment, pool_filters, random_orthonormal_basis, weight_statistics
+from randlabels.errors import InputFileError
+from randlabels.identity import expect_identity, expected, path_wildcards
+from randlabels.io import atomic_output
 
 FORMAT = "randlabels-stats/1"
 ARRAYS = ("weights", "cov_x", "mean_x", "eigval_x", "eigvec_x", "mean_w", "cov_w", "eigval_w", "eigvec_w", "sigma", "f")
@@ -63,7 +63,7 @@ def _array(group, name: str, values, dtype: str) -> None:
 
 
 def write_stats(path: str | os.PathLike, records, attrs: dict, precision: str = "float64") -> None:
-    """Write the records of :func:`randlabels.measure.measure_checkpoints`, their
+    """Write the records of :func:`randlabels.analysis.measure.measure_checkpoints`, their
     arrays as ``precision`` (float64 or float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")

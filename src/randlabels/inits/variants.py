@@ -92,7 +92,7 @@ def parse(name: str) -> Variant:
 def transferred_layers(variant: str, model: "nn.Module") -> list[list[str]]:
     """The layer groups (transfer.layer_groups) a first{k} / last{k} variant takes from
     the pre-trained network, in forward order; ValueError if the model has fewer than k."""
-    from .transfer import layer_groups
+    from randlabels.inits.pretrained import layer_groups
 
     parsed = parse(variant)
     if not parsed.partial:
@@ -123,9 +123,9 @@ def initial_state(
     :attr:`Variant.source` (a checkpoint set or an initialization), checked against
     ``expect`` (identity.expected) so that a file of another run is refused.
     """
-    from .models import head_prefix
-    from .checkpoints import read_checkpoints, read_init
-    from .transfer import clone_state, partial_state, transferred_state
+    from randlabels.inits.pretrained import clone_state, partial_state, transferred_state
+    from randlabels.models.networks import head_prefix
+    from randlabels.training.checkpoints import read_checkpoints, read_init
 
     parsed = parse(variant)
     fresh = clone_state(model)

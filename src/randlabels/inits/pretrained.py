@@ -1,9 +1,9 @@
 """Weight transfer from a pre-trained network into a fresh one (the checkpoint and
-initialization files it starts from are :mod:`randlabels.checkpoints`').
+initialization files it starts from are :mod:`randlabels.training.checkpoints`').
 
 :func:`transferred_state` carries every pre-trained weight tensor (rescaled to the ℓ2
 norm it had at initialization, or not), :func:`partial_state` only some layer groups
-(:func:`layer_groups`); which variant uses which is randlabels.variants' to say.
+(:func:`layer_groups`); which variant uses which is randlabels.inits.variants' to say.
 Biases and batch-norm tensors are kept as trained, since a zero initial norm cannot be
 rescaled to. The classifier is re-initialized by default: the downstream labels have
 no relation to the upstream (random) ones, and their number may differ.
@@ -16,9 +16,9 @@ import os
 import torch
 from torch import nn
 
-from .errors import InputFileError
-from .models import build_model, head_prefix, initialize, weight_layers
-from .seeding import stream_seed
+from randlabels.errors import InputFileError
+from randlabels.models.networks import build_model, head_prefix, initialize, weight_layers
+from randlabels.seeding import stream_seed
 
 
 def fresh_model(
@@ -28,7 +28,7 @@ def fresh_model(
 
     The model is built with torch's global generator seeded from ``seed`` (and restored
     afterwards), so parameters the He rule does not cover (an own model's, see
-    :func:`~randlabels.models.uncovered_parameters`) are deterministic per seed too.
+    :func:`~randlabels.models.networks.uncovered_parameters`) are deterministic per seed too.
     ``where`` names the spec's config key in a build error.
     """
     with torch.random.fork_rng(devices=[]):
@@ -81,7 +81,7 @@ def _carried(key: str, init_state: dict, trained: torch.Tensor, rescale: bool) -
 def layer_groups(model: nn.Module) -> list[list[str]]:
     """The model's non-head weight layers in forward order, each as its state-dict keys.
 
-    One group per conv/linear module of :func:`~randlabels.models.weight_layers` (the
+    One group per conv/linear module of :func:`~randlabels.models.networks.weight_layers` (the
     head, the last one, excluded), in that order: the module's weight and bias, plus
     the parameters and buffers (running mean/var, batch counter) of a BatchNorm that
     directly follows it, i.e. the next module with state in registration order, with

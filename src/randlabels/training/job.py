@@ -14,9 +14,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from randlabels.fitloop import FitResult
 from randlabels.errors import ResourceError, TrainingDiverged
-from randlabels.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
+from randlabels.training.fitloop import FitResult
+from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterrupted, fingerprint
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again
 DIVERGENCE_POLICIES = ("continue", "stop")
@@ -41,12 +41,12 @@ def run_training(
     other settings is not resumed); ``where`` is the config section of the training
     settings, named in messages (e.g. ``experiments.digits_cnn.pretrain``); the
     state is saved every ``save_every`` epochs. For a
-    :class:`~randlabels.packed.PackedTrainer`, ``seeds`` names its replicas and the
+    :class:`~randlabels.training.packed.PackedTrainer`, ``seeds`` names its replicas and the
     result is one :class:`FitResult` per seed.
 
-    The run's lock (:class:`~randlabels.resume.RunLock`) is taken first (a script
-    holds it already, see :func:`~randlabels.resume.hold_run`): a run another process
-    trains raises :class:`~randlabels.resume.RunLocked`. It is held on return, until
+    The run's lock (:class:`~randlabels.training.resume.RunLock`) is taken first (a script
+    holds it already, see :func:`~randlabels.training.resume.hold_run`): a run another process
+    trains raises :class:`~randlabels.training.resume.RunLocked`. It is held on return, until
     the returned store's ``clear()`` (after the outputs are written), and given back
     if training fails. A learning curve sparser than the run (``eval_every`` above
     its number of steps) is reported in the log.

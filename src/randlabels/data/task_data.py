@@ -9,8 +9,8 @@ from typing import NamedTuple
 import torch
 
 from randlabels.data.h5file import Dataset
-from randlabels.engine import DeviceData
-from randlabels.splits import Split
+from randlabels.data.splits import Split
+from randlabels.training.engine import DeviceData
 
 
 class TaskData(NamedTuple):
@@ -33,7 +33,7 @@ def upstream(dataset: Dataset, split: Split, labels: str, device: torch.device) 
 
 def downstream(dataset: Dataset, split: Split, task: str, device: torch.device) -> TaskData:
     """Fine-tuning data: the split's downstream images with the labels of ``task``
-    ('real' or 'random{C}', :meth:`randlabels.splits.Split.downstream_task`)."""
+    ('real' or 'random{C}', :meth:`randlabels.data.splits.Split.downstream_task`)."""
     labels, num_classes = split.downstream_task(task, dataset.labels, dataset.num_classes)
     train = DeviceData.subset(dataset, split.downstream, device, labels)
     test = DeviceData.subset(dataset, split.test, device) if task == "real" else None

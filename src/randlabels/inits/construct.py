@@ -1,10 +1,10 @@
 """Layer-wise construction of an initialization from the data covariance (paper §2.5).
 
-For ℓ = 1..k (the first k conv/linear layers in :func:`~randlabels.models.weight_layers`
+For ℓ = 1..k (the first k conv/linear layers in :func:`~randlabels.models.networks.weight_layers`
 order, never the classifier head):
 
 1. Σx of layer ℓ is measured on the data passed through the *already constructed*
-   layers below (:func:`~randlabels.probes.layer_input_covariance`: patches for a conv
+   layers below (:func:`~randlabels.analysis.probes.layer_input_covariance`: patches for a conv
    with its own padding and stride, rows for a linear layer);
 2. Σx = V diag(σ²) Vᵀ (eigenvalues below ``RANK_RTOL``·λ_max, and rounding negatives,
    count as σ = 0);
@@ -12,7 +12,7 @@ order, never the classifier head):
    N(0, Σw) as w_j = V (g ⊙ z_j), z_j ~ N(0, I) — no Cholesky, so a rank-deficient
    Σx (zero-variance pixels, more dimensions than samples) is fine;
 4. the rows are reshaped to the weight tensor (row-major, the weight's own
-   (C_in, kh, kw) order, as :func:`~randlabels.stats.weight_vectors` flattens) and the
+   (C_in, kh, kw) order, as :func:`~randlabels.analysis.stats.weight_vectors` flattens) and the
    whole tensor is rescaled to the ℓ2 norm the layer had on entry, i.e. its default
    He × init_scale norm when the model is freshly initialized; the bias is zeroed.
 
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import head_prefix, weight_layers
-from .probes import layer_input_covariance
-from .seeding import stream_rng
-from .stats import eigh_descending, transfer_function, weight_statistics
+from randlabels.analysis.probes import layer_input_covariance
+from randlabels.analysis.stats import eigh_descending, transfer_function, weight_statistics
+from randlabels.models.networks import head_prefix, weight_layers
+from randlabels.seeding import stream_rng
 
 __all__ = [
     "METHODS",
@@ -131,7 +131,7 @@ def estimated_transfer(
 
     Σx' is the covariance of the layer's inputs in ``pretrained`` (its own layers
     below) over ``batches_fn()``; Σw' the covariance of its filters at ``layer``;
-    (σ'_i, f_i) = :func:`~randlabels.stats.transfer_function` (Σx', Σw'), i.e.
+    (σ'_i, f_i) = :func:`~randlabels.analysis.stats.transfer_function` (Σx', Σw'), i.e.
     f_i = sqrt(v'_iᵀ Σw' v'_i). The returned g interpolates the points (σ'_i, f_i)
     linearly in log σ (σ'_i at rounding level, see ``RANK_RTOL``, are dropped), is
     constant beyond the smallest and largest σ', and maps σ ≤ 0 to the value at the

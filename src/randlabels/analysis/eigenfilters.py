@@ -31,9 +31,9 @@ SAMPLE = 8  # filters kept: a fixed-seed sample, drawn in the figure's first row
 def table(records: Sequence[dict], experiment: str, layer: str, labels: str, init_scale: float,
           top: int = TOP, sample: int = SAMPLE) -> pd.DataFrame:
     """The eigen-filter rows of one experiment from its seeds' statistics records
-    (:func:`randlabels.statsfile.read_layer` of one conv layer at one epoch): Σw of
+    (:func:`randlabels.analysis.statsfile.read_layer` of one conv layer at one epoch): Σw of
     all their filters stacked, Σx of the first seed."""
-    from .stats import eigh_descending, weight_statistics
+    from randlabels.analysis.stats import eigh_descending, weight_statistics
 
     if not records:
         raise ValueError(f"{experiment}: no statistics records to pool")

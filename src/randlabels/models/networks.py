@@ -44,7 +44,7 @@ paper's methods need of a layer order:
 
 It is initialized like the built-in networks (:func:`initialize`); parameters the
 rule does not cover keep the factory's own initialization, drawn under a generator
-seeded from the run's seed (:func:`randlabels.transfer.fresh_model`).
+seeded from the run's seed (:func:`randlabels.inits.pretrained.fresh_model`).
 """
 
 from __future__ import annotations
@@ -61,19 +61,15 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .architectures import (
-    ARCHITECTURES,
+from randlabels.models.architectures import (
     DEFAULT_INIT,
-    FACTORY_ARGUMENTS,
-    INIT_CONVENTIONS,
     check_init,
-    check_upper_width,
     init_convention,
     is_factory,
     model_options,
     resolve_layer_name,
 )
-from .errors import ModelError
+from randlabels.errors import ModelError
 
 # The layers the statistics, the layer order and the classifier are made of.
 WEIGHT_LAYER_TYPES = (nn.Conv2d, nn.Linear)

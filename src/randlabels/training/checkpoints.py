@@ -11,11 +11,11 @@ same model (:func:`buildable_spec`): files run no code.
 
 from __future__ import annotations
 
-from . import provenance
-from .architectures import is_factory
-from .errors import InputFileError
-from .identity import expect_identity
-from .io import load_torch, save_torch
+from randlabels import provenance
+from randlabels.errors import InputFileError
+from randlabels.identity import expect_identity
+from randlabels.io import load_torch, save_torch
+from randlabels.models.architectures import is_factory
 
 CHECKPOINT_FORMAT = "randlabels-checkpoints/1"
 INIT_FORMAT = "randlabels-init/1"

@@ -12,8 +12,8 @@ import functools
 import json
 import os
 
-from .architectures import is_factory
-from .plots import FIGURES
+from randlabels.models.architectures import is_factory
+from randlabels.plots import FIGURES
 
 RESULTS = "results"
 
@@ -81,7 +81,7 @@ PATHS = {
     "pretrain_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.pt",
     "pretrain_packed_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
     "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.pt",
-    # What a training job shows while it runs (randlabels.progress): a live metrics file
+    # What a training job shows while it runs (randlabels.training.progress): a live metrics file
     # and, with tensorboard: true, TensorBoard event files (a folder per seed); neither
     # is an output, so both survive a failed job.
     "pretrain_live": RESULTS + "/_live/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.jsonl",
@@ -91,7 +91,7 @@ PATHS = {
     "finetune_tensorboard": RESULTS + "/_tensorboard/{exp}/finetune/{task}/{variant}/scale{scale}",
     "table": RESULTS + "/{exp}/tables/{table}.tsv",
     "figure": RESULTS + "/{exp}/figures/{figure}.png",
-    # The paper's experiments as named targets (see randlabels.targets).
+    # The paper's experiments as named targets (see randlabels.workflow.targets).
     "target_table": RESULTS + "/paper/{target}.tsv",
     "target_figure": RESULTS + "/paper/{target}.png",
 }
@@ -237,7 +237,7 @@ def is_conv(config: dict, exp: str) -> bool:
     """Whether the measured first layer is a convolution (eigen-filters are images).
 
     For an own model (a factory path) the model is built cheaply
-    (:func:`randlabels.models.check_model`) where the input shape is known before the
+    (:func:`randlabels.models.networks.check_model`) where the input shape is known before the
     data are prepared (:func:`input_shape`); where it is not, or the build fails (the
     config check reports that), the answer is no (no eigen-filter figure).
     """
@@ -256,7 +256,7 @@ def _first_layer_is_conv(spec_json: str, shape: tuple, num_classes: int) -> bool
     """Cached: the Snakefile asks once per experiment and target."""
     from torch import nn
 
-    from .models import check_model, weight_layers
+    from randlabels.models.networks import check_model, weight_layers
 
     try:
         model = check_model(json.loads(spec_json), shape, num_classes)
@@ -302,7 +302,7 @@ def model_code(config: dict, exp: str) -> list[str]:
     working directory when it lies below it."""
     if not is_factory(experiment(config, exp)["model"]["arch"]):
         return []
-    from .models import factory_file
+    from randlabels.models.networks import factory_file
 
     try:
         path = factory_file(experiment(config, exp)["model"]["arch"])

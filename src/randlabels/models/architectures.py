@@ -1,7 +1,7 @@
 """What a model spec names, without torch: the built-in architectures, their options
 and defaults, the name of an own factory, and the weight layers of each built-in
 network. The config check runs at every Snakemake start and asks only this module, so
-that a dry run does not import torch (about 2 s); randlabels.models builds the networks.
+that a dry run does not import torch (about 2 s); randlabels.models.networks builds the networks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ FACTORY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*
 # Arguments the workflow gives a factory; a spec may not set them as options.
 FACTORY_ARGUMENTS = ("input_shape", "num_classes")
 # Initialization conventions of the conv/linear weights (option ``init``, default "he";
-# randlabels.models.initialize): He normal (fan-in, ReLU gain, std √2/√fan_in) and
+# randlabels.models.networks.initialize): He normal (fan-in, ReLU gain, std √2/√fan_in) and
 # LeCun normal (std 1/√fan_in); either multiplied by the run's init_scale. Every spec
 # takes it, an own model's too (the workflow's key, not passed to the factory).
 INIT_CONVENTIONS = ("he", "lecun")
@@ -131,7 +131,7 @@ _VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 
 
 
 def builtin_layers(spec: dict) -> list[str]:
-    """The weight layers (:func:`randlabels.models.weight_layers`) a built-in network
+    """The weight layers (:func:`randlabels.models.networks.weight_layers`) a built-in network
     has, from its spec alone: without building it, so without torchvision's import
     (seconds per Snakefile parse) and without the input shape, which names no layer.
     tests/test_config.py checks them against the built networks."""

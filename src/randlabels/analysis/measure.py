@@ -1,7 +1,7 @@
 """Statistics of one checkpoint set: per epoch and per layer, Σx, Σw, misalignment, f(σ).
 
 This is the glue between a model, its checkpoints and the pure numerics of
-:mod:`randlabels.stats`; the HDF5 layout lives in :mod:`randlabels.statsfile`.
+:mod:`randlabels.analysis.stats`; the HDF5 layout lives in :mod:`randlabels.analysis.statsfile`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import ResourceError
-from .models import resolve_layer, weight_layers
-from .probes import activation_statistics, layer_input_covariance
-from .seeding import stream_seed
-from .stats import (
+from randlabels.analysis.probes import activation_statistics, layer_input_covariance
+from randlabels.errors import ResourceError
+from randlabels.models.networks import resolve_layer, weight_layers
+from randlabels.seeding import stream_seed
+from randlabels.analysis.stats import (
     UndefinedStatistic,
     eigh_descending,
     misalignment,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .stats import to_float64, weight_statistics
+from randlabels.analysis.stats import to_float64, weight_statistics
 
 
 def fit_gaussian(vectors, zero_mean: bool = False) -> tuple[np.ndarray, np.ndarray]:
