@@ -9,7 +9,7 @@ import time
 
 from benchmarks import common
 
-BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data")
+BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data", "models")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Σx of a first conv layer: the library's streaming patch covariance against numpy.
 
-Library: :func:`randlabels.analysis.stats.patch_covariance` over the images in batches of 512
+Library: :func:`randlabels.analysis.covariance.patch_covariance` over the images in batches of 512
 (the statistics stage's default batch size), on the benchmark's device, with the
 padding of a 'same' convolution (k // 2), so every image gives 32 × 32 patches.
 Baseline, the way one writes it with numpy: each chunk of 256 images to float64,
@@ -20,7 +20,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from benchmarks.common import Sizes, log, median, random_images, synchronize, timed
-from randlabels.analysis.stats import patch_covariance
+from randlabels.analysis.covariance import patch_covariance
 
 LIBRARY_BATCH, NUMPY_CHUNK, FULL_IMAGES = 512, 256, 50_000
 

@@ -42,7 +42,7 @@ benchmark, with the method in its docstring).
   process start-ups). Aggregate images/s. The workflow trains this way when an
   experiment sets `pretrain: {pack_seeds: R}` (one `pretrain_packed` job per group of R
   seeds, see README, Configuration).
-- **Patch covariance**: `randlabels.analysis.stats.patch_covariance` (float64, streaming) against
+- **Patch covariance**: `randlabels.analysis.covariance.patch_covariance` (float64, streaming) against
   numpy im2col (`sliding_window_view`) and XᵀX, float64, on the CPU.
 - **DAG build**: wall-clock time of `snakemake -n` on the default config with more
   seeds, against the number of jobs.
@@ -51,6 +51,9 @@ benchmark, with the method in its docstring).
   (`source: folder`), checksums and the HDF5 file included, against torchvision's
   dataset classes with ToTensor over a DataLoader (arrays only). Targets: at most 30 s
   and 60 s on 2 cores.
+- **Building a network**: `randlabels.models.networks.build_model` against torchvision's
+  whole VGG16 (ImageNet classifier included) with its head then replaced, one thread.
+  Every training, statistics and construction job builds its network once.
 """
 
 TARGETS = [
@@ -250,10 +253,22 @@ def _data(result: dict) -> str:
             + _table(["source", "images", "library s", "baseline s", "baseline / library"], table))
 
 
+def _models(result: dict) -> str:
+    rows = result["benchmarks"].get("models")
+    if not rows:
+        return ""
+    table = [[", ".join(f"{k}={v}" for k, v in r["spec"].items()), f"{r['library_seconds']:.2f}",
+              f"{r['baseline_seconds']:.2f}", _ratio(r["ratio"])] for r in rows]
+    return ("### Building a network\n\nOne CPU thread, 32×32×3 input, 10 classes. Library: `build_model`; "
+            "baseline: torchvision's whole VGG16, then its head replaced.\n\n"
+            + _table(["spec", "library s", "baseline s", "baseline / library"], table))
+
+
 def render_section(result: dict) -> str:
     device = result["machine"]["device"]
     parts = [f"## {DEVICES[device]}", _machine(result), "### Targets", _targets_table(result)]
-    parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result), _data(result)) if p]
+    parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result), _data(result),
+                               _models(result)) if p]
     notes = result.get("notes") or []
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))

@@ -138,3 +138,48 @@ def test_what_python_loads_for_each_rule_script_is_in_its_derived_closure():
     for script, files in loaded.items():
         derived = {str(p.resolve()) for p in code_files(SCRIPTS / f"{script}.py", SRC)}
         assert files and set(files) <= derived, (script, sorted(set(files) - derived))
+
+
+# The jobs that only read and write tables and figures: importing torch (seconds per
+# job, and the workflow runs many of them) buys them nothing.
+_TABLE_JOBS = ("aggregate_eigenfilters", "aggregate_finetuning", "aggregate_pretraining", "aggregate_statistics",
+               "make_split", "paper_target", "plot", "prepare_dataset")
+
+# Runs in a fresh interpreter: every import statement of each script in turn (the figure
+# modules too, which plot and paper_target import by a name known at run time), and the
+# torch modules loaded once each script's imports are done.
+_TORCH_LOADED = r"""
+import ast, importlib, json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+loaded = {}
+for script in sys.argv[2:]:
+    for node in ast.walk(ast.parse(Path(script).read_text())):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and "_bootstrap" not in ast.unparse(node):
+            exec(ast.unparse(node), {})
+    import randlabels.plots
+    for name in randlabels.plots.FIGURES:
+        importlib.import_module(randlabels.plots.figure_module(name))
+    loaded[Path(script).stem] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print(json.dumps(loaded))
+"""
+
+
+def _torch_loaded(*scripts: str) -> dict[str, list[str]]:
+    paths = [str(SCRIPTS / f"{script}.py") for script in scripts]
+    result = subprocess.run([sys.executable, "-c", _TORCH_LOADED, str(SRC), *paths],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_table_and_figure_jobs_start_without_torch():
+    loaded = _torch_loaded(*_TABLE_JOBS)
+    assert list(loaded) == list(_TABLE_JOBS)
+    assert all(modules == [] for modules in loaded.values()), loaded
+
+
+def test_the_torch_probe_sees_torch_where_a_job_trains():
+    """The check above can fail: the same probe finds torch once the training script's
+    imports are done."""
+    assert "torch" in _torch_loaded("plot", "pretrain")["pretrain"]

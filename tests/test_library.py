@@ -57,6 +57,7 @@ CHILD = textwrap.dedent(
 
     import randlabels.models.networks as models
     from randlabels.models.architectures import ARCHITECTURES
+    import randlabels.analysis.covariance  # noqa: F401
     import randlabels.analysis.stats  # noqa: F401
 
     # The models module works too: every built-in network builds, one trains a step.

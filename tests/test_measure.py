@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from randlabels.analysis.measure import check_layer_sizes, layer_memory_bytes, measure_checkpoints, measure_layer
-from randlabels.analysis.stats import patch_covariance, random_orthonormal_basis
+from randlabels.analysis.covariance import patch_covariance
+from randlabels.analysis.stats import random_orthonormal_basis
 from randlabels.errors import ResourceError
 from randlabels.models.networks import build_model
 from randlabels.analysis.statsfile import (

@@ -115,6 +115,39 @@ def test_vgg16_bn_one_channel_and_non_square_image(vgg16_bn_gray):
     assert _forward(model, (1, 64, 32)).shape == (2, 3)
 
 
+def _torchvision_vgg16_with_cifar_head(batch_norm: bool, channels: int, num_classes: int) -> nn.Module:
+    """The CIFAR variant made the plain way: torchvision's whole VGG16, ImageNet
+    classifier included, then the head and pool replaced."""
+    from torchvision.models import vgg16, vgg16_bn
+
+    model = (vgg16_bn if batch_norm else vgg16)(weights=None, num_classes=num_classes)
+    if channels != 3:
+        model.features[0] = nn.Conv2d(channels, 64, kernel_size=3, padding=1)
+    model.avgpool = nn.Identity()
+    model.classifier = nn.Linear(512, num_classes)
+    return model
+
+
+@pytest.mark.parametrize("arch, channels", [("vgg16", 3), ("vgg16_bn", 1)])
+def test_vgg16_is_torchvisions_vgg16_with_its_head_replaced(arch, channels):
+    """Built without torchvision's ImageNet classifier, the network is the same: the
+    same class, module tree and state (after the seeded initialization), the same
+    outputs, and nothing left on the meta device."""
+    ours = initialize(build_model({"arch": arch}, (channels, 32, 32), 10), 1.0, seed=3)
+    plain = initialize(_torchvision_vgg16_with_cifar_head(arch == "vgg16_bn", channels, 10), 1.0, seed=3)
+    assert type(ours) is type(plain)
+    assert str(ours) == str(plain)
+    assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+    mine, theirs = ours.state_dict(), plain.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=0, msg=key)
+    x = torch.randn(2, channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+
+
 def test_vgg16_rejects_8x8():
     with pytest.raises(ValueError, match="32"):
         build_model({"arch": "vgg16"}, (1, 8, 8), 10)

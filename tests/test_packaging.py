@@ -15,7 +15,7 @@ from workflow_helpers import ROOT
 
 # What `pip install randlabels` (no extras) must support: these modules and, recursively,
 # every randlabels module they import (lazy imports in functions included).
-LIBRARY_MODULES = ("randlabels.analysis.stats", "randlabels.models.networks")
+LIBRARY_MODULES = ("randlabels.analysis.stats", "randlabels.analysis.covariance", "randlabels.models.networks")
 
 # pip name → conda-forge name where they differ
 CONDA_NAMES = {"torch": "pytorch"}

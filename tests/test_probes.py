@@ -15,7 +15,7 @@ from randlabels.analysis.probes import (
     activation_statistics,
     layer_input_covariance,
 )
-from randlabels.analysis.stats import patch_covariance
+from randlabels.analysis.covariance import patch_covariance
 
 
 def _batches(n_batches=3, shape=(2, 5, 5), batch=4, seed=0):

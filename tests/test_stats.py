@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from randlabels.analysis import stats
+from randlabels.analysis import covariance
+from randlabels.analysis.covariance import StreamingCovariance, patch_covariance
 from randlabels.analysis.stats import (
-    StreamingCovariance,
     UndefinedStatistic,
     eigh_descending,
     misalignment,
     misalignment_terms,
-    patch_covariance,
+    pool_filters,
     random_orthonormal_basis,
     to_float64,
     transfer_function,
@@ -563,17 +563,17 @@ def test_patch_covariance_uint8_is_exact(k, stride, padding, dilation):
 def test_uint8_images_take_the_float32_path_on_the_cpu():
     # The fast path is used where it is exact: uint8 on the CPU with IEEE float32 matmuls.
     images = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)
-    dtype, centres, per_product = stats._patch_plan(images, True, 32)
+    dtype, centres, per_product = covariance._patch_plan(images, True, 32)
     assert dtype == torch.float32 and per_product == 32  # 32 rows of 32 patches: K = 1024
     assert centres.tolist() == [127.0] * 3  # |pixel − 127| <= 128, padding zeros included
-    assert stats._patch_plan(images.float(), True, 32)[0] == torch.float64
+    assert covariance._patch_plan(images.float(), True, 32)[0] == torch.float64
     wide = torch.zeros((1, 1, 4, 4), dtype=torch.int32)
     wide[0, 0, 0, 0] = 10**6
-    assert stats._patch_plan(wide, False, 4)[0] == torch.float64  # (5e5)² > 2**24
+    assert covariance._patch_plan(wide, False, 4)[0] == torch.float64  # (5e5)² > 2**24
     constant = torch.full((1, 1, 4, 4), 10**6, dtype=torch.int32)
-    assert stats._patch_plan(constant, False, 4)[0] == torch.float32  # centred: all zeros
+    assert covariance._patch_plan(constant, False, 4)[0] == torch.float32  # centred: all zeros
     # A small range far from zero: the pixels themselves are not exact in float32.
-    assert stats._patch_plan(constant + 2**24, False, 4)[0] == torch.float64
+    assert covariance._patch_plan(constant + 2**24, False, 4)[0] == torch.float64
 
 
 def test_patch_covariance_exact_for_integers_far_from_zero():
@@ -671,15 +671,15 @@ def test_patch_covariance_slices_and_fallbacks_agree(monkeypatch, k, stride, pad
     ref_float = patch_covariance(floats, k, stride, padding, dilation).covariance()
     # Small slices: several per batch, the last one partly empty (its zero images add nothing).
     slice_sizes = []
-    buffer = stats._buffer
+    buffer = covariance._buffer
 
     def spy(workspace, name, shape, dtype, device):
         if name == "padded":
             slice_sizes.append(shape[0])
         return buffer(workspace, name, shape, dtype, device)
 
-    monkeypatch.setattr(stats, "_buffer", spy)
-    monkeypatch.setattr(stats, "_SLICE_ELEMENTS", budget)
+    monkeypatch.setattr(covariance, "_buffer", spy)
+    monkeypatch.setattr(covariance, "_SLICE_ELEMENTS", budget)
     cov = patch_covariance(pixels, k, stride, padding, dilation).covariance()
     np.testing.assert_array_equal(cov, ref_int)
     assert slice_sizes[0] < 13  # the batch of 13 images was cut into slices
@@ -687,11 +687,11 @@ def test_patch_covariance_slices_and_fallbacks_agree(monkeypatch, k, stride, pad
         patch_covariance(floats, k, stride, padding, dilation).covariance(), ref_float, rtol=1e-12
     )
     # No IEEE float32 matmuls: the integer path runs in float64, just as exact.
-    monkeypatch.setattr(stats, "_float32_matmul_is_ieee", lambda device: False)
+    monkeypatch.setattr(covariance, "_float32_matmul_is_ieee", lambda device: False)
     cov = patch_covariance(pixels, k, stride, padding, dilation).covariance()
     np.testing.assert_array_equal(cov, ref_int)
     # Budget below one group's products: whole patches are unfolded instead (float64).
-    monkeypatch.setattr(stats, "_SLICE_ELEMENTS", 64)
+    monkeypatch.setattr(covariance, "_SLICE_ELEMENTS", 64)
     np.testing.assert_allclose(
         patch_covariance(pixels, k, stride, padding, dilation).covariance(), ref_int, rtol=1e-12
     )
@@ -703,7 +703,7 @@ def test_patch_covariance_slices_and_fallbacks_agree(monkeypatch, k, stride, pad
 def test_patch_covariance_reuses_buffers_across_batches_exactly(monkeypatch):
     # Equal batches share the buffers; the zero padding kept in the buffer's borders must
     # follow partial slices (zeroed images) and changes of the centre between batches.
-    monkeypatch.setattr(stats, "_SLICE_ELEMENTS", 2**14)
+    monkeypatch.setattr(covariance, "_SLICE_ELEMENTS", 2**14)
     rng = _rng(70)
     pixels = [rng.integers(0, 256, (13, 3, 9, 11), dtype=np.uint8) for _ in range(3)]
     wide = [  # int16 batches: each its own range, hence its own centre
@@ -719,19 +719,19 @@ def test_patch_covariance_reuses_buffers_across_batches_exactly(monkeypatch):
 
 
 def test_float32_fast_path_respects_matmul_precision(monkeypatch):
-    assert stats._float32_matmul_is_ieee(torch.device("cpu"))
-    assert not stats._float32_matmul_is_ieee(torch.device("cuda"))  # TF32 may be on there
+    assert covariance._float32_matmul_is_ieee(torch.device("cpu"))
+    assert not covariance._float32_matmul_is_ieee(torch.device("cuda"))  # TF32 may be on there
     pixels = _uint8_batches(69)
     ref = patch_covariance(pixels, 3, padding=1).covariance()
     matmul = torch.backends.mkldnn.matmul  # settings behind __getattr__: no monkeypatch
     before = matmul.fp32_precision
     try:
         matmul.fp32_precision = "bf16"  # oneDNN may round float32 matmul inputs to bf16
-        assert not stats._float32_matmul_is_ieee(torch.device("cpu"))
+        assert not covariance._float32_matmul_is_ieee(torch.device("cpu"))
         np.testing.assert_array_equal(patch_covariance(pixels, 3, padding=1).covariance(), ref)
     finally:
         matmul.fp32_precision = before
-    assert stats._float32_matmul_is_ieee(torch.device("cpu"))
+    assert covariance._float32_matmul_is_ieee(torch.device("cpu"))
 
 
 def test_patch_covariance_rejects_small_images_and_non_finite_values():
@@ -760,13 +760,13 @@ def test_cuda_accumulation_matches_cpu():
 def test_pool_filters_stacks_the_weight_vectors_of_each_network():
     a = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     b = _rng(1).standard_normal((5, 2, 3, 3))
-    pooled = stats.pool_filters(w for w in (a, b))  # any iterable, torch or numpy
+    pooled = pool_filters(w for w in (a, b))  # any iterable, torch or numpy
     assert pooled.shape == (9, 18) and pooled.dtype == np.float64
     np.testing.assert_array_equal(pooled, np.concatenate([weight_vectors(a), weight_vectors(b)]))
     with pytest.raises(ValueError, match=r"different dimensions d: shapes \(4, 2, 3, 3\), \(3, 1, 3, 3\)"):
-        stats.pool_filters([a, np.ones((3, 1, 3, 3))])
+        pool_filters([a, np.ones((3, 1, 3, 3))])
     with pytest.raises(ValueError, match="at least one"):
-        stats.pool_filters([])
+        pool_filters([])
 
 
 def test_pooling_two_singular_networks_gives_the_closed_form_misalignment():
@@ -782,7 +782,7 @@ def test_pooling_two_singular_networks_gives_the_closed_form_misalignment():
         with pytest.raises(UndefinedStatistic, match="singular") as info:
             misalignment(cov_x, weight_statistics(net)[1])
         assert "pool_filters" in info.value.reason and "at least 3 weight vectors" in info.value.reason
-    mean, cov_w = weight_statistics(stats.pool_filters([net_a, net_b]))
+    mean, cov_w = weight_statistics(pool_filters([net_a, net_b]))
     np.testing.assert_allclose(mean, 0.0, atol=1e-15)
     np.testing.assert_allclose(cov_w, np.diag([2 * s**2, 2 * t**2]) / 3, rtol=1e-15)
     assert misalignment(cov_x, cov_w) == pytest.approx((s - t) ** 2 / (s * t), rel=1e-12)
@@ -795,7 +795,7 @@ def test_pooled_misalignment_is_the_definition_on_all_filters():
     d = 12
     cov_x = _random_spd(d, 3)
     full = _rng(4).standard_normal((40, d))
-    assert misalignment(cov_x, weight_statistics(stats.pool_filters([full]))[1]) == misalignment(
+    assert misalignment(cov_x, weight_statistics(pool_filters([full]))[1]) == misalignment(
         cov_x, weight_statistics(full)[1]
     )
     networks = [_rng(10 + r).standard_normal((9, d)) + r for r in range(2)]  # 9 < d each, own means
@@ -807,6 +807,6 @@ def test_pooled_misalignment_is_the_definition_on_all_filters():
     _, v = np.linalg.eigh(cov_x)
     inv = np.linalg.inv(cov_w)
     expected = sum(np.sqrt((v[:, i] @ cov_w @ v[:, i]) * (v[:, i] @ inv @ v[:, i])) - 1 for i in range(d))
-    assert misalignment(cov_x, weight_statistics(stats.pool_filters(networks))[1]) == pytest.approx(
+    assert misalignment(cov_x, weight_statistics(pool_filters(networks))[1]) == pytest.approx(
         expected, rel=1e-9
     )

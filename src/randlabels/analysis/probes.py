@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from randlabels.analysis.stats import StreamingCovariance
+from randlabels.analysis.covariance import StreamingCovariance
 
 
 def _explicit_padding(module: nn.Conv2d, inputs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -172,11 +172,12 @@ def _fully_connected(shape: tuple, widths: Sequence[int], num_classes: int) -> n
 def _vgg16_cifar(shape: tuple, num_classes: int, batch_norm: bool, upper_width: float = 1.0) -> nn.Module:
     """torchvision's VGG16, CIFAR variant: no average pool, one classifier layer.
 
-    ``upper_width`` ≠ 1 rebuilds the feature extractor with the last two blocks' 512
-    channels widened (torchvision's own ``make_layers``, so module names are unchanged).
+    ``upper_width`` ≠ 1 widens the last two blocks' 512 channels. The features are
+    torchvision's own ``make_layers`` (so module names are torchvision's); the VGG shell
+    is made on the meta device, because its ImageNet classifier (25088 → 4096 → 4096,
+    120 M parameters) is replaced at once and would cost seconds to allocate and fill.
     """
-    from torchvision.models import vgg16, vgg16_bn
-    from torchvision.models.vgg import cfgs, make_layers
+    from torchvision.models.vgg import VGG, cfgs, make_layers
 
     channels, height, width = shape
     if height % 32 or width % 32:
@@ -184,16 +185,17 @@ def _vgg16_cifar(shape: tuple, num_classes: int, batch_norm: bool, upper_width: 
             f"vgg16 halves the image five times and needs a side divisible by 32, "
             f"got {height}×{width}"
         )
-    model = (vgg16_bn if batch_norm else vgg16)(weights=None, num_classes=num_classes)
+    # cfg "D": 2×64, M, 2×128, M, 3×256, M, 3×512, M, 3×512, M; the last two blocks
+    # are the entries after the third max-pool.
+    cfg = list(cfgs["D"])
     top = 512
     if upper_width != 1.0:
-        # cfg "D": 2×64, M, 2×128, M, 3×256, M, 3×512, M, 3×512, M; the last two
-        # blocks are the entries after the third max-pool.
-        cfg = list(cfgs["D"])
         third_pool = [i for i, v in enumerate(cfg) if v == "M"][2]
         top = _widened(512, upper_width)
         cfg = cfg[: third_pool + 1] + [top if v == 512 else v for v in cfg[third_pool + 1 :]]
-        model.features = make_layers(cfg, batch_norm=batch_norm)
+    with torch.device("meta"):
+        model = VGG(nn.Sequential(), num_classes=num_classes, init_weights=False)
+    model.features = make_layers(cfg, batch_norm=batch_norm)
     if channels != 3:
         model.features[0] = nn.Conv2d(channels, 64, kernel_size=3, padding=1)
     model.avgpool = nn.Identity()
