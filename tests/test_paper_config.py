@@ -160,7 +160,9 @@ def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     _noise_cifar(project / "cifar.npz")
     small = shrink(load_config(PAPER), "cifar.npz")
     (project / "configs" / "paper-shrunk.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
-    snakemake(project, *targets.TARGETS, "--cores", "2", "--configfile", "configs/paper-shrunk.yaml", timeout=1200)
+    # A guard against a hang, not a speed claim: 16 minutes is usual on 2 busy cores, and
+    # more when anything else runs beside it.
+    snakemake(project, *targets.TARGETS, "--cores", "2", "--configfile", "configs/paper-shrunk.yaml", timeout=2700)
     summary = (project / "results" / "SUMMARY.md").read_text()
     assert all(f"## {name}" in summary for name in small["experiments"]), summary[:2000]
     tables = target_outputs(project, targets.TARGETS)
