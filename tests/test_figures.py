@@ -63,19 +63,6 @@ def test_the_rank_comparison_of_sigma_w_with_sigma_x():
     np.testing.assert_allclose(two["cos_same_rank"], [0, 0, 1, 0], atol=1e-12)
 
 
-def test_seeds_left_out_are_named_in_the_table_and_none_left_is_an_error():
-    """Seed 0 alone pooled (seed 1 diverged, say): Σw = diag(a², b², 0, 0)·2/3 of its 4
-    filters, and the table says which seed stayed out."""
-    table = eigenfilters.table(_records()[:1], "exp", "conv1", "random", 0.5, left_out=["seed 1: diverged"])
-    assert (table["seeds"] == 1).all() and (table["filters"] == 4).all()
-    assert (table["left_out"] == "seed 1: diverged").all()
-    _, _, eigval_w = eigenfilters.vectors(table, "eigvec_w")
-    np.testing.assert_allclose(eigval_w, [32 / 3, 18 / 3, 0, 0], atol=1e-12)
-    assert (eigenfilters.table(_records(), "exp", "conv1", "random", 0.5)["left_out"] == "").all()
-    with pytest.raises(ValueError, match=r"no seed left to pool.*seed 0: collapsed; seed 1: diverged"):
-        eigenfilters.table([], "exp", "conv1", "random", 0.5, left_out=["seed 0: collapsed", "seed 1: diverged"])
-
-
 def test_a_layer_that_is_no_convolution_is_refused():
     records = [{**r, "weight_shape": np.array([4, 4])} for r in _records()]
     with pytest.raises(ValueError, match="not a convolution"):

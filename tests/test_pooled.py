@@ -25,13 +25,7 @@ from randlabels.analysis.stats import (
     random_orthonormal_basis,
     weight_statistics,
 )
-from randlabels.analysis.statsfile import (
-    POOLED_COLUMNS,
-    misalignment_table,
-    pooled_layer_records,
-    pooled_misalignment_table,
-    write_stats,
-)
+from randlabels.analysis.statsfile import POOLED_COLUMNS, misalignment_table, pooled_misalignment_table, write_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflow" / "scripts"
@@ -137,24 +131,6 @@ def test_diverged_and_collapsed_seeds_are_left_out(tmp_path):
     pooled = pooled_misalignment_table(paths, everyone)
     assert pooled["misalignment"].isna().all() and (pooled["seeds"] == 0).all()
     assert pooled["reason"].str.startswith("no seed left to pool").all()
-
-
-def test_the_records_of_a_pool_leave_out_the_runs_the_pooled_misalignment_does(tmp_path):
-    """The eigen-filter table's pool: the last epoch of each run that did not diverge,
-    collapse or end with non-finite weights; a note per run left out."""
-    rng = np.random.default_rng(5)
-    weights = {seed: rng.normal(size=(8, D)) for seed in (0, 1, 2)}
-    paths = [_write(_stats_path(tmp_path, s), s, weights[s], diverged=s == 2) for s in (0, 1, 2)]
-    records, left_out = pooled_layer_records(paths, "conv1")
-    assert [r["seed"] for r in records] == [0, 1] and left_out == ["seed 2: diverged"]
-    np.testing.assert_array_equal(records[1]["weights"], weights[1] * 5)  # epoch 4: the last
-
-    runs = pd.DataFrame({"experiment": "toy", "labels": "random", "init_scale": 0.5, "seed": [0, 1, 2],
-                         "epoch": 4, "collapsed": ["True", "False", "False"]})  # strings, as from a TSV
-    with h5py.File(paths[1], "a") as f:
-        f["epoch_0004"]["conv1"]["weights"][0, 0] = np.inf
-    records, left_out = pooled_layer_records(paths, "conv1", runs)
-    assert records == [] and left_out == ["seed 0: collapsed", "seed 1: non-finite weights", "seed 2: diverged"]
 
 
 def test_a_non_finite_seed_is_left_out_and_a_deeper_layer_is_not_pooled(tmp_path):

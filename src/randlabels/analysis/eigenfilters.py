@@ -7,14 +7,12 @@ that picture needs, so the figure (:mod:`randlabels.plots.eigenfilters`) and the
 target ``fig_eigenfilters`` (:func:`rank_comparison`) are ordinary table readers and
 never open a statistics file. Long format, one row per vector element:
 
-    experiment, layer, labels, init_scale, seeds, filters, left_out, c_in, kh, kw,
+    experiment, layer, labels, init_scale, seeds, filters, c_in, kh, kw,
     kind (filter | eigvec_w | eigvec_x), column, eigval, element, value
 
 ``column`` is the filter's index in the pooled stack, or an eigenvector's rank
 (1 = largest eigenvalue); ``eigval`` is empty for filters; ``element`` indexes the
-flattened (C_in, k, k) kernel; ``left_out`` names the seeds not pooled and why
-(diverged, collapsed: :func:`randlabels.analysis.statsfile.pooled_layer_records`).
-Readers need pandas alone; building imports the
+flattened (C_in, k, k) kernel. Readers need pandas alone; building imports the
 statistics (torch) when called.
 """
 
@@ -31,16 +29,14 @@ SAMPLE = 8  # filters kept: a fixed-seed sample, drawn in the figure's first row
 
 
 def table(records: Sequence[dict], experiment: str, layer: str, labels: str, init_scale: float,
-          top: int = TOP, sample: int = SAMPLE, left_out: Sequence[str] = ()) -> pd.DataFrame:
-    """The eigen-filter rows of one experiment from its pooled seeds' statistics records
+          top: int = TOP, sample: int = SAMPLE) -> pd.DataFrame:
+    """The eigen-filter rows of one experiment from its seeds' statistics records
     (:func:`randlabels.analysis.statsfile.read_layer` of one conv layer at one epoch): Σw of
-    all their filters stacked, Σx of the first seed. ``left_out``: a note per seed not
-    pooled, kept in the table."""
+    all their filters stacked, Σx of the first seed."""
     from randlabels.analysis.stats import eigh_descending, weight_statistics
 
     if not records:
-        why = f" ({'; '.join(left_out)})" if left_out else ""
-        raise ValueError(f"{experiment}: no seed left to pool for the eigen-filters{why}")
+        raise ValueError(f"{experiment}: no statistics records to pool")
     kernel = tuple(int(s) for s in records[0]["weight_shape"][1:])
     if len(kernel) != 3:
         raise ValueError(f"{experiment}: layer {layer} has weight shape {tuple(records[0]['weight_shape'])}, "
@@ -70,7 +66,7 @@ def table(records: Sequence[dict], experiment: str, layer: str, labels: str, ini
     ]
     out = pd.concat(frames, ignore_index=True)
     head = {"experiment": experiment, "layer": layer, "labels": labels, "init_scale": float(init_scale),
-            "seeds": len(records), "filters": len(pooled), "left_out": "; ".join(left_out), "c_in": kernel[0], "kh": kernel[1], "kw": kernel[2]}
+            "seeds": len(records), "filters": len(pooled), "c_in": kernel[0], "kh": kernel[1], "kw": kernel[2]}
     return out.assign(**head)[[*head, *out.columns]]
 
 

@@ -177,35 +177,6 @@ def _collapsed_keys(runs: pd.DataFrame | None) -> set:
             for e, lab, s, seed in flagged[["experiment", "labels", "init_scale", "seed"]].itertuples(index=False)}
 
 
-def _pool_status(run: dict, collapsed: set) -> str:
-    """Why a run stays out of every pool over seeds: "diverged", "collapsed", or "" (pooled)."""
-    key = (run["experiment"], run["labels"], run["init_scale"], run["seed"])
-    return "diverged" if run["diverged"] else "collapsed" if key in collapsed else ""
-
-
-def pooled_layer_records(
-    paths: Iterable[str | os.PathLike], layer: str, runs: pd.DataFrame | None = None
-) -> tuple[list[dict], list[str]]:
-    """The records (:func:`read_layer` at each file's last epoch) of ``layer`` that a pool
-    over seeds takes, and a note per run it leaves out, as the pooled misalignment does:
-    diverged runs, runs ``runs`` (the pre-training metrics table) flags collapsed, and
-    runs whose weights are not finite. Each record carries its ``seed``."""
-    collapsed = _collapsed_keys(runs)
-    records, left_out = [], []
-    for path in paths:
-        with _open(path) as f:
-            run = _run_columns(f)
-        status = _pool_status(run, collapsed)
-        record = None if status else read_layer(path, last_epoch(path), layer)
-        if record is not None and not np.isfinite(record["weights"]).all():
-            status = "non-finite weights"
-        if status:
-            left_out.append(f"seed {run['seed']}: {status}")
-        else:
-            records.append({**record, "seed": run["seed"]})
-    return records, left_out
-
-
 def _pooled_layer(members: list[dict]) -> tuple[float, float, int, str]:
     """(data, random, filters, reason) of one layer pooled over ``members``: each a dict
     with the seed's weights (units, d), cov_x and random_basis_seed."""
@@ -247,7 +218,8 @@ def pooled_misalignment_table(paths: Iterable[str], runs: pd.DataFrame | None = 
         with _open(path) as f:
             run = _run_columns(f)
             key = (run["experiment"], run["labels"], run["init_scale"])
-            status = _pool_status(run, collapsed)
+            status = ("diverged" if run["diverged"]
+                      else "collapsed" if (*key, run["seed"]) in collapsed else "")
             layers = {}
             for epoch, group in _epochs(f):
                 for layer, sub in _layers(group):
