@@ -63,6 +63,55 @@ def test_the_rank_comparison_of_sigma_w_with_sigma_x():
     np.testing.assert_allclose(two["cos_same_rank"], [0, 0, 1, 0], atol=1e-12)
 
 
+def _with_runs(records, diverged=()):
+    """The records as read_layer returns them: each with its run (seed = its index)."""
+    return [{**r, "run": {"seed": seed, "diverged": seed in diverged}} for seed, r in enumerate(records)]
+
+
+def test_diverged_and_non_finite_seeds_are_left_out_and_collapsed_ones_named():
+    a, b = _records()
+    third = {**b, "weights": np.full((4, 4), np.nan)}  # seed 2: weights of a run that blew up
+    fourth = {**a, "eigvec_x": np.full((4, 4), np.nan)}  # seed 3: a Σx that is not finite
+    records = _with_runs([a, b, third, fourth, a], diverged={0})  # seed 0 diverged (its weights look fine)
+    table = eigenfilters.table(records, "exp", "conv1", "random", 0.5, collapsed={1, 7})
+    first = table.iloc[0]
+    assert (first["seeds"], first["filters"]) == (2, 8)  # seeds 1 and 4
+    assert first["left_out"] == "seed 0: diverged; seed 2: non-finite weights; seed 3: non-finite Σx"
+    assert first["collapsed"] == "1" and first["reason"] == ""
+    eigvec_w, _, eigval_w = eigenfilters.vectors(table, "eigvec_w")
+    np.testing.assert_allclose(eigval_w, np.array([32, 18, 8, 2]) / 7)  # seeds 4 and 1: the two of _records()
+    assert eigenfilters.nothing_pooled(table) == ""
+
+
+def test_with_no_seed_left_the_table_and_its_readers_say_why(tmp_path, monkeypatch):
+    from randlabels.plots import eigenfilters as figure
+    from randlabels.plots import style
+
+    records = _with_runs(_records(), diverged={0, 1})
+    table = eigenfilters.table(records, "none", "conv1", "random", 0.5)
+    assert len(table) == 1 and table.iloc[0]["seeds"] == 0
+    why = "no seed left to pool (seed 0: diverged; seed 1: diverged)"
+    assert table.iloc[0]["reason"] == why and eigenfilters.nothing_pooled(table) == why
+    rows = pd.concat([table, eigenfilters.table(_records(), "two", "conv1", "random", 1.0)], ignore_index=True)
+    comparison = eigenfilters.rank_comparison(rows)
+    none = comparison[comparison["experiment"] == "none"]
+    assert len(none) == 1 and none["rank"].isna().all() and list(none["reason"]) == [why]
+    assert list(comparison.loc[comparison["experiment"] == "two", "reason"]) == ["", "", "", ""]
+
+    drawn = {}
+    save = style.save_figure
+
+    def keep(fig, path):
+        drawn["title"] = fig._suptitle.get_text()
+        drawn["texts"] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        save(fig, path)
+
+    monkeypatch.setattr(style, "save_figure", keep)
+    figure.plot(rows, tmp_path / "eigenfilters.png")
+    assert mpimg.imread(tmp_path / "eigenfilters.png").ndim == 3
+    assert drawn["title"] == "none: layer conv1, nothing to pool" and drawn["texts"] == [why]
+
+
 def test_a_layer_that_is_no_convolution_is_refused():
     records = [{**r, "weight_shape": np.array([4, 4])} for r in _records()]
     with pytest.raises(ValueError, match="not a convolution"):
@@ -87,5 +136,10 @@ def test_the_eigenfilter_figure_is_drawn_from_the_table(tmp_path, monkeypatch):
     out = tmp_path / "eigenfilters.png"
     figure.plot(rows, out, n_show=4)
     assert mpimg.imread(out).ndim == 3
-    assert drawn["title"].startswith("one: layer conv1, 8 filters pooled over 2 seeds (random labels, init scale 0.5)")
+    assert drawn["title"].startswith("one: layer conv1, 8 filters pooled over 2 seeds (random labels, init scale 0.5)\n")
     assert drawn["columns"] == ["filter 0", "filter 1", "filter 2", "filter 3"]
+    # A collapsed seed pooled, and a diverged one left out, are named under the title.
+    flagged = eigenfilters.table(_with_runs([*_records(), _records()[0]], diverged={2}), "one", "conv1", "random", 0.5,
+                                 collapsed={1})
+    figure.plot(flagged, out, n_show=4)
+    assert "\ncollapsed (pooled): seed 1\nleft out: seed 2: diverged\n" in drawn["title"]

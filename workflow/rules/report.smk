@@ -91,6 +91,7 @@ rule aggregate_finetuning:
 rule aggregate_eigenfilters:
     input:
         stats=lambda w: plan.eigenfilter_sources(config, w.exp),
+        pretrain_metrics=plan.path("table", exp="{exp}", table="pretrain_metrics"),
         code=script_code("aggregate_eigenfilters"),
     output:
         plan.path("table", exp="{exp}", table="eigenfilters"),

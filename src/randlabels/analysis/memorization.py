@@ -50,6 +50,15 @@ def with_collapsed(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
+def collapsed_keys(runs: pd.DataFrame | None) -> set:
+    """(experiment, labels, init_scale, seed) of the runs ``runs`` flags collapsed."""
+    if runs is None or runs.empty or "collapsed" not in runs.columns:
+        return set()
+    flagged = runs[runs["collapsed"].astype(str).str.lower().eq("true")]
+    return {(str(e), str(lab), float(s), int(seed))
+            for e, lab, s, seed in flagged[RUN_KEYS].itertuples(index=False)}
+
+
 def collapsed_count(facet: pd.DataFrame, keys=("labels", "seed")) -> int:
     """How many distinct runs of a plotted facet are flagged collapsed."""
     if "collapsed" not in facet.columns or facet.empty:

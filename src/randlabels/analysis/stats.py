@@ -13,9 +13,8 @@ with a human-readable ``reason`` instead of returning a faked number.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
 import sys
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -67,8 +66,6 @@ def to_float64(a: ArrayLike) -> np.ndarray:
     if np.iscomplexobj(arr):
         raise TypeError("complex arrays are not supported")
     return np.array(arr, dtype=np.float64, copy=True)
-
-
 
 
 def _is_tensor(a: ArrayLike) -> bool:

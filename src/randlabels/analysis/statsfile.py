@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from randlabels import provenance
+from randlabels.analysis.memorization import collapsed_keys
 from randlabels.analysis.stats import UndefinedStatistic, misalignment, pool_filters, random_orthonormal_basis, weight_statistics
 from randlabels.errors import InputFileError
 from randlabels.identity import expect_identity, expected, path_wildcards
@@ -168,15 +169,6 @@ POOLED_COLUMNS = ["experiment", "labels", "init_scale", "epoch", "layer", "basis
                   "seeds", "filters", "left_out", "reason"]
 
 
-def _collapsed_keys(runs: pd.DataFrame | None) -> set:
-    """(experiment, labels, init_scale, seed) of the runs ``runs`` flags collapsed."""
-    if runs is None or runs.empty or "collapsed" not in runs.columns:
-        return set()
-    flagged = runs[runs["collapsed"].astype(str).str.lower().eq("true")]
-    return {(str(e), str(lab), float(s), int(seed))
-            for e, lab, s, seed in flagged[["experiment", "labels", "init_scale", "seed"]].itertuples(index=False)}
-
-
 def _pooled_layer(members: list[dict]) -> tuple[float, float, int, str]:
     """(data, random, filters, reason) of one layer pooled over ``members``: each a dict
     with the seed's weights (units, d), cov_x and random_basis_seed."""
@@ -212,7 +204,7 @@ def pooled_misalignment_table(paths: Iterable[str], runs: pd.DataFrame | None = 
     shared coordinates; its rows are NaN with the reason, as are those of a pooled Σw
     that is still singular and of files written before pooling existed.
     """
-    collapsed = _collapsed_keys(runs)
+    collapsed = collapsed_keys(runs)
     groups: dict[tuple, list] = {}
     for path in paths:
         with _open(path) as f:
@@ -305,7 +297,8 @@ def activation_table(paths: Iterable[str]) -> pd.DataFrame:
 
 
 def read_layer(path: str | os.PathLike, epoch: int, layer: str) -> dict:
-    """All arrays and attributes of one layer at one epoch."""
+    """All arrays and attributes of one layer at one epoch, and under ``run`` the run's
+    experiment, labels, init_scale, seed and whether it diverged."""
     with _open(path) as f:
         key = f"epoch_{epoch:04d}"
         if key not in f or layer not in f[key]:
@@ -313,6 +306,7 @@ def read_layer(path: str | os.PathLike, epoch: int, layer: str) -> dict:
         sub = f[key][layer]
         data = {name: sub[name][()] for name in ARRAYS}
         data.update({k: sub.attrs[k] for k in sub.attrs})
+        data["run"] = _run_columns(f)
         return data
 
 

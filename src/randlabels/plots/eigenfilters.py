@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from randlabels.analysis.eigenfilters import nothing_pooled
 from randlabels.analysis.eigenfilters import vectors as table_vectors
 from randlabels.plots import style
 
@@ -67,13 +68,33 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, n_show: int = 8) -> N
         raise ValueError("eigenfilters: the table is empty")
     rows = table[table["experiment"] == table["experiment"].iloc[0]]
     first = rows.iloc[0]
+    subject = f"{first['experiment']}: layer {first['layer']}"
+    reason = nothing_pooled(rows)
+    if reason:
+        _draw_nothing_pooled(f"{subject}, nothing to pool", reason, out_path)
+        return
+    collapsed = str(first.get("collapsed", "") or "")
+    notes = [f"collapsed (pooled): seed {collapsed}"] if collapsed else []
+    left_out = str(first.get("left_out", "") or "")
+    notes += [f"left out: {left_out}"] if left_out else []
     filters, columns, _ = table_vectors(rows, "filter")
     eigvec_w, _, eigval_w = table_vectors(rows, "eigvec_w")
     eigvec_x, _, eigval_x = table_vectors(rows, "eigvec_x")
     draw(filters.T, eigvec_w, eigvec_x, (int(first["c_in"]), int(first["kh"]), int(first["kw"])), out_path,
          n_show=n_show, eigval_w=eigval_w, eigval_x=eigval_x, filter_names=[int(c) for c in columns],
-         title=f"{first['experiment']}: layer {first['layer']}, {int(first['filters'])} filters pooled "
-               f"over {int(first['seeds'])} seeds ({first['labels']} labels, init scale {first['init_scale']:g})")
+         title=f"{subject}, {int(first['filters'])} filters pooled "
+               f"over {int(first['seeds'])} seeds ({first['labels']} labels, init scale {first['init_scale']:g})"
+               + "".join(f"\n{note}" for note in notes))
+
+
+def _draw_nothing_pooled(title: str, reason: str, out_path: str | os.PathLike) -> None:
+    """The figure of an experiment none of whose seeds could be pooled: the reason."""
+    style.apply_theme()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.axis("off")
+    ax.text(0.5, 0.5, reason, transform=ax.transAxes, ha="center", va="center", wrap=True, color="0.3")
+    fig.suptitle(title, fontsize="medium")
+    style.save_figure(fig, out_path)
 
 
 def draw(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
