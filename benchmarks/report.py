@@ -288,7 +288,8 @@ def _marker(device: str, end: bool) -> str:
 
 
 def update_document(result: dict, path: Path = DOCUMENT) -> Path:
-    """Rewrite ``path`` with this result's section, keeping the other device's section."""
+    """Rewrite ``path`` with this result's section, keeping the other device's section
+    and whatever follows the last section (sections written by hand)."""
     device = result["machine"]["device"]
     existing = path.read_text() if path.exists() else ""
     sections = {}
@@ -297,9 +298,14 @@ def update_document(result: dict, path: Path = DOCUMENT) -> Path:
                           existing, re.DOTALL)
         sections[name] = match.group(1) if match else placeholder(name)
     sections[device] = render_section(result)
+    ends = [existing.rfind(_marker(name, True)) + len(_marker(name, True))
+            for name in DEVICES if _marker(name, True) in existing]
+    trailer = existing[max(ends):].strip() if ends else ""
     text = HEADER.rstrip() + "\n"
     for name in DEVICES:
         text += f"\n{_marker(name, False)}\n{sections[name].strip()}\n{_marker(name, True)}\n"
+    if trailer:
+        text += f"\n{trailer}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
