@@ -28,13 +28,14 @@ test-data:
 TEST_WORKERS ?= 2
 
 # The fast tier, for the inner loop: everything but the end-to-end workflow runs
-# (marker `slow`), about 3 minutes on 2 cores.
+# (marker `slow`), about 2 minutes on 2 cores.
 check: venv
 	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" -n $(TEST_WORKERS)
 
-# Everything but the GPU and cluster tests.
+# Everything but the GPU and cluster tests; the 15 slowest listed at the end, where
+# the time goes.
 test: venv test-data
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 test-gpu: venv
 	$(BIN)/python -m pytest -m gpu

@@ -287,6 +287,11 @@ def test_failed_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_variant_colours_are_stable() -> None:
     from randlabels.plots import style
 
+    from randlabels.inits import variants
+
+    assert tuple(style.VARIANT_COLORS) == variants.FIXED  # the names are the variants module's
+    assert len(set(style.VARIANT_COLORS.values())) == len(variants.FIXED)
+    assert style.variant_color("scratch") == (0.35, 0.35, 0.35)
     assert style.variant_color("pretrained") == style.VARIANT_COLORS["pretrained"]
     assert style.variant_color("some_new_variant") == style.variant_color("some_new_variant")
     assert style.variant_palette(["scratch", "gaussian"])["gaussian"] == style.variant_color(

@@ -36,14 +36,13 @@ SEED_BAND_TEXT = "line: mean over seeds, band: min-max over seeds"
 
 _COLORBLIND = sns.color_palette("colorblind", 10)
 
-#: Fixed colours of the fixed fine-tuning variants (randlabels.inits.variants.FIXED); a
-#: depth variant (layerwise2, first1, ...) gets a hash-stable colour of its own.
-VARIANT_COLORS: dict[str, tuple[float, float, float]] = {
-    "scratch": (0.35, 0.35, 0.35),
-    "pretrained": _COLORBLIND[0],
-    "pretrained_norescale": _COLORBLIND[1],
-    "gaussian": _COLORBLIND[2],
-}
+#: Fixed colours of the fixed fine-tuning variants, in the order of their names in
+#: randlabels.inits.variants.FIXED (scratch grey; a new fixed variant without a colour
+#: stops this import); a depth variant (layerwise2, first1, ...) gets a hash-stable
+#: colour of its own.
+VARIANT_COLORS: dict[str, tuple[float, float, float]] = dict(
+    zip(variants.FIXED, [(0.35, 0.35, 0.35), _COLORBLIND[0], _COLORBLIND[1], _COLORBLIND[2]], strict=True)
+)
 #: Colours for unknown variant names, chosen by a stable hash of the name.
 _FALLBACK_COLORS = [c for c in _COLORBLIND if c not in VARIANT_COLORS.values()] + list(
     sns.color_palette("dark", 10)
