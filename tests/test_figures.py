@@ -77,7 +77,7 @@ def test_diverged_and_non_finite_seeds_are_left_out_and_collapsed_ones_named():
     first = table.iloc[0]
     assert (first["seeds"], first["filters"]) == (2, 8)  # seeds 1 and 4
     assert first["left_out"] == "seed 0: diverged; seed 2: non-finite weights; seed 3: non-finite Σx"
-    assert first["collapsed"] == "1" and first["reason"] == ""
+    assert first["collapsed"] == "seed 1" and first["reason"] == ""
     eigvec_w, _, eigval_w = eigenfilters.vectors(table, "eigvec_w")
     np.testing.assert_allclose(eigval_w, np.array([32, 18, 8, 2]) / 7)  # seeds 4 and 1: the two of _records()
     assert eigenfilters.nothing_pooled(table) == ""
@@ -139,7 +139,17 @@ def test_the_eigenfilter_figure_is_drawn_from_the_table(tmp_path, monkeypatch):
     assert drawn["title"].startswith("one: layer conv1, 8 filters pooled over 2 seeds (random labels, init scale 0.5)\n")
     assert drawn["columns"] == ["filter 0", "filter 1", "filter 2", "filter 3"]
     # A collapsed seed pooled, and a diverged one left out, are named under the title.
+    # A collapsed seed pooled, and a diverged one left out, are named under the title;
+    # drawn, as the rule draws it, from the table as written and read back (where an
+    # empty cell reads as NaN).
+    from randlabels.io import read_table, write_table
+
     flagged = eigenfilters.table(_with_runs([*_records(), _records()[0]], diverged={2}), "one", "conv1", "random", 0.5,
                                  collapsed={1})
-    figure.plot(flagged, out, n_show=4)
+    write_table(pd.concat([flagged, rows[rows["experiment"] == "two"]], ignore_index=True), tmp_path / "flagged.tsv")
+    figure.plot(read_table(tmp_path / "flagged.tsv"), out, n_show=4)
     assert "\ncollapsed (pooled): seed 1\nleft out: seed 2: diverged\n" in drawn["title"]
+    write_table(rows, tmp_path / "plain.tsv")
+    figure.plot(read_table(tmp_path / "plain.tsv"), out, n_show=4)
+    assert drawn["title"].startswith("one: layer conv1, 8 filters pooled over 2 seeds (random labels, init scale 0.5)\n(")
+    assert "nan" not in drawn["title"]

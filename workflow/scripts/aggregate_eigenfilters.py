@@ -30,4 +30,4 @@ if head["reason"]:
 else:
     log.info("pooled %d filters of layer %s over %d of %d seeds into %s%s%s", head["filters"], layer, head["seeds"],
              len(paths), snakemake.output[0], f"; left out: {head['left_out']}" if head["left_out"] else "",
-             f"; collapsed, pooled: seed {head['collapsed']}" if head["collapsed"] else "")
+             f"; collapsed, pooled: {head['collapsed']}" if head["collapsed"] else "")

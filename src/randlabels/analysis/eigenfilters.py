@@ -74,7 +74,7 @@ def table(records: Sequence[dict], experiment: str, layer: str, labels: str, ini
     head = {"experiment": experiment, "layer": layer, "labels": labels, "init_scale": float(init_scale),
             "seeds": len(members), "filters": 0, "c_in": kernel[0], "kh": kernel[1], "kw": kernel[2],
             "left_out": "; ".join(left_out),
-            "collapsed": ", ".join(str(seed) for seed in seeds if seed in set(collapsed)),
+            "collapsed": "; ".join(f"seed {seed}" for seed in seeds if seed in set(collapsed)),
             "reason": ""}
     if not members:
         head["reason"] = f"no seed left to pool ({head['left_out']})"
@@ -112,8 +112,7 @@ def nothing_pooled(rows: pd.DataFrame) -> str:
     """Why one experiment's rows hold no vectors ("" when they hold them)."""
     if "reason" not in rows.columns:
         return ""
-    reasons = rows["reason"].fillna("").astype(str)
-    return next((reason for reason in reasons if reason), "")
+    return next((reason for reason in rows["reason"] if isinstance(reason, str) and reason), "")  # empty: NaN
 
 
 def vectors(rows: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

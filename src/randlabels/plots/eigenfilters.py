@@ -73,10 +73,8 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, n_show: int = 8) -> N
     if reason:
         _draw_nothing_pooled(f"{subject}, nothing to pool", reason, out_path)
         return
-    collapsed = str(first.get("collapsed", "") or "")
-    notes = [f"collapsed (pooled): seed {collapsed}"] if collapsed else []
-    left_out = str(first.get("left_out", "") or "")
-    notes += [f"left out: {left_out}"] if left_out else []
+    notes = [f"{label}: {_text(first.get(column))}" for column, label in
+             (("collapsed", "collapsed (pooled)"), ("left_out", "left out")) if _text(first.get(column))]
     filters, columns, _ = table_vectors(rows, "filter")
     eigvec_w, _, eigval_w = table_vectors(rows, "eigvec_w")
     eigvec_x, _, eigval_x = table_vectors(rows, "eigvec_x")
@@ -85,6 +83,11 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, n_show: int = 8) -> N
          title=f"{subject}, {int(first['filters'])} filters pooled "
                f"over {int(first['seeds'])} seeds ({first['labels']} labels, init scale {first['init_scale']:g})"
                + "".join(f"\n{note}" for note in notes))
+
+
+def _text(value) -> str:
+    """A text cell of the table as read back ("" for an empty one, which reads as NaN)."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def _draw_nothing_pooled(title: str, reason: str, out_path: str | os.PathLike) -> None:
