@@ -43,6 +43,7 @@ experiments:
     init_scales: [1.0]
     split: {upstream: 200, downstream: 100}
     pretrain: {labels: [random], epochs: 1, batch_size: 32, pack_seeds: 2}
+    finetune: {labels: random, variants: [scratch, pretrained], epochs: 1, batch_size: 32, pack_variants: true}
 targets:
   fig_misalignment: {experiments: [tiny]}
 """
@@ -139,7 +140,8 @@ def _reruns_after_editing(project: Path, module: str) -> dict[str, int]:
 def test_a_figure_module_edit_reruns_its_figure_only(finished):
     project, _ = finished
     counts = _reruns_after_editing(project, "plots/transfer_summary.py")
-    assert counts == {"plot": 1, "paper_target": 1, "all": 1}  # paper targets may draw any figure
+    # The transfer summary of each fine-tuned experiment; paper targets may draw any figure.
+    assert counts == {"plot": 2, "paper_target": 1, "all": 1}
 
 
 def test_an_augmentation_edit_reruns_all_training_but_no_data_preparation(finished):
@@ -148,6 +150,7 @@ def test_an_augmentation_edit_reruns_all_training_but_no_data_preparation(finish
     counts = _reruns_after_editing(project, "data/augment.py")
     assert set(counts) == {row["rule"] for row in summary} - {"prepare_dataset", "make_split"} | {"all"}
     assert counts["pretrain"] == 1 and counts["pretrain_packed"] == 1 and counts["finetune"] == 3
+    assert counts["finetune_packed"] == 2 and counts["unpack_finetune"] == 2 * 2  # seeds × variants
 
 
 def test_rule_scripts_and_the_snakefile_use_this_checkouts_library(tmp_path):

@@ -3,7 +3,9 @@
 The real files are Debian's dataset-fashion-mnist (`make test` installs it when
 missing); they go through the real code path (torchvision source, no network), and
 every stage, table, figure and paper target of the config is produced and opened.
-Only sizes shrink: the experiments, variants, tasks and targets are the config's own.
+Only sizes shrink: the experiments, variants, tasks and targets are the config's own;
+the variants of each fine-tuning share one job (pack_variants), which saves process
+starts, not arithmetic.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 
 
 def shrunk(config: dict) -> dict:
-    """The config at test size: fewer images, epochs, filters; everything else kept."""
+    """The config at test size: fewer images, epochs, filters, and the variants of each
+    fine-tuning in one job; everything else kept."""
     config["device"] = "cpu"
     config["seeds"] = [0, 1]
     for entry in config["experiments"].values():
         entry["model"]["filters"] = 16  # 2 seeds × 16 filters > 25 dimensions: pooled Σw invertible
         entry["split"].update(upstream=300, downstream=200, test=200)
         entry["pretrain"].update(epochs=3, checkpoints=[0, 1, 3])
-        entry["finetune"].update(epochs=2, eval_every=5)
+        entry["finetune"].update(epochs=2, eval_every=5, pack_variants=True)
     return config
 
 

@@ -32,6 +32,7 @@ import pytest
 import torch
 import yaml
 
+from randlabels import provenance
 from randlabels.errors import InputFileError, ResourceError, TrainingDiverged
 from randlabels.io import read_table
 from randlabels.models.networks import build_model, initialize
@@ -39,7 +40,7 @@ from randlabels.training.engine import DeviceData, TrainConfig, Trainer
 from randlabels.training.job import run_training
 from randlabels.workflow.config import ConfigError, check_config
 from randlabels.workflow.config import main as config_main
-from workflow_helpers import ROOT, copy_project, snakemake
+from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -352,6 +353,35 @@ INPUT_FAULTS = {
         "not a readable split file",
     ),
 }
+
+
+@pytest.mark.slow
+def test_packed_finetuning_writes_what_separate_jobs_write(project, finished):
+    """finetune.pack_variants on the finished run (it lives here to share that run):
+    one job trains the four variants, four unpack jobs write the tables the separate
+    finetune jobs wrote, equal up to floating-point rounding (rtol 1e-4, atol 1e-6, as
+    tests/test_packed.py), probe columns and flags included; upstream is not rerun."""
+    config = copy.deepcopy(TINY)
+    config["seeds"] = [0]
+    config["experiments"]["tiny"]["finetune"]["pack_variants"] = True
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    tables = [f"results/tiny/finetune/random10/{variant}/scale0.5/seed0.tsv" for variant in config["experiments"]["tiny"]["finetune"]["variants"]]
+    for table in tables:
+        (project / table).unlink()
+    result = snakemake(project, "--cores", "2", *tables)
+    assert job_counts(result.stdout + result.stderr) == {"finetune_packed": 1, "unpack_finetune": 4}
+    for table in tables:
+        want, got = read_table(finished / table), read_table(project / table)
+        assert list(got.columns) == list(want.columns) and len(got) == len(want) == 6, table
+        assert any(column.startswith("frac_active:") for column in got.columns)
+        for column in want.columns:
+            if want[column].dtype.kind == "f":
+                np.testing.assert_allclose(got[column], want[column], rtol=1e-4, atol=1e-6, err_msg=f"{table}: {column}")
+            else:
+                assert got[column].tolist() == want[column].tolist(), f"{table}: {column}"
+        assert provenance.read(project / table)["rule"] == "unpack_finetune"
+    assert job_counts(snakemake(project, "-n", *tables).stdout) == {}
+    assert not list((project / "results" / "_resume").rglob("*.pt")), "resume state left behind"
 
 
 @pytest.mark.slow

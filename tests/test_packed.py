@@ -103,6 +103,26 @@ def test_cnn_replicas_with_own_labels_match_separate_runs():
     assert packed[0].metrics["loss"].iloc[-1] != packed[1].metrics["loss"].iloc[-1]
 
 
+def test_variants_share_data_and_order_and_each_replica_is_probed_as_its_trainer_probes():
+    """The packed fine-tuning: different initial weights, one dataset, one data-order
+    seed, and a learning-curve probe (the activation statistics) run on each replica's
+    own current state."""
+    from randlabels.analysis.probes import activation_probe
+
+    images = _images()
+    data = DeviceData(images, _labels(len(images), 1)[0], [0.5], [0.25])
+    test = DeviceData(_images(20, seed=5), _labels(20, 1, seed=6)[0], [0.5], [0.25])
+    probe_images = data.normalized(slice(0, 24))
+    probe = activation_probe(lambda: probe_images.split(10))
+    inits = lambda: [_model(CNN, (1, 8, 8), 10, scale) for scale in (0.5, 1.0, 2.0)]  # noqa: E731
+    separate = [Trainer(m, data, CONFIG, seed=100, test_data=test, probe=probe).fit(eval_every=4) for m in inits()]
+    packed = PackedTrainer(inits(), data, CONFIG, [100] * R, test_data=test, probe=probe).fit(eval_every=4)
+    assert any(column.startswith("frac_active:") for column in packed[0].curve.columns)
+    _same_results(separate, packed)
+    # the replicas really differ, probe values included
+    assert packed[0].curve["mean_activation:relu1"].iloc[-1] != packed[2].curve["mean_activation:relu1"].iloc[-1]
+
+
 def test_replicas_with_own_inputs_and_test_sets_match_separate_runs():
     rng = np.random.default_rng(3)
     xs = [rng.standard_normal((40, 5)).astype(np.float32) for _ in range(R)]

@@ -9,6 +9,7 @@ checkpoints, divergence flags, metadata) exactly.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 from pathlib import Path
@@ -297,3 +298,86 @@ def test_divergence_in_a_packed_group_stops_or_is_flagged_per_seed(tmp_path):
         assert (metrics["seed"] == seed).all()
     log = (project / "results/logs/pretrain_packed/tiny/random/scale0.5/seeds0-1.log").read_text()
     assert "run of seed 1 diverged" in log and "recorded as diverged" in log
+
+
+# ---------------------------------------------------------------- variant packing (finetune.pack_variants)
+
+VARIANTS = ["scratch", "pretrained", "pretrained_norescale", "gaussian"]
+
+
+def test_pack_variants_is_not_a_training_setting_and_splits_the_rules():
+    """The plain finetune rule's params are the same with pack_variants absent or false
+    (existing runs stay up to date); the packed experiments are the other rule's."""
+    absent = tiny_config(None)
+    off, on = copy.deepcopy(absent), copy.deepcopy(absent)
+    off["experiments"]["tiny"]["finetune"]["pack_variants"] = False
+    on["experiments"]["tiny"]["finetune"]["pack_variants"] = True
+    settings = plan.finetune_settings(absent, "tiny")
+    assert "pack_variants" not in settings
+    assert repr(plan.finetune_settings(off, "tiny")) == repr(settings) == repr(plan.finetune_settings(on, "tiny"))
+    assert (plan.pack_variants(absent, "tiny"), plan.pack_variants(on, "tiny")) == (False, True)
+    assert (plan.finetune_pattern(absent, packed=False), plan.finetune_pattern(absent, packed=True)) == ("tiny", "(?!)")
+    assert (plan.finetune_pattern(on, packed=False), plan.finetune_pattern(on, packed=True)) == ("(?!)", "tiny")
+    check_config(on, SCHEMA)
+    on["experiments"]["tiny"]["finetune"]["pack_variants"] = 2
+    with pytest.raises(ConfigError, match="experiments.tiny.finetune.pack_variants"):
+        check_config(on, SCHEMA)
+
+
+def test_dry_run_packs_the_variants_of_each_task_scale_and_seed(tmp_path):
+    config = tiny_config(None)
+    config["experiments"]["tiny"]["finetune"]["pack_variants"] = True
+    project = project_with(tmp_path / "project", config)
+    counts = job_counts(snakemake(project, "-n").stdout)
+    assert "finetune" not in counts
+    assert counts["finetune_packed"] == len(SEEDS)  # one task, one scale
+    assert counts["unpack_finetune"] == len(SEEDS) * len(VARIANTS)
+    output = snakemake(project, "-n", "-p", plan.path("finetune", exp="tiny", task="random10", variant="gaussian",
+                                                       scale="0.5", seed=1)).stdout
+    assert "results/tiny/finetune/random10/packed/scale0.5/seed1.tsv" in output
+
+
+def _curve(variant: str, *, diverged: bool = False, **identity) -> pd.DataFrame:
+    row = {"experiment": "tiny", "task": "random10", "variant": variant, "init_scale": 0.5, "seed": 1, **identity}
+    return pd.DataFrame([{"step": step, "loss": np.nan if diverged and step else 1.0 / (step + 1),
+                          "diverged": diverged and step > 0, **row} for step in (0, 3)])
+
+
+def test_a_packed_table_is_unpacked_per_variant_and_one_of_another_run_refused(tmp_path):
+    from randlabels.errors import InputFileError
+    from randlabels.io import write_table
+    from randlabels.training.unpack import variant_curve
+
+    path = tmp_path / "packed.tsv"
+    write_table(pd.concat([_curve("scratch"), _curve("gaussian", diverged=True)], ignore_index=True), path)
+    run = {"experiment": "tiny", "task": "random10", "scale": "0.5", "seed": 1}
+    gaussian = variant_curve(path, "gaussian", **run)
+    assert list(gaussian["variant"]) == ["gaussian"] * 2 and list(gaussian["diverged"]) == [False, True]
+    pd.testing.assert_frame_equal(variant_curve(path, "scratch", **run), _curve("scratch"), check_like=True)
+    with pytest.raises(InputFileError, match="holds variants gaussian, scratch, not pretrained"):
+        variant_curve(path, "pretrained", **run)
+    for changed, message in [({"seed": 2}, "seed 1, not 2"), ({"scale": "1"}, "init scale 0.5, not 1"),
+                             ({"task": "real"}, "task random10, not real"), ({"experiment": "x"}, "experiment tiny, not x")]:
+        with pytest.raises(InputFileError, match=message):
+            variant_curve(path, "scratch", **{**run, **changed})
+    write_table(pd.DataFrame({"epoch": [0], "loss": [1.0]}), path)
+    with pytest.raises(InputFileError, match="not a fine-tuning table: no column"):
+        variant_curve(path, "scratch", **run)
+
+
+def test_a_diverged_variant_is_flagged_or_stops_the_job_naming_it(tmp_path):
+    import logging
+
+    from randlabels.training.job import run_training
+
+    def trainer():
+        return _trainer(scales=(1.0, 1e30, 1.0), seeds=(5, 5, 5))  # the middle replica overflows at once
+
+    options = dict(resume_path=tmp_path / "resume.pt", run_settings={"x": 1}, inputs=[],
+                   where="experiments.toy.finetune", log=logging.getLogger("test"),
+                   replicas=[f"variant {v}" for v in ("scratch", "gaussian", "first2")], pack_setting="pack_variants")
+    results, store = run_training(trainer(), on_divergence="continue", **options)
+    assert [r.diverged for r in results] == [False, True, False]
+    store.clear()
+    with pytest.raises(TrainingDiverged, match=r"finetune: run of variant gaussian diverged at epoch 1 \(loss nan\)"):
+        run_training(trainer(), on_divergence="stop", **options)

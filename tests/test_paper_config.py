@@ -1,7 +1,7 @@
 """configs/paper-cifar10.yaml end to end on the CPU, shrunk: every experiment, every
 named target (this is the end-to-end test of the targets), the same architectures (VGG16, VGG16 with batch norm, ResNet18, the
-2-layer CNN, the fully connected nets), every kind of fine-tuning variant, and seeds
-packed into one job.
+2-layer CNN, the fully connected nets), every kind of fine-tuning variant, seeds
+packed into one job, and the variants of each fine-tuning packed into one.
 
 Until a GPU run exists this is the evidence that the paper config works. The shrunk
 config is derived from the file itself (:func:`shrink`), so a change there is tested
@@ -18,9 +18,11 @@ import pytest
 import torch
 import yaml
 
+from randlabels.analysis.memorization import collapsed_keys
+from randlabels.io import read_table
 from randlabels.models.architectures import scale_invariance
 from randlabels.models.networks import build_model, initialize
-from randlabels.workflow import targets
+from randlabels.workflow import plan, targets
 from randlabels.workflow.config import check_config, config_warnings
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, snakemake, target_outputs
 
@@ -59,7 +61,9 @@ def shrink(config: dict, images_path: str) -> dict:
     as many), one init scale (two where the grid is the result), the first and last
     downstream class counts, and of each depth family of variants the smallest and
     largest depth; architectures, layers, labels and targets are kept. Each training
-    job gets one CPU thread, so two share the two cores."""
+    job gets one CPU thread, so two share the two cores, and the variants of each
+    fine-tuning share one job (pack_variants: a VGG16 job's start is a third of its
+    time here)."""
     small = copy.deepcopy(config)
     small["device"] = "cpu"
     small["seeds"] = [0]
@@ -88,7 +92,8 @@ def shrink(config: dict, images_path: str) -> dict:
             exp["stats"]["batch_size"] = 2 * BATCH
         finetune = exp.get("finetune")
         if finetune:
-            finetune.update(epochs=1, batch_size=BATCH, eval_every=1, variants=_depth_ends(finetune["variants"]))
+            finetune.update(epochs=1, batch_size=BATCH, eval_every=1, variants=_depth_ends(finetune["variants"]),
+                            pack_variants=True)
             if finetune.get("probe_samples"):
                 finetune["probe_samples"] = BATCH
             if "classes" in finetune:
@@ -217,6 +222,14 @@ def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     assert list(eigen["rank"]) == list(range(1, 17))  # 2 seeds × 256 filters in 75 dimensions: the top 16 kept
     assert eigen["cos_best_match"].between(0, 1 + 1e-9).all()
     assert (eigen["cos_best_match"] >= eigen["cos_same_rank"] - 1e-12).all()
+    # The pooled table names exactly the seeds its pre-training metrics flag collapsed
+    # (in this run none: an empty cell), and pools every seed.
+    tables_of = lambda name: read_table(project / plan.path("table", exp="eigenfilters_cifar10", table=name))  # noqa: E731
+    flagged = sorted(seed for _, labels, _, seed in collapsed_keys(tables_of("pretrain_metrics")) if labels == "random")
+    pooled = tables_of("eigenfilters")
+    named = pooled["collapsed"].iloc[0]
+    assert (named if isinstance(named, str) else "") == "; ".join(f"seed {seed}" for seed in flagged)
+    assert pooled["left_out"].isna().all() and pooled["reason"].isna().all() and (pooled["seeds"] == 2).all()
 
     rerun = snakemake(project, *targets.TARGETS, "-n", "--configfile", "configs/paper-shrunk.yaml").stdout
     assert job_counts(rerun) == {}

@@ -49,7 +49,7 @@ def test_eta_is_the_mean_epoch_time_times_the_epochs_left(seconds, done, total, 
 
 def test_every_epoch_line_names_the_run_and_its_eta(tmp_path, caplog):
     log = logging.getLogger("test-progress")
-    monitor = job_monitor(RUN, [0], _paths(tmp_path), log=log)
+    monitor = job_monitor(RUN, [{"seed": 0}], _paths(tmp_path), log=log)
     with caplog.at_level(logging.INFO, logger="test-progress"):
         _trainer(log).fit(monitor=monitor)
     lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
@@ -62,7 +62,7 @@ def test_every_epoch_line_names_the_run_and_its_eta(tmp_path, caplog):
 
 def test_the_live_file_holds_every_epoch_with_the_run_it_belongs_to(tmp_path):
     paths = _paths(tmp_path)
-    result = _trainer().fit(monitor=job_monitor(RUN, [0], paths))
+    result = _trainer().fit(monitor=job_monitor(RUN, [{"seed": 0}], paths))
     rows = _live_rows(paths["live"])
     assert [row["epoch"] for row in rows] == [0, 1, 2, 3]
     assert all(row["experiment"] == "tiny" and row["seed"] == 0 and row["init_scale"] == 0.5 for row in rows)
@@ -86,10 +86,10 @@ def test_a_resumed_run_rewrites_a_corrupt_live_file_and_goes_on(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        _trainer().fit(resume=store, on_epoch_end=die, save_every=1, monitor=job_monitor(RUN, [0], paths))
+        _trainer().fit(resume=store, on_epoch_end=die, save_every=1, monitor=job_monitor(RUN, [{"seed": 0}], paths))
     with open(paths["live"], "a") as handle:
         handle.write('{"epoch": 3, "lo')  # torn write
-    result = _trainer().fit(resume=store, monitor=job_monitor(RUN, [0], paths))
+    result = _trainer().fit(resume=store, monitor=job_monitor(RUN, [{"seed": 0}], paths))
     rows = _live_rows(paths["live"])  # every line parses
     assert [row["epoch"] for row in rows] == [0, 1, 2, 3]  # epoch 2 was redone, not doubled
     np.testing.assert_allclose([row["loss"] for row in rows], result.metrics["loss"])
@@ -102,7 +102,7 @@ def test_a_packed_group_reports_each_seed(tmp_path, caplog):
     log = logging.getLogger("test-progress-packed")
     with caplog.at_level(logging.INFO, logger="test-progress-packed"):
         results = PackedTrainer(models, [_data(0), _data(1)], CONFIG, seeds, log=log).fit(
-            monitor=job_monitor(RUN, seeds, paths, log=log)
+            monitor=job_monitor(RUN, [{"seed": s} for s in seeds], paths, log=log)
         )
     rows = pd.read_json(paths["live"], lines=True)
     for seed, result in zip(seeds, results):
@@ -118,7 +118,7 @@ def test_tensorboard_event_files_hold_the_scalars_per_seed(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     paths = _paths(tmp_path)
-    result = _trainer().fit(monitor=job_monitor(RUN, [0], paths, tensorboard=True))
+    result = _trainer().fit(monitor=job_monitor(RUN, [{"seed": 0}], paths, tensorboard=True))
     events = EventAccumulator(str(paths["tensorboard"] / "seed0"))
     events.Reload()
     losses = events.Scalars("loss")
@@ -133,7 +133,7 @@ def test_an_unwritable_tensorboard_folder_is_a_warning(tmp_path, caplog):
     blocker.write_text("")
     paths = {"live": tmp_path / "live.jsonl", "tensorboard": blocker / "tb"}  # a folder inside a file
     with caplog.at_level(logging.WARNING):
-        result = _trainer().fit(monitor=job_monitor(RUN, [0], paths, tensorboard=True))
+        result = _trainer().fit(monitor=job_monitor(RUN, [{"seed": 0}], paths, tensorboard=True))
     assert len(result.metrics) == 4  # the run went on
     assert f"TensorBoard folder {blocker / 'tb'} not writable" in caplog.text
     assert [row["epoch"] for row in _live_rows(paths["live"])] == [0, 1, 2, 3]
@@ -142,7 +142,7 @@ def test_an_unwritable_tensorboard_folder_is_a_warning(tmp_path, caplog):
 def test_tensorboard_missing_is_a_warning(tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with caplog.at_level(logging.WARNING):
-        result = _trainer().fit(monitor=job_monitor(RUN, [0], _paths(tmp_path), tensorboard=True))
+        result = _trainer().fit(monitor=job_monitor(RUN, [{"seed": 0}], _paths(tmp_path), tensorboard=True))
     assert len(result.metrics) == 4
     assert "pip install 'randlabels[tensorboard]'" in caplog.text
     assert not (tmp_path / "tb").exists()
@@ -156,3 +156,22 @@ def test_an_unwritable_live_file_is_a_warning(tmp_path, caplog):
     assert len(result.metrics) == 4
     assert f"live metrics file {blocker / 'live.jsonl'} not written" in caplog.text
     assert caplog.text.count("not written") == 1  # warned once, then left alone
+
+
+def test_a_packed_group_of_variants_reports_each_under_its_init(tmp_path, caplog):
+    """finetune_packed: one seed, the variants as replicas; live rows carry each init."""
+    run = {"experiment": "tiny", "task": "random10", "init_scale": 0.5, "seed": 0}
+    models = [initialize(build_model(CNN, (1, 6, 6), 3), scale, 7) for scale in (0.5, 2.0)]
+    paths = {"live": tmp_path / "packed.jsonl", "tensorboard": tmp_path / "tb"}
+    log = logging.getLogger("test-progress-variants")
+    with caplog.at_level(logging.INFO, logger="test-progress-variants"):
+        results = PackedTrainer(models, _data(), CONFIG, [11, 11], log=log).fit(
+            monitor=job_monitor(run, [{"init": "scratch"}, {"init": "gaussian"}], paths, log=log)
+        )
+    rows = pd.read_json(paths["live"], lines=True)
+    assert set(rows["seed"]) == {0}
+    for init, result in zip(["scratch", "gaussian"], results):
+        np.testing.assert_allclose(rows[rows["init"] == init]["loss"], result.metrics["loss"])
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    prefix = "experiment=tiny task=random10 init_scale=0.5 seed=0 inits=scratch,gaussian  epoch "
+    assert len(lines) == 3 and all(line.startswith(prefix) for line in lines)

@@ -71,6 +71,11 @@ def script_code(script, *modules):
     return [os.path.relpath(f) for f in codedeps.code_files(path, SRC, modules)]
 
 
+# Fine-tuned experiments whose variants are trained one per job (finetune) or all of
+# one (task, scale, seed) in one (pack_variants: finetune_packed, then unpack_finetune).
+UNPACKED_FINETUNE = plan.finetune_pattern(config, packed=False)
+PACKED_FINETUNE = plan.finetune_pattern(config, packed=True)
+
 # Experiments whose seeds are pre-trained one per job (pretrain) or in groups
 # (pack_seeds > 1: pretrain_packed, then unpack_pretrain), as wildcard constraints.
 UNPACKED_EXPERIMENTS = plan.experiments_pattern(config, packed=False)
@@ -93,17 +98,37 @@ def scale_of(wildcards):
     return plan.scale_value(config, wildcards.exp, wildcards.scale)
 
 
-def finetune_source(wildcards):
-    """The file a fine-tuning variant starts from (none for scratch)."""
-    kind = variants.parse(wildcards.variant).source
+def variant_source(exp, scale, seed, variant):
+    """The file fine-tuning variant ``variant`` starts from (None for scratch)."""
+    kind = variants.parse(variant).source
     if kind is None:
-        return {}
-    where = {"exp": wildcards.exp, "scale": wildcards.scale, "seed": wildcards.seed}
+        return None
+    where = {"exp": exp, "scale": scale, "seed": seed}
     if kind == "checkpoints":
-        where["labels"] = plan.from_labels(config, wildcards.exp)
+        where["labels"] = plan.from_labels(config, exp)
     if kind == "constructed_init":
-        where["construct"] = wildcards.variant
-    return {"source": plan.path(kind, **where)}
+        where["construct"] = variant
+    return plan.path(kind, **where)
+
+
+def finetune_sources(wildcards):
+    """Each fine-tuned variant of the job's (experiment, scale, seed) and the file it
+    starts from (None for scratch): the one variant of a finetune job, or all of
+    them for a packed one (finetune_packed)."""
+    chosen = (
+        [wildcards.variant]
+        if "variant" in wildcards.keys()
+        else plan.finetune_settings(config, wildcards.exp)["variants"]
+    )
+    return {
+        variant: variant_source(wildcards.exp, wildcards.scale, wildcards.seed, variant)
+        for variant in chosen
+    }
+
+
+def finetune_source_files(wildcards):
+    """The files of finetune_sources, an input of the job."""
+    return [path for path in finetune_sources(wildcards).values() if path is not None]
 
 
 def construct_source(wildcards):

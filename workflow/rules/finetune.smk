@@ -1,6 +1,6 @@
 rule finetune:
     input:
-        unpack(finetune_source),
+        sources=finetune_source_files,
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
         code=script_code("finetune"),
@@ -11,6 +11,8 @@ rule finetune:
         logs("finetune/{exp}/{task}/{variant}/scale{scale}/seed{seed}"),
     benchmark:
         benchmarks("finetune/{exp}/{task}/{variant}/scale{scale}/seed{seed}")
+    wildcard_constraints:
+        exp=UNPACKED_FINETUNE,
     conda:
         ENV
     threads: 1
@@ -20,7 +22,8 @@ rule finetune:
         model=lambda w: plan.model_settings(config, w.exp),
         training=lambda w: plan.finetune_settings(config, w.exp),
         experiment=lambda w: w.exp,
-        variant=lambda w: w.variant,
+        variants=lambda w: [w.variant],
+        sources=finetune_sources,
         task=lambda w: w.task,
         init_scale=scale_of,
         seed=lambda w: int(w.seed),
@@ -36,6 +39,77 @@ rule finetune:
         "Fine-tuning {wildcards.exp} on {wildcards.task} labels from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"
     script:
         "../scripts/finetune.py"
+
+
+# pack_variants: every variant of one (task, scale, seed) trained in one job
+# (randlabels.training.packed.PackedTrainer), then unpacked into the per-variant tables above.
+rule finetune_packed:
+    input:
+        sources=finetune_source_files,
+        dataset=exp_dataset_file,
+        split=plan.PATHS["split"],
+        code=script_code("finetune"),
+        model_code=lambda w: plan.model_code(config, w.exp),
+    output:
+        plan.PATHS["finetune_packed"],
+    log:
+        logs("finetune_packed/{exp}/{task}/scale{scale}/seed{seed}"),
+    benchmark:
+        benchmarks("finetune_packed/{exp}/{task}/scale{scale}/seed{seed}")
+    wildcard_constraints:
+        exp=PACKED_FINETUNE,
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **RESOURCES_TRAINING,
+    params:
+        model=lambda w: plan.model_settings(config, w.exp),
+        training=lambda w: plan.finetune_settings(config, w.exp),
+        experiment=lambda w: w.exp,
+        variants=lambda w: plan.finetune_settings(config, w.exp)["variants"],
+        sources=finetune_sources,
+        task=lambda w: w.task,
+        init_scale=scale_of,
+        seed=lambda w: int(w.seed),
+        device=config.get("device", "auto"),
+        jobs_per_gpu=config.get("jobs_per_gpu", 1),
+        on_divergence=config.get("on_divergence", "continue"),
+        resume=lambda w: plan.path("finetune_packed_resume", **w),
+        progress=lambda w: {
+            "live": plan.path("finetune_packed_live", **w),
+            "tensorboard": plan.path("finetune_packed_tensorboard", **w),
+        },
+    message:
+        "Fine-tuning {wildcards.exp} on {wildcards.task} labels from every variant, init scale {wildcards.scale}, seed {wildcards.seed}, packed in one job"
+    script:
+        "../scripts/finetune.py"
+
+
+# A filter of a table: run where Snakemake runs, not as a cluster job of its own.
+rule unpack_finetune:
+    input:
+        packed=plan.PATHS["finetune_packed"],
+        code=script_code("unpack_finetune"),
+    output:
+        plan.PATHS["finetune"],
+    log:
+        logs("unpack_finetune/{exp}/{task}/{variant}/scale{scale}/seed{seed}"),
+    benchmark:
+        benchmarks("unpack_finetune/{exp}/{task}/{variant}/scale{scale}/seed{seed}")
+    wildcard_constraints:
+        exp=PACKED_FINETUNE,
+    localrule: True
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        variant=lambda w: w.variant,
+    message:
+        "Unpacking the fine-tuning of {wildcards.exp} on {wildcards.task} labels from {wildcards.variant}, init scale {wildcards.scale}, seed {wildcards.seed}"
+    script:
+        "../scripts/unpack_finetune.py"
 
 
 rule construct_init:

@@ -52,7 +52,7 @@ result, store = run_training(
     checkpoint_epochs=params.training["checkpoints"],
     monitor=job_monitor(
         {"experiment": snakemake.wildcards.exp, "labels": labels_kind, "init_scale": params.init_scale},
-        [params.seed], params.progress, tensorboard=snakemake.config.get("tensorboard", False), log=log,
+        [{"seed": params.seed}], params.progress, tensorboard=snakemake.config.get("tensorboard", False), log=log,
     ),
 )
 

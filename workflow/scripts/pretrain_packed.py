@@ -73,7 +73,7 @@ results, store = run_packed_training(
     checkpoint_epochs=params.training["checkpoints"],
     monitor=job_monitor(
         {"experiment": snakemake.wildcards.exp, "labels": labels_kind, "init_scale": params.init_scale},
-        seeds, params.progress, tensorboard=snakemake.config.get("tensorboard", False), log=log,
+        [{"seed": seed} for seed in seeds], params.progress, tensorboard=snakemake.config.get("tensorboard", False), log=log,
     ),
 )
 

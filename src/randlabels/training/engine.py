@@ -207,6 +207,15 @@ class DeviceData:
             yield self.normalized(index), self.labels[index]
 
 
+def probed_row(row: dict, values: dict[str, float]) -> dict:
+    """A learning-curve row with a probe's ``values`` added as columns (a probe may not
+    overwrite the curve's own)."""
+    clash = sorted(set(values) & set(row))
+    if clash:
+        raise ValueError(f"probe columns {clash} would overwrite the learning curve's own columns")
+    return {**row, **values}
+
+
 class Trainer:
     """SGD training of one model on one :class:`DeviceData`."""
 
@@ -330,13 +339,7 @@ class Trainer:
 
     def curve_row(self, r: int, row: dict) -> dict:
         """A copy of ``row`` with the probe's values added (the row itself if no probe)."""
-        if self.probe is None:
-            return row
-        values = self.probe(self.model)
-        clash = sorted(set(values) & set(row))
-        if clash:
-            raise ValueError(f"probe columns {clash} would overwrite the learning curve's own columns")
-        return {**row, **values}
+        return row if self.probe is None else probed_row(row, self.probe(self.model))
 
     def replica_state(self, r: int) -> dict[str, torch.Tensor]:
         return self.state()

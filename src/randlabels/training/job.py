@@ -32,7 +32,8 @@ def run_training(
     save_every: int = 1,
     on_divergence: str = "continue",
     log: logging.Logger,
-    seeds: Sequence[int] | None = None,
+    replicas: Sequence[str] | None = None,
+    pack_setting: str | None = None,
     **fit_options,
 ):
     """Fit ``trainer``, resumable; returns its result and the store to clear later.
@@ -41,8 +42,10 @@ def run_training(
     other settings is not resumed); ``where`` is the config section of the training
     settings, named in messages (e.g. ``experiments.digits_cnn.pretrain``); the
     state is saved every ``save_every`` epochs. For a
-    :class:`~randlabels.training.packed.PackedTrainer`, ``seeds`` names its replicas and the
-    result is one :class:`FitResult` per seed.
+    :class:`~randlabels.training.packed.PackedTrainer`, ``replicas`` names its replicas
+    (``"seed 3"``, ``"variant gaussian"``), ``pack_setting`` the key of ``where`` that
+    packed them (named when memory runs out), and the result is one
+    :class:`FitResult` per replica.
 
     The run's lock (:class:`~randlabels.training.resume.RunLock`) is taken first (a script
     holds it already, see :func:`~randlabels.training.resume.hold_run`): a run another process
@@ -73,8 +76,8 @@ def run_training(
             raise SystemExit(EXIT_INTERRUPTED) from None
         except torch.cuda.OutOfMemoryError as err:
             store.lock.release()
-            packed = f" for each of {len(seeds)} packed seeds" if seeds else ""
-            also = f" or {where}.pack_seeds" if seeds else ""
+            packed = f" for each of {len(replicas)} packed runs" if replicas else ""
+            also = f" or {where}.{pack_setting}" if replicas and pack_setting else ""
             raise ResourceError(
                 f"out of memory on {trainer.device} with batch size {config.batch_size}{packed} "
                 f"(evaluation batches of {config.eval_batch_size}): lower {where}.batch_size, "
@@ -83,8 +86,8 @@ def run_training(
         except BaseException:
             store.lock.release()
             raise
-    results: list[FitResult] = outcome if seeds else [outcome]
-    names = [f"run of seed {seed}" for seed in seeds] if seeds else ["run"]
+    results: list[FitResult] = outcome if replicas else [outcome]
+    names = [f"run of {name}" for name in replicas] if replicas else ["run"]
     messages = []
     for name, result in zip(names, results):
         if result.diverged:

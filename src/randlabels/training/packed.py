@@ -38,7 +38,7 @@ import contextlib
 import copy
 import logging
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from randlabels.data.augment import Augmentation
 from randlabels.training import fitloop
-from randlabels.training.engine import DeviceData, TrainConfig, lr_factor
+from randlabels.training.engine import DeviceData, TrainConfig, lr_factor, probed_row
 from randlabels.training.fitloop import FitResult
 from randlabels.training.progress import Monitor
 
@@ -176,6 +176,8 @@ class PackedTrainer:
     :class:`~randlabels.training.fitloop.FitResult` per replica, as Trainer.fit would.
     ``config.augment`` crops / flips each replica's training batches with crops and
     flips drawn from that replica's own generator, as its Trainer would draw them.
+    ``probe``, as a Trainer's, is called at each learning-curve row, on a model that
+    holds the replica's current state.
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class PackedTrainer:
         seeds: Sequence[int],
         test_data: DeviceData | Sequence[DeviceData] | None = None,
         log: logging.Logger | None = None,
+        probe: Callable[[nn.Module], dict[str, float]] | None = None,
     ):
         models, seeds = list(models), [int(s) for s in seeds]
         if not models:
@@ -216,6 +219,9 @@ class PackedTrainer:
         self.state_keys = list(reference)
         # The module only lends its code: functional_call runs it on the stacked tensors.
         self.base = copy.deepcopy(models[0]).to("meta")
+        self.probe = probe
+        # A real copy that the probe sees, loaded with one replica's state at a time.
+        self.probe_model = copy.deepcopy(models[0]) if probe is not None else None
 
         self.optimizer = torch.optim.SGD(
             list(self.params.values()),
@@ -346,7 +352,11 @@ class PackedTrainer:
         }
 
     def curve_row(self, r: int, row: dict) -> dict:
-        return row  # no probe
+        """A copy of ``row`` with the probe's values for replica r (the row itself if no probe)."""
+        if self.probe is None:
+            return row
+        self.probe_model.load_state_dict(self.replica_state(r))
+        return probed_row(row, self.probe(self.probe_model))
 
     def snapshot(self, progress: dict) -> dict:
         return {

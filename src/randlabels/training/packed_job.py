@@ -41,7 +41,7 @@ def run_packed_training(trainer: PackedTrainer, *, seeds: Sequence[int], **optio
     """
     if len(seeds) != trainer.replicas:
         raise ValueError(f"{len(seeds)} seeds for {trainer.replicas} replicas")
-    return run_training(trainer, seeds=list(seeds), **options)
+    return run_training(trainer, replicas=[f"seed {seed}" for seed in seeds], pack_setting="pack_seeds", **options)
 
 
 def save_bundle(path: str | os.PathLike, runs: dict[int, dict]) -> None:

@@ -196,24 +196,35 @@ class Monitor:
 
 def job_monitor(
     run: dict,
-    seeds: Sequence[int],
+    replicas: Sequence[dict],
     paths: dict,
     *,
     tensorboard: bool = False,
     log: logging.Logger | None = None,
 ) -> Monitor:
-    """The monitor of a workflow training job: ``run`` is the run's identity without
-    its seed (e.g. experiment, labels, init_scale), ``seeds`` the seed (a packed job:
-    the seeds) it trains, ``paths`` the rule's ``progress`` param (``live`` file and
-    ``tensorboard`` folder), ``tensorboard`` the config switch."""
-    seeds = [int(seed) for seed in seeds]
-    shown = f"seed={seeds[0]}" if len(seeds) == 1 else f"seeds={','.join(map(str, seeds))}"
-    name = " ".join([*(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in run.items()), shown])
+    """The monitor of a workflow training job: ``run`` is the identity its replicas
+    share (e.g. experiment, labels, init_scale), ``replicas`` each trained run's own
+    fields (``[{"seed": 0}]``; a packed job: one per seed or per variant), ``paths``
+    the rule's ``progress`` param (``live`` file and ``tensorboard`` folder),
+    ``tensorboard`` the config switch. Log lines name the run as
+    ``key=value ... seed=0`` (a packed group: ``seeds=0,1`` / ``variants=a,b``)."""
+    replicas = [dict(replica) for replica in replicas]
     return Monitor(
-        name,
+        " ".join([_shown(run), _shown_replicas(replicas)]).strip(),
         fields=run,
-        replicas=[{"seed": seed} for seed in seeds],
+        replicas=replicas,
         live=paths["live"],
         tensorboard=paths["tensorboard"] if tensorboard else None,
         log=log,
     )
+
+
+def _shown(fields: dict) -> str:
+    return " ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in fields.items())
+
+
+def _shown_replicas(replicas: list[dict]) -> str:
+    """One replica's fields as they are; several, each field's values in a list."""
+    if len(replicas) == 1:
+        return _shown(replicas[0])
+    return " ".join(f"{key}s=" + ",".join(str(replica[key]) for replica in replicas) for key in replicas[0])

@@ -47,9 +47,12 @@ FINETUNE_DEFAULTS = {
     "reset_head": True,
     "probe_samples": 1024,
 }
-# Keys of an experiment's `finetune` section that say which downstream tasks exist,
-# not how one run trains (see finetune_tasks); left out of finetune_settings.
+# Keys of an experiment's `finetune` section that say which downstream tasks exist
+# (see finetune_tasks), or which runs share a job (pack_variants), not how one run
+# trains; left out of finetune_settings, so the plain `finetune` rule's params do not
+# depend on them.
 TASK_KEYS = ("labels", "classes")
+FINETUNE_JOB_DEFAULTS = {"pack_variants": False}
 CONSTRUCT_DEFAULTS = {"batch_size": 512, "samples": 10000}
 RESOURCE_DEFAULTS = {
     "training": {"mem_mb": 4000, "runtime": 120, "cpus_per_task": 2, "gpu": 0},
@@ -76,19 +79,25 @@ PATHS = {
     # Initializations built from data covariances (layerwise{k}, covariance{k}).
     "constructed_init": RESULTS + "/{exp}/init/{construct}/scale{scale}/seed{seed}.pt",
     "finetune": RESULTS + "/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.tsv",
+    # The learning curves of every variant of one (task, scale, seed) trained in one job
+    # (pack_variants); unpacked into the per-variant tables above.
+    "finetune_packed": RESULTS + "/{exp}/finetune/{task}/packed/scale{scale}/seed{seed}.tsv",
     # Resumable training state: beside the outputs, never one of them (Snakemake
     # deletes a job's outputs before rerunning it).
     "pretrain_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.pt",
     "pretrain_packed_resume": RESULTS + "/_resume/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.pt",
     "finetune_resume": RESULTS + "/_resume/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.pt",
+    "finetune_packed_resume": RESULTS + "/_resume/{exp}/finetune/{task}/packed/scale{scale}/seed{seed}.pt",
     # What a training job shows while it runs (randlabels.training.progress): a live metrics file
     # and, with tensorboard: true, TensorBoard event files (a folder per seed); neither
     # is an output, so both survive a failed job.
     "pretrain_live": RESULTS + "/_live/{exp}/pretrain/{labels}/scale{scale}/seed{seed}.jsonl",
     "pretrain_packed_live": RESULTS + "/_live/{exp}/pretrain/{labels}/scale{scale}/packed/seeds{first}-{last}.jsonl",
     "finetune_live": RESULTS + "/_live/{exp}/finetune/{task}/{variant}/scale{scale}/seed{seed}.jsonl",
+    "finetune_packed_live": RESULTS + "/_live/{exp}/finetune/{task}/packed/scale{scale}/seed{seed}.jsonl",
     "pretrain_tensorboard": RESULTS + "/_tensorboard/{exp}/pretrain/{labels}/scale{scale}",
     "finetune_tensorboard": RESULTS + "/_tensorboard/{exp}/finetune/{task}/{variant}/scale{scale}",
+    "finetune_packed_tensorboard": RESULTS + "/_tensorboard/{exp}/finetune/{task}/packed/scale{scale}/seed{seed}",
     "table": RESULTS + "/{exp}/tables/{table}.tsv",
     "figure": RESULTS + "/{exp}/figures/{figure}.png",
     # The paper's experiments as named targets (see randlabels.workflow.targets).
@@ -191,7 +200,7 @@ def sample_settings(config: dict, exp: str) -> dict:
 def finetune_settings(config: dict, exp: str) -> dict:
     """How one fine-tuning run trains (the task it trains on is a wildcard, see finetune_tasks)."""
     section = {**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]}
-    for key in TASK_KEYS:
+    for key in (*TASK_KEYS, *FINETUNE_JOB_DEFAULTS):
         section.pop(key, None)
     return canonical(section)
 
@@ -355,6 +364,19 @@ def experiments_pattern(config: dict, packed: bool) -> str:
     one that matches nothing when there are none."""
     chosen = set(packed_experiments(config))
     names = [exp for exp in config["experiments"] if (exp in chosen) == packed]
+    return "|".join(names) if names else "(?!)"
+
+
+def pack_variants(config: dict, exp: str) -> bool:
+    """Whether the variants of one fine-tuning (task, scale, seed) share a job."""
+    return bool({**FINETUNE_JOB_DEFAULTS, **experiment(config, exp)["finetune"]}["pack_variants"])
+
+
+def finetune_pattern(config: dict, packed: bool) -> str:
+    """A wildcard constraint matching the fine-tuned experiments whose variants are
+    (or are not) trained in one job; one that matches nothing when there are none."""
+    names = [exp for exp in config["experiments"] if "finetune" in config["experiments"][exp]
+             and pack_variants(config, exp) == packed]
     return "|".join(names) if names else "(?!)"
 
 
