@@ -132,3 +132,28 @@ def test_an_initialization_file_gets_this_tasks_head(tmp_path):
     for key, value in state.items():
         want = fresh[key] if key.startswith("classifier.") else built[key]
         assert torch.equal(value, want), key
+
+
+def test_the_fixed_variant_names_are_spelled_in_the_variants_module_only():
+    """Plots, tables and targets ask inits.variants for scratch, pretrained and
+    pretrained_norescale (docstrings aside); "gaussian" also names a dataset source,
+    and is left out of this check."""
+    import ast
+    from pathlib import Path
+
+    src = Path(variants.__file__).parents[1]
+    names = {variants.SCRATCH, variants.PRETRAINED, variants.PRETRAINED_NORESCALE}
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path.name == "variants.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+        }
+        found += [f"{path.relative_to(src)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings]
+    assert found == []
+    assert variants.FIXED == (variants.SCRATCH, variants.PRETRAINED, variants.PRETRAINED_NORESCALE, variants.GAUSSIAN)

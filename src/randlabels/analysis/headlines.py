@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from randlabels import provenance
+from randlabels.inits import variants
 from randlabels.io import atomic_output, read_table
 from randlabels.workflow import plan
 
@@ -101,7 +102,7 @@ def pooled_lines(table: pd.DataFrame) -> list[str]:
 
 def speedup_lines(table: pd.DataFrame) -> list[str]:
     """Per task and init scale: each variant's median speed-up over scratch."""
-    rows = table[table["variant"] != "scratch"]
+    rows = table[table["variant"] != variants.SCRATCH]
     lines = []
     for (task, scale), group in rows.groupby(["task", "init_scale"], sort=True):
         parts = []

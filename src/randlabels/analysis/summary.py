@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from randlabels.inits import variants
+
 #: Columns that identify one downstream training run in the curves table.
 RUN_KEYS: list[str] = ["experiment", "task", "init_scale", "variant", "seed"]
 #: Columns that pair a variant run with its baseline run.
@@ -189,7 +191,7 @@ def task_target(target, task: str, real_classes: int | None = None) -> float:
 
 
 def transfer_summary(curves: pd.DataFrame, target,
-                     baseline: str = "scratch", real_classes: int | None = None) -> pd.DataFrame:
+                     baseline: str = variants.SCRATCH, real_classes: int | None = None) -> pd.DataFrame:
     """One row per run (experiment, task, init_scale, variant, seed) with transfer metrics.
 
     ``target`` is an absolute accuracy or ``{"from_chance": f}`` (:func:`resolve_target`),

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the names and what each needs are read without torch (Snakefile, plots)
     from torch import nn
 
-FIXED = ("scratch", "pretrained", "pretrained_norescale", "gaussian")
+SCRATCH, PRETRAINED, PRETRAINED_NORESCALE, GAUSSIAN = "scratch", "pretrained", "pretrained_norescale", "gaussian"
+FIXED = (SCRATCH, PRETRAINED, PRETRAINED_NORESCALE, GAUSSIAN)
 DEPTH_FAMILIES = ("first", "last", "layerwise", "covariance")
 FAMILIES = FIXED + DEPTH_FAMILIES
 

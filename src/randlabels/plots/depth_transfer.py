@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from randlabels.inits import variants
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "task", "init_scale", "variant", "family", "depth", "seed",
@@ -87,7 +88,7 @@ def _prepare(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return data[data["family"] != baseline]
 
 
-def depth_statistics(table: pd.DataFrame, baseline: str = "scratch") -> pd.DataFrame:
+def depth_statistics(table: pd.DataFrame, baseline: str = variants.SCRATCH) -> pd.DataFrame:
     """One row per (experiment, task, init_scale, family, depth, metric) with the
     :func:`summarise` columns, for the rows that have a depth."""
     style.require_columns(table, COLUMNS, "depth-transfer figure")
@@ -113,7 +114,7 @@ def _colours(depth_families: list[str], references: list[str]) -> dict:
     """Fixed colours where they do not collide, distinct fallbacks otherwise."""
     colours: dict[str, tuple] = {}
     spare = [c for c in _CB + sns.color_palette("dark", 10)
-             if c != style.variant_color("scratch")]
+             if c != style.variant_color(variants.SCRATCH)]
     for name in references + depth_families:
         colour = FAMILY_COLORS.get(name, style.variant_color(name)) \
             if name in depth_families else style.variant_color(name)
@@ -171,7 +172,7 @@ def _limits(values: list[float], reference: float, log: bool) -> tuple[float, fl
 
 
 def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = None,
-         baseline: str = "scratch") -> None:
+         baseline: str = variants.SCRATCH) -> None:
     """Draw transfer against depth k and write the PNG to ``out_path``.
 
     ``table`` is a transfer summary with a ``family`` and a ``depth`` column (depth

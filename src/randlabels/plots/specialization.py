@@ -25,6 +25,7 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 
+from randlabels.inits import variants
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "variant", "init_scale", "seed", "phase", "x", "layer", "statistic",
@@ -40,7 +41,7 @@ MAX_LAYER_ENTRIES = 8
 
 
 def _default_variants(present: list[str]) -> list[str]:
-    preferred = [v for v in ("pretrained", "scratch") if v in present]
+    preferred = [v for v in (variants.PRETRAINED, variants.SCRATCH) if v in present]
     return preferred or style.variant_order(present)[:1]
 
 

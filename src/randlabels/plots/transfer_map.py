@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from randlabels.analysis.summary import describe_target, is_relative
+from randlabels.inits import variants
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "task", "classes", "init_scale", "variant", "seed", "speedup",
@@ -182,7 +183,7 @@ def _draw_panel(ax, cells: pd.DataFrame, classes: list, scales: list, metric: st
 
 def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None = None,
          target: float | dict | None = None, title: str | None = None,
-         baseline: str = "scratch") -> None:
+         baseline: str = variants.SCRATCH) -> None:
     """Draw speed-up and area-gap heat maps per variant and write the PNG to ``out_path``.
 
     ``variants`` chooses the panels (default: every variant present except

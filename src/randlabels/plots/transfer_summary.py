@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from randlabels.analysis.summary import mean_and_ci
+from randlabels.inits import variants
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "init_scale", "variant", "seed", "speedup", "auc_gap"]
@@ -61,7 +62,7 @@ def _draw_metric(ax, data, stats, metric, reference, variants, scales, palette, 
 
 
 def plot(summary: pd.DataFrame, out_path: str | os.PathLike, target: float | None = None,
-         baseline: str = "scratch") -> None:
+         baseline: str = variants.SCRATCH) -> None:
     """Draw speed-up (top) and area-under-curve gap (bottom) per variant and init scale.
 
     ``summary`` is the output of :func:`randlabels.analysis.summary.transfer_summary`; the

@@ -60,7 +60,7 @@ def _needs_variants(*wanted: str, families: tuple[str, ...] = ()) -> Callable[[d
         names = _finetune_variants(config, exp)
         if not names:
             return ["needs a finetune section"]
-        problems = [f"needs finetune variant {v!r}" for v in ("scratch", *wanted) if v not in names]
+        problems = [f"needs finetune variant {v!r}" for v in (variants.SCRATCH, *wanted) if v not in names]
         present = {variants.parse(v).family for v in names}
         problems += [f"needs a finetune variant {f}K (e.g. {f}1)" for f in families if f not in present]
         return problems
@@ -90,7 +90,7 @@ def _nothing(config: dict, exp: str) -> list[str]:
 
 
 def _specialization_needs(config: dict, exp: str) -> list[str]:
-    problems = _needs_variants("pretrained")(config, exp)
+    problems = _needs_variants(variants.PRETRAINED)(config, exp)
     if not problems and plan.finetune_settings(config, exp)["probe_samples"] < 1:
         problems.append("needs finetune.probe_samples ≥ 1 (the activation statistics)")
     return problems
@@ -113,7 +113,7 @@ def _variants(table: pd.DataFrame, keep) -> pd.DataFrame:
 
 
 def _build_transfer(tables: dict, info: dict):
-    keep = lambda v: v in ("scratch", "pretrained", "pretrained_norescale")  # noqa: E731
+    keep = lambda v: v in (variants.SCRATCH, variants.PRETRAINED, variants.PRETRAINED_NORESCALE)  # noqa: E731
     return _variants(tables["transfer_summary"], keep), _variants(tables["finetune_curves"], keep)
 
 
@@ -209,7 +209,7 @@ def _build_specialization(tables: dict, info: dict):
             var_name="statistic", value_name="value",
         )
         # Upstream rows belong to every downstream variant that starts from them.
-        up = up.rename(columns={"module": "layer"}).assign(phase="upstream", x=up["epoch"].astype(float), variant="pretrained", task="")
+        up = up.rename(columns={"module": "layer"}).assign(phase="upstream", x=up["epoch"].astype(float), variant=variants.PRETRAINED, task="")
         frames.append(up[[*ids, "task", "phase", "x", "layer", "statistic", "value"]])
     table = pd.concat(frames, ignore_index=True)
     table = _experiment_columns(table, info, ("model",))
@@ -237,7 +237,7 @@ def _target_accuracy_of_first(info: dict) -> dict:
 TARGETS: dict[str, Target] = {
     "fig_transfer": Target(
         "Transfer: pre-trained on random labels (rescaled or not) against scratch, downstream on real or fresh random labels, per init scale.",
-        FINETUNE_TABLES, "learning_curves", _needs_variants("pretrained"), _build_transfer),
+        FINETUNE_TABLES, "learning_curves", _needs_variants(variants.PRETRAINED), _build_transfer),
     "fig_misalignment": Target(
         "First-layer misalignment over training, data basis against a random basis, random against real labels; per seed and with Σw pooled over the seeds.",
         STATS_TABLES[:1] + ("misalignment_pooled",), "misalignment", _nothing, _build_misalignment),
@@ -249,7 +249,7 @@ TARGETS: dict[str, Target] = {
         STATS_TABLES[1:2], "transfer_function", _nothing, _build_transfer_function),
     "fig_gaussian_init": Target(
         "Downstream training from scratch, pre-trained, pre-trained without rescaling and the first-layer Gaussian approximation.",
-        FINETUNE_TABLES, "transfer_summary", _needs_variants("pretrained", "gaussian"), _build_gaussian_init),
+        FINETUNE_TABLES, "transfer_summary", _needs_variants(variants.PRETRAINED, variants.GAUSSIAN), _build_gaussian_init),
     "fig_layerwise": Target(
         "The first k layers constructed layer by layer from data covariances (f estimated from a pre-trained network, or parametric), k = 0..K.",
         FINETUNE_TABLES, "depth_transfer", _needs_variants(families=("layerwise",)),
