@@ -136,13 +136,15 @@ def test_a_diverged_seed_is_flagged_or_stops_the_job(tmp_path):
     results, store = _run(_trainer(scales), tmp_path, on_divergence="continue")
     assert [r.diverged for r in results] == [False, True, False]
     assert sorted(results[0].checkpoints) == [0, 3]
+    store.clear()
     with pytest.raises(TrainingDiverged, match="run of seed 8 diverged at epoch"):
         _run(_trainer(scales), tmp_path, on_divergence="stop")
     assert not (tmp_path / "resume.pt").exists()
 
 
 def test_a_signal_saves_the_group_and_a_rerun_resumes_it(tmp_path):
-    uninterrupted, _ = _run(_trainer(), tmp_path / "a")
+    uninterrupted, finished = _run(_trainer(), tmp_path / "a")
+    finished.clear()  # gives back the run's lock (its open file) as a job does
 
     def signal_after_epoch_1(epoch):
         if epoch == 1:
