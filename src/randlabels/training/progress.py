@@ -207,7 +207,7 @@ def job_monitor(
     fields (``[{"seed": 0}]``; a packed job: one per seed or per variant), ``paths``
     the rule's ``progress`` param (``live`` file and ``tensorboard`` folder),
     ``tensorboard`` the config switch. Log lines name the run as
-    ``key=value ... seed=0`` (a packed group: ``seeds=0,1`` / ``variants=a,b``)."""
+    ``key=value ... seed=0`` (a packed group: ``seeds=0,1``, or ``inits=scratch,gaussian``)."""
     replicas = [dict(replica) for replica in replicas]
     return Monitor(
         " ".join([_shown(run), _shown_replicas(replicas)]).strip(),
