@@ -222,6 +222,31 @@ def test_transfer_function_clips_rounding_and_allows_singular_w():
         transfer_function(np.diag([1.0, -1.0]), np.eye(2))
 
 
+def test_given_spectra_give_the_same_statistics_without_a_new_eigendecomposition(monkeypatch):
+    """A caller's eigh_descending of Σx and Σw (measure_layer's, once per layer) stands
+    in for the functions' own: the same σ, f and misalignments, and no eigh is run."""
+    d = 9
+    cov_x, cov_w = _random_spd(d, seed=5), _random_spd(d, seed=6)
+    basis = random_orthonormal_basis(d, seed=7)
+    expected = (transfer_function(cov_x, cov_w), misalignment_terms(cov_x, cov_w),
+                misalignment_terms(cov_x, cov_w, basis=basis))
+    eig_x, eig_w = eigh_descending(cov_x), eigh_descending(cov_w)
+
+    def no_eigh(*args, **kwargs):
+        raise AssertionError("an eigendecomposition was recomputed")
+
+    monkeypatch.setattr(np.linalg, "eigh", no_eigh)
+    monkeypatch.setattr(np.linalg, "eigvalsh", no_eigh)
+    sigma, f = transfer_function(cov_x, cov_w, eig_x=eig_x, eig_w=eig_w)
+    np.testing.assert_allclose(sigma, expected[0][0], rtol=1e-12)
+    np.testing.assert_allclose(f, expected[0][1], rtol=1e-12)
+    np.testing.assert_allclose(misalignment_terms(cov_x, cov_w, eig_x=eig_x, eig_w=eig_w), expected[1],
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(misalignment_terms(cov_x, cov_w, basis=basis, eig_w=eig_w), expected[2],
+                               rtol=1e-10, atol=1e-12)
+    assert misalignment(cov_x, cov_w, eig_x=eig_x, eig_w=eig_w) == pytest.approx(expected[1].sum(), rel=1e-10)
+
+
 # --------------------------------------------------------------------------- eigen, bases
 
 

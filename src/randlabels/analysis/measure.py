@@ -74,13 +74,14 @@ def measure_layer(
     ``shared_input`` and ``random_basis_seed`` are only recorded (see :class:`LayerRecord`).
     """
     mean_w, cov_w = weight_statistics(weight)
-    eigval_x, eigvec_x = eigh_descending(cov_x)
-    eigval_w, eigvec_w = eigh_descending(cov_w)
-    sigma, f = transfer_function(cov_x, cov_w)
+    eig_x = eigh_descending(cov_x)
+    eig_w = eigh_descending(cov_w)
+    (eigval_x, eigvec_x), (eigval_w, eigvec_w) = eig_x, eig_w
+    sigma, f = transfer_function(cov_x, cov_w, eig_x=eig_x, eig_w=eig_w)
     reason = ""
     try:
-        m_data = misalignment(cov_x, cov_w)
-        m_random = misalignment(cov_x, cov_w, basis=basis)
+        m_data = misalignment(cov_x, cov_w, eig_x=eig_x, eig_w=eig_w)
+        m_random = misalignment(cov_x, cov_w, basis=basis, eig_w=eig_w)
     except UndefinedStatistic as err:
         m_data = m_random = math.nan
         reason = err.reason
@@ -183,6 +184,7 @@ def measure_checkpoints(
     if not _sees_raw_inputs(model, first):
         first = None  # an own model with parameters before its first layer: measure it afresh
     cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    bases: dict[str, tuple[int, np.ndarray]] = {}  # one random basis per layer, for every checkpoint
     records = []
     for epoch in sorted(states):
         load(model, states[epoch])
@@ -196,8 +198,10 @@ def measure_checkpoints(
                 if name == first:
                     cached[name] = (cov_x, mean_x)
             weight = dict(model.named_modules())[name].weight.detach().cpu()
-            basis_seed = stream_seed(seed, "random-basis", name)
-            basis = random_orthonormal_basis(weight[0].numel(), basis_seed)
+            if name not in bases:
+                basis_seed = stream_seed(seed, "random-basis", name)
+                bases[name] = basis_seed, random_orthonormal_basis(weight[0].numel(), basis_seed)
+            basis_seed, basis = bases[name]
             # Only the first layer (nothing with state before it) sees the data in the
             # same coordinates in every seed: its filters can be pooled over seeds.
             layer_record = measure_layer(cov_x, mean_x, weight, name, basis,

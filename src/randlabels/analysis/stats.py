@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 ArrayLike = Any  # numpy array or torch tensor (kept loose: both are accepted everywhere)
+Spectrum = tuple[np.ndarray, np.ndarray]  # (values, vectors) as eigh_descending returns them
 
 # Relative tolerance below which a negative eigenvalue / quadratic form of a covariance is
 # treated as rounding error (clipped to 0) rather than as a sign the input is not PSD.
@@ -195,13 +196,13 @@ def _check_pair(cov_x: ArrayLike, cov_w: ArrayLike) -> tuple[np.ndarray, np.ndar
     return x, w
 
 
-def _directions(x: np.ndarray, basis: ArrayLike | None) -> np.ndarray:
+def _directions(x: np.ndarray, basis: ArrayLike | None, eig_x: Spectrum | None) -> np.ndarray:
     """The unit directions v_i as columns: eigenvectors of Σx, or the given basis."""
     d = x.shape[0]
     if basis is None:
         if not np.isfinite(x).all():
             raise UndefinedStatistic("non-finite entries in Σx")
-        return eigh_descending(x)[1]
+        return (eig_x if eig_x is not None else eigh_descending(x))[1]
     b = to_float64(basis)
     if b.shape != (d, d):
         raise ValueError(f"basis must have shape {(d, d)} to match Σx, got {b.shape}")
@@ -217,6 +218,9 @@ def misalignment_terms(
     cov_w: ArrayLike,
     basis: ArrayLike | None = None,
     rtol: float = 1e-10,
+    *,
+    eig_x: Spectrum | None = None,
+    eig_w: Spectrum | None = None,
 ) -> np.ndarray:
     """Per-direction terms sqrt((vᵀΣw v)(vᵀΣw⁻¹ v)) − 1, one per direction v_i.
 
@@ -224,13 +228,18 @@ def misalignment_terms(
     columns of ``basis`` (the random-basis control; Σx is then only shape-checked).
     Σw⁻¹ comes from Σw's eigendecomposition; if Σw is not positive definite to relative
     tolerance ``rtol`` the score is undefined (UndefinedStatistic), never pseudo-inverted.
+    ``eig_x`` and ``eig_w``, :func:`eigh_descending` of Σx and Σw when the caller has
+    them already, spare recomputing them (a d×d eigendecomposition each).
     """
     x, w = _check_pair(cov_x, cov_w)
     if not np.isfinite(w).all():
         raise UndefinedStatistic("non-finite entries in Σw")
-    directions = _directions(x, basis)
+    directions = _directions(x, basis, eig_x)
 
-    lam, u = np.linalg.eigh(_symmetrize(w))  # ascending
+    if eig_w is None:
+        lam, u = np.linalg.eigh(_symmetrize(w))  # ascending
+    else:
+        lam, u = eig_w[0][::-1], eig_w[1][:, ::-1]  # ascending; the signs do not matter here
     d = lam.shape[0]
     lam_min, lam_max = float(lam[0]), float(lam[-1])
     if lam_max <= 0:
@@ -276,12 +285,16 @@ def misalignment(
     cov_w: ArrayLike,
     basis: ArrayLike | None = None,
     rtol: float = 1e-10,
+    *,
+    eig_x: Spectrum | None = None,
+    eig_w: Spectrum | None = None,
 ) -> float:
     """M(Σx, Σw) = Σ_i [sqrt((v_iᵀΣw v_i)(v_iᵀΣw⁻¹v_i)) − 1]; 0 iff Σw is aligned with Σx.
 
-    See :func:`misalignment_terms` for the directions, ``basis`` and ``rtol``.
+    See :func:`misalignment_terms` for the directions, ``basis``, ``rtol``, ``eig_x``
+    and ``eig_w``.
     """
-    return float(misalignment_terms(cov_x, cov_w, basis=basis, rtol=rtol).sum())
+    return float(misalignment_terms(cov_x, cov_w, basis=basis, rtol=rtol, eig_x=eig_x, eig_w=eig_w).sum())
 
 
 def _clip_rounding(values: np.ndarray, scale: float, what: str) -> np.ndarray:
@@ -291,23 +304,28 @@ def _clip_rounding(values: np.ndarray, scale: float, what: str) -> np.ndarray:
     return np.maximum(values, 0.0)
 
 
-def transfer_function(cov_x: ArrayLike, cov_w: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def transfer_function(
+    cov_x: ArrayLike, cov_w: ArrayLike, *, eig_x: Spectrum | None = None, eig_w: Spectrum | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(σ, f): σ_i = sqrt(λ_i(Σx)) in descending order and f_i = sqrt(v_iᵀ Σw v_i).
 
     The paper's Definition 3: how much weight variance lies along each data direction.
     Σw may be singular here (no inverse is needed). Tiny negative eigenvalues from
-    rounding are clipped to 0.
+    rounding are clipped to 0. ``eig_x`` and ``eig_w`` as in :func:`misalignment_terms`.
     """
     x, w = _check_pair(cov_x, cov_w)
     if not np.isfinite(x).all():
         raise UndefinedStatistic("non-finite entries in Σx")
     if not np.isfinite(w).all():
         raise UndefinedStatistic("non-finite entries in Σw")
-    values, vectors = eigh_descending(x)
+    values, vectors = eig_x if eig_x is not None else eigh_descending(x)
     scale_x = float(np.abs(values).max())
     sigma = np.sqrt(_clip_rounding(values, scale_x, "Σx"))
     w = _symmetrize(w)
-    quad = np.einsum("ji,jk,ki->i", vectors, w, vectors)
-    scale_w = float(np.abs(np.linalg.eigvalsh(w)).max()) if w.size else 0.0
+    quad = np.sum(vectors * (w @ vectors), axis=0)  # v_iᵀ Σw v_i; a matrix product, not einsum's O(d³) loop
+    if not w.size:
+        scale_w = 0.0
+    else:
+        scale_w = float(np.abs(eig_w[0] if eig_w is not None else np.linalg.eigvalsh(w)).max())
     f = np.sqrt(_clip_rounding(quad, scale_w, "Σw"))
     return sigma, f
