@@ -215,6 +215,23 @@ def test_eval_every_gives_curve_rows():
     assert curve["train_acc"].iloc[-1] == result.metrics["train_acc"].iloc[-1]
 
 
+@pytest.mark.parametrize("eval_every, evaluated", [
+    (3, [0, 3, 6, 9, 12]),  # both epochs end on a curve step: evaluated there once
+    (4, [0, 4, 6, 8, 12]),  # epoch 1 ends at step 6, between curve steps: evaluated there
+])
+def test_an_epoch_that_ends_on_a_curve_step_is_evaluated_once(eval_every, evaluated):
+    data = _vector_data()  # 96 samples, batch 16: 6 steps per epoch
+    trainer = Trainer(_model(0), data, TrainConfig(epochs=2, batch_size=16, lr=0.05), seed=0,
+                      test_data=_vector_data(32, seed=1))
+    steps, evaluations = [], trainer.evaluations
+    trainer.evaluations = lambda: (steps.append(trainer.step_count), evaluations())[1]
+    result = trainer.fit(eval_every=eval_every)
+    assert steps == evaluated
+    expected = _fit(epochs=2)[1].metrics  # the same run without a curve: each epoch row evaluated afresh
+    for column in ("train_acc", "test_acc", "loss", "step"):
+        np.testing.assert_array_equal(result.metrics[column].to_numpy(), expected[column].to_numpy())
+
+
 def test_huge_learning_rate_diverges_and_stops_early():
     data = _vector_data()
     trainer = Trainer(_model(0), data, TrainConfig(epochs=20, batch_size=16, lr=1e6), seed=0)

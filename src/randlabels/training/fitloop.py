@@ -114,6 +114,9 @@ def fit(
         }
     metrics, curve, checkpoints = progress["metrics"], progress["curve"], progress["checkpoints"]
     active = progress["active"]
+    # The evaluations at the last learning-curve step: an epoch that ends on one records
+    # them again instead of evaluating the same weights twice.
+    curve_point: tuple[int, Any] | None = None
     start = time.perf_counter() - progress["seconds"]
     monitor.start(epochs, metrics)
 
@@ -154,6 +157,7 @@ def fit(
                 loss_sum += trainer.step(orders, b)
                 if eval_every and trainer.step_count % eval_every == 0:
                     evaluations, sums = trainer.evaluations(), None
+                    curve_point = trainer.step_count, evaluations
                     for r in range(R):
                         if not running[r]:
                             continue
@@ -169,7 +173,11 @@ def fit(
                     save(epoch=epoch, batch=b + 1, order=orders.cpu(), loss_sum=loss_sum.cpu().tolist())
                     raise interrupted(epoch)
             if any(running):
-                evaluations, sums = trainer.evaluations(), loss_sum.cpu().numpy()
+                if curve_point is not None and curve_point[0] == trainer.step_count:
+                    evaluations = curve_point[1]
+                else:
+                    evaluations = trainer.evaluations()
+                sums = loss_sum.cpu().numpy()
                 for r in range(R):
                     if running[r]:
                         finish_epoch(evaluations, r, epoch, sums, done)
