@@ -28,11 +28,11 @@ from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config
 
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
 # Sizes of the shrunk splits: of images (VGG16 and ResNet18 jobs are most of this
-# test's time), and of the Gaussian vectors, whose 30-dimensional Σx wants twice as many.
-SPLIT = {"upstream": 32, "downstream": 32, "test": 16}
-GAUSSIAN_SPLIT = {key: 2 * size for key, size in SPLIT.items()}
+# test's time), and of the Gaussian vectors, whose 30-dimensional Σx wants more.
+SPLIT = {"upstream": 16, "downstream": 16, "test": 8}
+GAUSSIAN_SPLIT = {"upstream": 64, "downstream": 64, "test": 32}
 GAUSSIAN_SAMPLES = sum(GAUSSIAN_SPLIT.values())
-BATCH = 16  # two steps an epoch
+BATCH, GAUSSIAN_BATCH = 8, 32  # two steps an epoch
 EPOCHS = 2
 
 
@@ -57,8 +57,8 @@ def shrink(config: dict, images_path: str) -> dict:
     """A copy of the paper config at the smallest sizes that still run each code path:
     one seed (two, packed into one job, where an experiment pools its own seeds; every
     other experiment trains its seed unpacked), 2 epochs up- and 1 downstream of two
-    steps each, 32 images up- and downstream and 16 to test (Gaussian vectors: twice
-    as many), one init scale (two where the grid is the result), the first and last
+    steps each, 16 images up- and downstream and 8 to test (Gaussian vectors: 64 and
+    32), one init scale (two where the grid is the result), the first and last
     downstream class counts, and of each depth family of variants the smallest and
     largest depth; architectures, layers, labels and targets are kept. Each training
     job gets one CPU thread, so two share the two cores, and the variants of each
@@ -78,24 +78,25 @@ def shrink(config: dict, images_path: str) -> dict:
         pooled = "seeds" in exp and "pack_seeds" in exp["pretrain"]  # the eigen-filters
         if "seeds" in exp:
             exp["seeds"] = [0, 1] if pooled else [0]
-        sizes = GAUSSIAN_SPLIT if small["datasets"][exp["dataset"]]["source"] == "gaussian" else SPLIT
+        gaussian = small["datasets"][exp["dataset"]]["source"] == "gaussian"
+        sizes, batch = (GAUSSIAN_SPLIT, GAUSSIAN_BATCH) if gaussian else (SPLIT, BATCH)
         for key, size in sizes.items():
             if exp["split"].get(key) != 0:  # 0: the experiment does not fine-tune
                 exp["split"][key] = size
         pretrain = exp["pretrain"]
-        pretrain.update(epochs=EPOCHS, checkpoints=list(range(EPOCHS + 1)), batch_size=BATCH)
+        pretrain.update(epochs=EPOCHS, checkpoints=list(range(EPOCHS + 1)), batch_size=batch)
         if "pack_seeds" in pretrain:  # packing runs where it packs two seeds
             pretrain["pack_seeds"] = 2 if pooled else 1
         if "construct" in exp:
             exp["construct"]["samples"] = SPLIT["upstream"]
         if "stats" in exp:
-            exp["stats"]["batch_size"] = 2 * BATCH
+            exp["stats"]["batch_size"] = 2 * batch
         finetune = exp.get("finetune")
         if finetune:
-            finetune.update(epochs=1, batch_size=BATCH, eval_every=1, variants=_depth_ends(finetune["variants"]),
+            finetune.update(epochs=1, batch_size=batch, eval_every=1, variants=_depth_ends(finetune["variants"]),
                             pack_variants=True)
             if finetune.get("probe_samples"):
-                finetune["probe_samples"] = BATCH
+                finetune["probe_samples"] = batch
             if "classes" in finetune:
                 finetune["classes"] = _first(finetune["classes"], 2)
     return small
