@@ -41,7 +41,8 @@ benchmark, with the method in its docstring).
   R separate `Trainer` runs one after the other (one-model-per-process without the
   process start-ups). Aggregate images/s. The workflow trains this way when an
   experiment sets `pretrain: {pack_seeds: R}` (one `pretrain_packed` job per group of R
-  seeds, see README, Configuration).
+  seeds, see README, Configuration), and fine-tunes all variants of one run in one job
+  with `finetune: {pack_variants: true}`.
 - **Patch covariance**: `randlabels.analysis.covariance.patch_covariance` (float64, streaming) against
   numpy im2col (`sliding_window_view`) and XᵀX, float64, on the CPU.
 - **DAG build**: wall-clock time of `snakemake -n` on the default config with more
