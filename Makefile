@@ -28,7 +28,7 @@ test-data:
 TEST_WORKERS ?= 2
 
 # The fast tier, for the inner loop: everything but the end-to-end workflow runs
-# (marker `slow`), about 2 minutes on 2 cores.
+# (marker `slow`), under 2 minutes on 2 cores.
 check: venv
 	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" -n $(TEST_WORKERS)
 

@@ -1,13 +1,38 @@
-"""Test-session hooks: the longest test files start first.
+"""Test-session set-up: the longest test files start first, and each pytest-xdist worker
+gets its share of the cores for its threads.
 
 `make test` runs each file on one of two pytest-xdist workers (``--dist loadfile
 --no-loadscope-reorder``), in collection order. A long end-to-end file that starts
 last keeps one worker busy long after the other has finished, so files are collected
 longest first: a slow test may declare its expected minutes, ``@pytest.mark.slow(minutes=9)``
 (a plain ``slow`` counts as 1), and a file weighs its longest test.
+
+Two workers with two threads each on two cores spend much of their time waiting on
+each other, so each worker's torch and numpy get ``cores // workers`` threads
+(docs/PERFORMANCE.md, Test suite, gives the measured effect).
 """
 
 from __future__ import annotations
+
+import os
+
+#: The variables torch's OpenMP pool and numpy's BLAS read for their thread count.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_share(workers: int, cores: int) -> int | None:
+    """Threads for each of ``workers`` test processes on ``cores`` cores (at least
+    one); None for a single process, which keeps the libraries' defaults."""
+    return max(1, cores // workers) if workers > 1 else None
+
+
+# In each pytest-xdist worker, before torch or numpy is imported (both read these at
+# start-up), unless the user set any of them (torch lets MKL_NUM_THREADS override
+# OMP_NUM_THREADS, so one set alone must not be joined by the others). Subprocesses
+# (Snakemake runs, scripts) inherit them.
+_SHARE = thread_share(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), len(os.sched_getaffinity(0)))
+if _SHARE is not None and not any(name in os.environ for name in THREAD_VARIABLES):
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(_SHARE)))
 
 
 def _minutes(item) -> float:
