@@ -7,9 +7,10 @@ last keeps one worker busy long after the other has finished, so files are colle
 longest first: a slow test may declare its expected minutes, ``@pytest.mark.slow(minutes=9)``
 (a plain ``slow`` counts as 1), and a file weighs its longest test.
 
-Two workers with two threads each on two cores spend much of their time waiting on
-each other, so each worker's torch and numpy get ``cores // workers`` threads
-(docs/PERFORMANCE.md, Test suite, gives the measured effect).
+Two workers with two threads each on two cores contend in the tests that compute in
+the worker's own process (the fast tier; workflow jobs set their own threads), so each
+worker's torch and numpy get ``cores // workers`` threads (docs/PERFORMANCE.md, Test
+suite, gives the measured effect).
 """
 
 from __future__ import annotations
