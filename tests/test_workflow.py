@@ -132,7 +132,7 @@ def test_tiny_run_writes_every_stage(tiny_run):
         conv = f["epoch_0002"]["conv1"]
         assert conv["cov_x"].shape == (9, 9) and conv["cov_w"].shape == (9, 9)
         assert np.isfinite(conv.attrs["misalignment_data"]) and conv.attrs["misalignment_data"] >= 0
-        fc = f["epoch_0002"]["fc1"]  # 32 units in 1024 dimensions: Σw is singular
+        fc = f["epoch_0002"]["fc1"]  # 32 units in 256 dimensions: Σw is singular
         assert np.isnan(fc.attrs["misalignment_data"])
         assert "singular" in fc.attrs["undefined_reason"]
 
