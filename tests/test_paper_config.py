@@ -29,10 +29,10 @@ from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config
 PAPER = ROOT / "configs" / "paper-cifar10.yaml"
 # Sizes of the shrunk splits: of images (VGG16 and ResNet18 jobs are most of this
 # test's time), and of the Gaussian vectors, whose 30-dimensional Σx wants more.
-SPLIT = {"upstream": 16, "downstream": 16, "test": 8}
+SPLIT = {"upstream": 8, "downstream": 8, "test": 8}
 GAUSSIAN_SPLIT = {"upstream": 64, "downstream": 64, "test": 32}
 GAUSSIAN_SAMPLES = sum(GAUSSIAN_SPLIT.values())
-BATCH, GAUSSIAN_BATCH = 8, 32  # two steps an epoch
+BATCH, GAUSSIAN_BATCH = 4, 32  # two steps an epoch
 EPOCHS = 2
 
 
@@ -57,7 +57,7 @@ def shrink(config: dict, images_path: str) -> dict:
     """A copy of the paper config at the smallest sizes that still run each code path:
     one seed (two, packed into one job, where an experiment pools its own seeds; every
     other experiment trains its seed unpacked), 2 epochs up- and 1 downstream of two
-    steps each, 16 images up- and downstream and 8 to test (Gaussian vectors: 64 and
+    steps each, 8 images up- and downstream and 8 to test (Gaussian vectors: 64 and
     32), one init scale (two where the grid is the result), the first and last
     downstream class counts, and of each depth family of variants the smallest and
     largest depth; architectures, layers, labels and targets are kept. Each training
