@@ -254,21 +254,11 @@ def test_a_yaml_syntax_error_in_config_yaml_names_file_and_line(tmp_path):
 # --------------------------------------------------------------------------- input files
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished run of a one-seed tiny config, copied afresh for each fault."""
-    project = copy_project(tmp_path_factory.mktemp("finished") / "project")
-    config = copy.deepcopy(TINY)
-    config["seeds"] = [0]
-    (project / "config.yaml").write_text(yaml.safe_dump(config))
-    snakemake(project, "--cores", "2")
-    return project
-
-
 @pytest.fixture
-def project(finished, tmp_path):
+def project(finished_tiny_run, tmp_path):
+    """The session's finished tiny run (tests/conftest.py), copied afresh for each fault."""
     copy = tmp_path / "project"
-    shutil.copytree(finished, copy, symlinks=True)
+    shutil.copytree(finished_tiny_run, copy, symlinks=True)
     return copy
 
 
@@ -356,13 +346,12 @@ INPUT_FAULTS = {
 
 
 @pytest.mark.slow
-def test_packed_finetuning_writes_what_separate_jobs_write(project, finished):
-    """finetune.pack_variants on the finished run (it lives here to share that run):
+def test_packed_finetuning_writes_what_separate_jobs_write(project, finished_tiny_run):
+    """finetune.pack_variants on the session's finished tiny run (tests/conftest.py):
     one job trains the four variants, four unpack jobs write the tables the separate
     finetune jobs wrote, equal up to floating-point rounding (rtol 1e-4, atol 1e-6, as
     tests/test_packed.py), probe columns and flags included; upstream is not rerun."""
-    config = copy.deepcopy(TINY)
-    config["seeds"] = [0]
+    config = yaml.safe_load((project / "config.yaml").read_text())
     config["experiments"]["tiny"]["finetune"]["pack_variants"] = True
     (project / "config.yaml").write_text(yaml.safe_dump(config))
     tables = [f"results/tiny/finetune/random10/{variant}/scale0.5/seed0.tsv" for variant in config["experiments"]["tiny"]["finetune"]["variants"]]
@@ -371,7 +360,7 @@ def test_packed_finetuning_writes_what_separate_jobs_write(project, finished):
     result = snakemake(project, "--cores", "2", *tables)
     assert job_counts(result.stdout + result.stderr) == {"finetune_packed": 1, "unpack_finetune": 4}
     for table in tables:
-        want, got = read_table(finished / table), read_table(project / table)
+        want, got = read_table(finished_tiny_run / table), read_table(project / table)
         assert list(got.columns) == list(want.columns) and len(got) == len(want) == 6, table
         assert any(column.startswith("frac_active:") for column in got.columns)
         for column in want.columns:

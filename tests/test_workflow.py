@@ -92,20 +92,11 @@ def test_invalid_config_stops_before_any_job(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One full run of the tiny config on a copy of the project.
-
-    Training jobs ask for a GPU each, on a machine faked to have two: every one is
-    bound to a device, and at most two run at once.
-    """
-    root = tmp_path_factory.mktemp("tiny")
-    project = copy_project(root / "project")
-    config = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
-    config["resources"] = {"training": {"gpu": 1}}
-    config["tensorboard"] = True  # event files of every training run (tensorboard is in the test extra)
-    (project / "config.yaml").write_text(yaml.safe_dump(config))
-    fake_gpus = {"RANDLABELS_FAKE_GPUS": "0,1", "RANDLABELS_GPU_LOCK_DIR": str(root / "locks")}
-    snakemake(project, "--cores", "2", "--resources", "gpu=2", env=fake_gpus)
+def tiny_run(finished_tiny_run, tmp_path_factory):
+    """This file's copy of the session's tiny run (tests/conftest.py), which its tests
+    change (edits, reruns, a report)."""
+    project = tmp_path_factory.mktemp("tiny") / "project"
+    shutil.copytree(finished_tiny_run, project, symlinks=True)
     return project
 
 
@@ -363,7 +354,7 @@ def _tables(project: Path) -> dict[str, pd.DataFrame]:
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2)  # the second-longest: its file starts right after the paper test's
 def test_killed_in_every_stage_a_rerun_completes_with_the_same_tables(tiny_run, tmp_path):
     """kill -9 of the whole workflow inside a job of each stage in turn, then a plain rerun."""
     project = copy_project(tmp_path / "project")
