@@ -1,10 +1,12 @@
-"""tests/conftest.py: each pytest-xdist worker runs torch and numpy on its share of the cores."""
+"""tests/conftest.py: each pytest-xdist worker runs torch and numpy on its share of the
+cores, and a folder the workers share (the tiny run) is made once."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import conftest
@@ -42,3 +44,58 @@ def test_a_worker_sets_its_share_before_torch_starts_unless_the_user_set_threads
         _threads_after_conftest(OMP_NUM_THREADS=own)[0], "-")
     # Not a worker: nothing is set.
     assert _threads_after_conftest()[1] == "-"
+
+
+# A pytest-xdist worker asking for the shared folder "run": its own temporary folder is
+# popen-gwN under the session's, as pytest-xdist gives it; ``make`` logs each call and
+# takes a while, failing when asked to.
+_ASK = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from workflow_helpers import made_once
+
+    session, worker, fail = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "fail"
+    os.environ["PYTEST_XDIST_WORKER"] = worker
+
+    class Factory:
+        def getbasetemp(self):
+            return session / f"popen-{worker}"
+
+    def make(folder):
+        with open(session / "calls.log", "a") as log:
+            log.write(worker + "\\n")
+        folder.mkdir()
+        time.sleep(0.5)
+        if fail:
+            raise RuntimeError("make failed")
+        (folder / "result").write_text(worker)
+
+    print(made_once(Factory(), "run", make))
+""")
+
+
+def _ask(session: Path, worker: str, fail: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _ASK, str(session), worker, "fail" if fail else "ok"],
+                            cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_shared_folder_is_made_by_one_worker_while_the_other_waits(tmp_path):
+    workers = [_ask(tmp_path, "gw0"), _ask(tmp_path, "gw1")]
+    outputs = [worker.communicate(timeout=60) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    assert {out.strip() for out, _ in outputs} == {str(tmp_path / "run")}  # the session's, not a worker's
+    makers = (tmp_path / "calls.log").read_text().split()
+    assert len(makers) == 1  # the other waited, then took what the first made
+    assert (tmp_path / "run" / "result").read_text() == makers[0]
+
+
+def test_a_shared_folder_whose_making_failed_is_made_afresh_by_the_next_worker(tmp_path):
+    failed = _ask(tmp_path, "gw0", fail=True)
+    _, error = failed.communicate(timeout=60)
+    assert failed.returncode != 0 and "make failed" in error
+    assert (tmp_path / "run").is_dir()  # the failed attempt's leftovers
+    retried = _ask(tmp_path, "gw1")
+    out, error = retried.communicate(timeout=60)
+    assert retried.returncode == 0, error
+    assert (tmp_path / "calls.log").read_text().split() == ["gw0", "gw1"]
+    assert (tmp_path / "run" / "result").read_text() == "gw1"
