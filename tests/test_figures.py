@@ -36,11 +36,21 @@ def _records(a=4.0, b=3.0, c=2.0, g=1.0):
     ]
 
 
+def _trained(records, h=4.0, p=3.0, g=2.0, q=1.0):
+    """``records`` moved by training: seed 0's filters by ±h·e1 and ±p·e0, seed 1's by
+    ±g·e2 and ±q·e3. Pooled, W − W₀ has mean 0 and covariance diag(2p², 2h², 2g², 2q²)/7,
+    whose eigenvectors (for h > p > g > q) are Σx's, e1, e0, e2, e3, in Σx's order."""
+    eye = np.eye(4)
+    moves = [np.stack([h * eye[1], -h * eye[1], p * eye[0], -p * eye[0]]),
+             np.stack([g * eye[2], -g * eye[2], q * eye[3], -q * eye[3]])]
+    return [{**r, "weights": r["weights"] + move} for r, move in zip(records, moves)]
+
+
 def test_the_eigenfilter_table_pools_the_seeds_filters():
     table = eigenfilters.table(_records(), "exp", "conv1", "random", 0.5)
     first = table.iloc[0]
     assert (first["seeds"], first["filters"], first["c_in"], first["kh"], first["kw"]) == (2, 8, 1, 2, 2)
-    assert set(table["kind"]) == set(eigenfilters.KINDS)
+    assert set(table["kind"]) == set(eigenfilters.KINDS) - {"eigvec_change"}  # no W₀ given
     eigvec_w, ranks, eigval_w = eigenfilters.vectors(table, "eigvec_w")
     np.testing.assert_allclose(eigval_w, np.array([32, 18, 8, 2]) / 7)
     np.testing.assert_allclose(eigvec_w, np.eye(4), atol=1e-12)  # signs: largest entry positive
@@ -48,6 +58,34 @@ def test_the_eigenfilter_table_pools_the_seeds_filters():
     filters, columns, eigvals = eigenfilters.vectors(table, "filter")
     assert list(columns) == list(range(8)) and np.isnan(eigvals).all()  # 8 filters: the sample is all of them
     np.testing.assert_allclose(filters[:, 2], [0, 3, 0, 0])
+
+
+def test_the_eigenvectors_of_what_training_changed():
+    table = eigenfilters.table(_trained(_records()), "exp", "conv1", "random", 0.5, initial=_records())
+    assert set(table["kind"]) == set(eigenfilters.KINDS)
+    eigvec_c, ranks, eigval_c = eigenfilters.vectors(table, "eigvec_change")
+    np.testing.assert_allclose(eigval_c, np.array([32, 18, 8, 2]) / 7)
+    np.testing.assert_allclose(eigvec_c, np.eye(4)[:, [1, 0, 2, 3]], atol=1e-12)
+    assert list(ranks) == [1, 2, 3, 4]
+    filters, _, _ = eigenfilters.vectors(table, "filter")
+    np.testing.assert_allclose(filters[:, 2], [3, 3, 0, 0])  # the trained filter b·e1 + p·e0, not W₀'s
+    # Nothing moved, or every filter moved alike: the change has no covariance to show.
+    assert "eigvec_change" not in set(eigenfilters.table(_records(), "e", "conv1", "random", 1, initial=_records())["kind"])
+    shifted = [{**r, "weights": r["weights"] + 0.5} for r in _records()]
+    assert "eigvec_change" not in set(eigenfilters.table(shifted, "e", "conv1", "random", 1, initial=_records())["kind"])
+    with pytest.raises(ValueError, match="1 records at initialization for 2 seeds"):
+        eigenfilters.table(_records(), "e", "conv1", "random", 1, initial=_records()[:1])
+
+
+def test_chance_best_match_in_closed_form():
+    # One direction in one dimension always matches; in two dimensions, u = (cos θ, sin θ)
+    # with θ uniform: E|cos θ| = 2/π, and E max(|cos θ|, |sin θ|) = 2√2/π.
+    assert eigenfilters.chance_best_match(1, 1) == pytest.approx(1.0)
+    assert eigenfilters.chance_best_match(2, 1) == pytest.approx(2 / np.pi, abs=0.015)
+    assert eigenfilters.chance_best_match(2, 2) == pytest.approx(2 * np.sqrt(2) / np.pi, abs=0.01)
+    assert eigenfilters.chance_best_match(25, 8) < eigenfilters.chance_best_match(25, 16) < 1
+    with pytest.raises(ValueError, match="1 <= n <= d"):
+        eigenfilters.chance_best_match(4, 5)
 
 
 def test_the_rank_comparison_of_sigma_w_with_sigma_x():
@@ -61,6 +99,15 @@ def test_the_rank_comparison_of_sigma_w_with_sigma_x():
     np.testing.assert_allclose(one["cos_best_match"], [1, 1, 1, 1])
     two = comparison[comparison["experiment"] == "two"]  # Σw = diag(2, 18, 8, 32)/7: top e3, then e1, e2, e0
     np.testing.assert_allclose(two["cos_same_rank"], [0, 0, 1, 0], atol=1e-12)
+    assert comparison[["eigval_change", "cos_same_rank_change", "cos_best_match_change"]].isna().all().all()
+    assert list(comparison["cos_best_match_chance"]) == [eigenfilters.chance_best_match(4, 4)] * 8
+    # With W₀: Σ(W − W₀)'s eigenvectors are Σx's, rank by rank, where Σw's are not.
+    changed = eigenfilters.rank_comparison(
+        eigenfilters.table(_trained(_records()), "one", "conv1", "random", 1.0, initial=_records()))
+    assert list(changed.columns) == list(eigenfilters.COMPARISON)
+    np.testing.assert_allclose(changed["eigval_change"], np.array([32, 18, 8, 2]) / 7)
+    np.testing.assert_allclose(changed["cos_same_rank_change"], [1, 1, 1, 1])
+    np.testing.assert_allclose(changed["cos_best_match_change"], [1, 1, 1, 1])
 
 
 def _with_runs(records, diverged=()):
@@ -128,6 +175,8 @@ def test_the_eigenfilter_figure_is_drawn_from_the_table(tmp_path, monkeypatch):
     def keep(fig, path):
         drawn["title"] = fig._suptitle.get_text()
         drawn["columns"] = [ax.get_title() for ax in fig.axes[:4]]
+        drawn["rows"] = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+        drawn["eigvec_change"] = [ax.get_title() for ax in fig.axes[8:12]]
         save(fig, path)
 
     monkeypatch.setattr(style, "save_figure", keep)
@@ -138,7 +187,6 @@ def test_the_eigenfilter_figure_is_drawn_from_the_table(tmp_path, monkeypatch):
     assert mpimg.imread(out).ndim == 3
     assert drawn["title"].startswith("one: layer conv1, 8 filters pooled over 2 seeds (random labels, init scale 0.5)\n")
     assert drawn["columns"] == ["filter 0", "filter 1", "filter 2", "filter 3"]
-    # A collapsed seed pooled, and a diverged one left out, are named under the title.
     # A collapsed seed pooled, and a diverged one left out, are named under the title;
     # drawn, as the rule draws it, from the table as written and read back (where an
     # empty cell reads as NaN).
@@ -153,3 +201,10 @@ def test_the_eigenfilter_figure_is_drawn_from_the_table(tmp_path, monkeypatch):
     figure.plot(read_table(tmp_path / "plain.tsv"), out, n_show=4)
     assert drawn["title"].startswith("one: layer conv1, 8 filters pooled over 2 seeds (random labels, init scale 0.5)\n(")
     assert "nan" not in drawn["title"]
+    assert drawn["rows"] == ["filters\n(sample)", "eigvecs\nof Σw", "eigvecs\nof Σx"]
+    # With W₀ in the table, a row of Σ(W − W₀)'s eigenvectors, above Σx's.
+    write_table(eigenfilters.table(_trained(_records()), "one", "conv1", "random", 0.5, initial=_records()),
+                tmp_path / "changed.tsv")
+    figure.plot(read_table(tmp_path / "changed.tsv"), out, n_show=4)
+    assert drawn["rows"] == ["filters\n(sample)", "eigvecs\nof Σw", "eigvecs of\nΣ(W − W₀)", "eigvecs\nof Σx"]
+    assert drawn["eigvec_change"] == ["#1  λ=4.6", "#2  λ=2.6", "#3  λ=1.1", "#4  λ=0.29"]

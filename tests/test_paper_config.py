@@ -223,6 +223,8 @@ def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     assert list(eigen["rank"]) == list(range(1, 17))  # 2 seeds × 256 filters in 75 dimensions: the top 16 kept
     assert eigen["cos_best_match"].between(0, 1 + 1e-9).all()
     assert (eigen["cos_best_match"] >= eigen["cos_same_rank"] - 1e-12).all()
+    assert eigen["cos_best_match_change"].between(0, 1 + 1e-9).all() and (eigen["eigval_change"] > 0).all()
+    assert eigen["cos_best_match_chance"].between(0, 1).all()
     # The pooled table names exactly the seeds its pre-training metrics flag collapsed
     # (in this run none: an empty cell), and pools every seed.
     tables_of = lambda name: read_table(project / plan.path("table", exp="eigenfilters_cifar10", table=name))  # noqa: E731

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from randlabels import provenance
+from randlabels.analysis import eigenfilters
 from randlabels.io import read_table
 from randlabels.workflow import plan
 from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, snakemake
@@ -134,6 +135,16 @@ def test_tiny_run_writes_every_stage(tiny_run):
     assert set(curves["variant"]) == {"scratch", "pretrained", "pretrained_norescale", "gaussian"}
     summary = read_table(results / "tiny" / "tables" / "transfer_summary.tsv")
     assert {"speedup", "steps_to_target", "auc_gap"} <= set(summary.columns)
+    # The eigen-filter table's Σ(W − W₀): the pooled seeds' last weights minus those at epoch 0.
+    change = []
+    for seed in (0, 1):
+        with h5py.File(results / "tiny" / "stats" / "random" / "scale0.5" / f"seed{seed}.h5") as f:
+            weights = [f[epoch]["conv1"]["weights"][()] for epoch in ("epoch_0002", "epoch_0000")]
+            change.append((weights[0] - weights[1]).reshape(len(weights[0]), -1))
+    expected = np.sort(np.linalg.eigvalsh(np.cov(np.concatenate(change), rowvar=False)))[::-1]
+    pooled = read_table(results / "tiny" / "tables" / "eigenfilters.tsv")
+    _, _, eigval_change = eigenfilters.vectors(pooled, "eigvec_change")
+    np.testing.assert_allclose(eigval_change, expected, rtol=1e-6)
     for figure in ("misalignment", "transfer_function", "eigenfilters", "learning_curves", "transfer_summary"):
         png = results / "tiny" / "figures" / f"{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure

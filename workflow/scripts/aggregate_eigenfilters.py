@@ -1,6 +1,6 @@
 """Rule aggregate_eigenfilters: the first-layer filters of an experiment's seeds pooled,
-beside the top eigenvectors of their covariance and of the data's (one tidy table);
-diverged seeds left out, collapsed ones named."""
+beside the top eigenvectors of their covariance, of their change from initialization and
+of the data's covariance (one tidy table); diverged seeds left out, collapsed ones named."""
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
@@ -19,10 +19,11 @@ expect_path_identities(paths, plan.PATHS["stats"])  # each file written for the 
 run = path_wildcards(plan.PATHS["stats"], paths[0])  # the first init scale, the label kind pooled
 layer = first_layer_name(paths[0])
 records = [read_layer(path, last_epoch(path), layer) for path in paths]
+initial = [read_layer(path, 0, layer) for path in paths]  # W₀: epoch 0, kept in every checkpoint set
 exp, scale = snakemake.wildcards.exp, float(run["scale"])
 collapsed = {seed for e, labels, s, seed in collapsed_keys(read_table(snakemake.input.pretrain_metrics))
              if (e, labels, s) == (exp, run["labels"], scale)}
-table = eigenfilters.table(records, exp, layer, run["labels"], scale, collapsed=collapsed)
+table = eigenfilters.table(records, exp, layer, run["labels"], scale, collapsed=collapsed, initial=initial)
 write_table(table, snakemake.output[0])
 head = table.iloc[0]
 if head["reason"]:

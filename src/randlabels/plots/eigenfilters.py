@@ -2,8 +2,9 @@
 
 If training on random labels aligns Σw with Σx (claim 1), the leading eigenvectors of
 the filter covariance look like those of the image-patch covariance (smooth, low
-frequency, colour-opponent), even though single filters look like noise. Three rows
-of small images make that visible: sampled filters, eigenvectors of Σw, of Σx.
+frequency, colour-opponent), even though single filters look like noise. Rows of small
+images make that visible: sampled filters, eigenvectors of Σw, of Σ(W − W₀) (what
+training changed, where the table has it), of Σx.
 
 :func:`plot` draws the eigen-filter table (:mod:`randlabels.analysis.eigenfilters`) like every
 figure module draws its table; :func:`draw` is the same figure from arrays.
@@ -22,7 +23,8 @@ from randlabels.analysis.eigenfilters import nothing_pooled
 from randlabels.analysis.eigenfilters import vectors as table_vectors
 from randlabels.plots import style
 
-ROW_LABELS = ("filters\n(sample)", "eigvecs\nof Σw", "eigvecs\nof Σx")
+ROW_LABELS = {"filter": "filters\n(sample)", "eigvec_w": "eigvecs\nof Σw",
+              "eigvec_change": "eigvecs of\nΣ(W − W₀)", "eigvec_x": "eigvecs\nof Σx"}
 
 
 def _to_image(vector: np.ndarray, kernel_shape: Sequence[int]) -> tuple[np.ndarray, dict]:
@@ -78,8 +80,12 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, n_show: int = 8) -> N
     filters, columns, _ = table_vectors(rows, "filter")
     eigvec_w, _, eigval_w = table_vectors(rows, "eigvec_w")
     eigvec_x, _, eigval_x = table_vectors(rows, "eigvec_x")
+    change = {}
+    if (rows["kind"] == "eigvec_change").any():
+        eigvec_c, _, eigval_c = table_vectors(rows, "eigvec_change")
+        change = {"eigvec_change": eigvec_c, "eigval_change": eigval_c}
     draw(filters.T, eigvec_w, eigvec_x, (int(first["c_in"]), int(first["kh"]), int(first["kw"])), out_path,
-         n_show=n_show, eigval_w=eigval_w, eigval_x=eigval_x, filter_names=[int(c) for c in columns],
+         n_show=n_show, eigval_w=eigval_w, eigval_x=eigval_x, filter_names=[int(c) for c in columns], **change,
          title=f"{subject}, {int(first['filters'])} filters pooled "
                f"over {int(first['seeds'])} seeds ({first['labels']} labels, init scale {first['init_scale']:g})"
                + "".join(f"\n{note}" for note in notes))
@@ -103,8 +109,10 @@ def _draw_nothing_pooled(title: str, reason: str, out_path: str | os.PathLike) -
 def draw(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
          kernel_shape: Sequence[int], out_path: str | os.PathLike, n_show: int = 8,
          title: str = "", eigval_w: np.ndarray | None = None,
-         eigval_x: np.ndarray | None = None, filter_names: Sequence[int] | None = None) -> None:
-    """Draw sampled filters and top eigenvectors of Σw and Σx; write ``out_path``.
+         eigval_x: np.ndarray | None = None, filter_names: Sequence[int] | None = None,
+         eigvec_change: np.ndarray | None = None, eigval_change: np.ndarray | None = None) -> None:
+    """Draw sampled filters and top eigenvectors of Σw, of Σ(W − W₀) when
+    ``eigvec_change`` is given, and of Σx; write ``out_path``.
 
     ``filters`` is (n, d); ``eigvec_w`` and ``eigvec_x`` hold unit eigenvectors as
     columns (d, m); ``kernel_shape`` = (C_in, k, k) with d = C_in·k·k in the conv weight's
@@ -114,17 +122,17 @@ def draw(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
     ``n_show`` are drawn under those names.
     """
     filters = np.atleast_2d(np.asarray(filters, dtype=float))
-    eigvec_w = np.asarray(eigvec_w, dtype=float)
-    eigvec_x = np.asarray(eigvec_x, dtype=float)
+    eigvecs = {"eigvec_w": (eigvec_w, eigval_w), "eigvec_change": (eigvec_change, eigval_change),
+               "eigvec_x": (eigvec_x, eigval_x)}  # the rows, top to bottom
+    eigvecs = {kind: (np.asarray(v, dtype=float), values) for kind, (v, values) in eigvecs.items() if v is not None}
     if len(kernel_shape) != 3:
         raise ValueError(f"eigenfilters: kernel_shape must be (C_in, k, k), got {kernel_shape}")
     d = int(np.prod(kernel_shape))
-    for name, array, axis in (("filters", filters, 1), ("eigvec_w", eigvec_w, 0),
-                              ("eigvec_x", eigvec_x, 0)):
+    for name, array, axis in (("filters", filters, 1), *((kind, v, 0) for kind, (v, _) in eigvecs.items())):
         if array.ndim != 2 or array.shape[axis] != d:
             raise ValueError(f"eigenfilters: {name} has shape {array.shape}, expected "
                              f"dimension {d} = prod{tuple(kernel_shape)} on axis {axis}")
-    n_cols = int(min(n_show, filters.shape[0], eigvec_w.shape[1], eigvec_x.shape[1]))
+    n_cols = int(min(n_show, filters.shape[0], *(v.shape[1] for v, _ in eigvecs.values())))
     if n_cols < 1:
         raise ValueError("eigenfilters: nothing to show (n_show or an input is empty)")
     style.apply_theme()
@@ -134,14 +142,14 @@ def draw(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
         names = list(pick)
     else:
         pick, names = np.arange(n_cols), list(filter_names)[:n_cols]
-    top_w, titles_w = _top_columns(eigvec_w, eigval_w, n_cols)
-    top_x, titles_x = _top_columns(eigvec_x, eigval_x, n_cols)
-    rows = [([filters[i] for i in pick], [f"filter {name}" for name in names]),
-            (list(top_w.T), titles_w), (list(top_x.T), titles_x)]
+    rows = {"filter": ([filters[i] for i in pick], [f"filter {name}" for name in names])}
+    for kind, (vectors, values) in eigvecs.items():
+        top, titles = _top_columns(vectors, values, n_cols)
+        rows[kind] = (list(top.T), titles)
 
-    fig, axes = plt.subplots(3, n_cols, squeeze=False,
-                             figsize=(1.15 * n_cols + 1.2, 3 * 1.3 + 0.6))
-    for r, (vectors, titles) in enumerate(rows):
+    fig, axes = plt.subplots(len(rows), n_cols, squeeze=False,
+                             figsize=(1.15 * n_cols + 1.2, len(rows) * 1.3 + 0.6))
+    for r, (kind, (vectors, titles)) in enumerate(rows.items()):
         for c, (vector, label) in enumerate(zip(vectors, titles)):
             ax = axes[r, c]
             image, kws = _to_image(vector, kernel_shape)
@@ -150,7 +158,7 @@ def draw(filters: np.ndarray, eigvec_w: np.ndarray, eigvec_x: np.ndarray,
             ax.set_yticks([])
             ax.grid(False)
             ax.set_title(label, fontsize="x-small", pad=2)
-        axes[r, 0].set_ylabel(ROW_LABELS[r], rotation=0, ha="right", va="center",
+        axes[r, 0].set_ylabel(ROW_LABELS[kind], rotation=0, ha="right", va="center",
                               fontsize="small", labelpad=8)
     c_in, kh, kw = kernel_shape
     shown = {1: "grayscale", 3: "RGB"}.get(c_in, f"channel 1 of {c_in}")
