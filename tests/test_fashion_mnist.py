@@ -16,9 +16,10 @@ import yaml
 from PIL import Image
 
 from randlabels.io import read_table
-from workflow_helpers import ROOT, copy_project, snakemake
+from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
+EIGENFILTERS = ROOT / "configs" / "fashion-mnist-eigenfilters.yaml"
 
 
 def shrunk(config: dict) -> dict:
@@ -60,6 +61,27 @@ def test_the_config_reads_debians_files_with_no_download():
         "root": "/usr/share/datasets/fashion-mnist",
         "download": False,
     }
+
+
+def test_the_eigenfilter_config_varies_the_init_scale_alone(tmp_path):
+    """configs/fashion-mnist-eigenfilters.yaml: one experiment per init scale, each
+    fashion-mnist.yaml's fmnist_cnn pre-trained on random labels with nothing else
+    changed, and its target plans exactly their pre-training and statistics."""
+    main = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(EIGENFILTERS.read_text())
+    assert config["datasets"] == main["datasets"] and config["seeds"] == main["seeds"]
+    base = main["experiments"]["fmnist_cnn"]
+    expected = {key: base[key] for key in ("dataset", "model", "split", "stats")}
+    expected["pretrain"] = {**base["pretrain"], "labels": ["random"]}
+    scales = {}
+    for name, entry in config["experiments"].items():
+        scales[name] = entry.pop("init_scales")
+        assert entry == expected, name
+    assert scales == {"fmnist_scale1": [1.0], "fmnist_scale0p3": [0.3], "fmnist_scale0p1": [0.1]}
+    dry = snakemake(copy_project(tmp_path / "project"), "-n", "fig_eigenfilters", "--configfile", str(EIGENFILTERS))
+    counts = job_counts(dry.stdout)
+    assert (counts["pretrain"], counts["statistics"], counts["aggregate_eigenfilters"]) == (9, 9, 3)
+    assert "finetune" not in counts
 
 
 @pytest.mark.slow
