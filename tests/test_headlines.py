@@ -71,6 +71,12 @@ def test_the_pooled_score_of_the_last_epoch():
     (line,) = headlines.pooled_lines(table)
     assert line == ("misalignment of conv1 pooled over 3 seeds (one Σw) at epoch 40, random labels, init scale 0.5: "
                     "0.41 against the data basis, 1.24 against a random basis")
+    # With the change from initialization (the table's ``of``), its scores follow.
+    change = table[table["epoch"] == 40].assign(of="change", misalignment=[2.5, 18.2])
+    (line,) = headlines.pooled_lines(pd.concat([table.assign(of="weights"), change], ignore_index=True))
+    assert line == ("misalignment of conv1 pooled over 3 seeds (one Σw) at epoch 40, random labels, init scale 0.5: "
+                    "0.41 against the data basis, 1.24 against a random basis; of the change from initialization: "
+                    "2.5 against the data basis, 18.2 against a random basis")
 
 
 def test_speedups_are_medians_over_the_seeds_that_reached_the_target():

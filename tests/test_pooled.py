@@ -63,12 +63,15 @@ def _rank_deficient_filters(seed: int) -> np.ndarray:
 
 
 def _write(path: Path, seed: int, weights: np.ndarray, *, diverged=False, labels="random",
-           cov_x=COV_X, shared=True, deeper: np.ndarray | None = None) -> Path:
+           cov_x=COV_X, shared=True, deeper: np.ndarray | None = None, trained: np.ndarray | None = None) -> Path:
+    """One seed's statistics file: ``weights`` at epoch 0, and at epoch 4 ``trained``
+    (default: the weights grown fivefold)."""
     basis = random_orthonormal_basis(D, BASIS_SEEDS[seed])
     records = []
     for epoch in (0, 4):
         record = CheckpointRecord(epoch=epoch)
-        record.layers.append(measure_layer(cov_x, np.zeros(D), weights * (1 + epoch), "conv1", basis,
+        now = weights * (1 + epoch) if trained is None or epoch == 0 else trained
+        record.layers.append(measure_layer(cov_x, np.zeros(D), now, "conv1", basis,
                                            shared_input=shared, random_basis_seed=BASIS_SEEDS[seed]))
         if deeper is not None:
             record.layers.append(measure_layer(np.eye(D), np.zeros(D), deeper, "fc1", basis,
@@ -97,7 +100,15 @@ def test_rank_deficient_seeds_pool_to_a_finite_score(tmp_path):
 
     pooled = pooled_misalignment_table(paths)
     assert list(pooled.columns) == POOLED_COLUMNS
-    assert len(pooled) == 2 * 2  # epochs × bases
+    assert len(pooled) == (1 + 2) * 2  # (epoch 0: the weights; epoch 4: the weights and the change) × bases
+    assert list(pooled.loc[pooled["epoch"] == 0, "of"]) == ["weights"] * 2
+    # The change from epoch 0 to 4 is 4 × the initial filters: the same Σw up to scale,
+    # and M does not depend on scale.
+    change = pooled[(pooled["epoch"] == 4) & (pooled["of"] == "change")].set_index("basis")
+    initial = pooled[pooled["epoch"] == 0].set_index("basis")
+    for basis in ("data", "random"):
+        assert change.loc[basis, "misalignment"] == pytest.approx(initial.loc[basis, "misalignment"], rel=1e-9)
+    pooled = pooled[pooled["of"] == "weights"]
     last = pooled[pooled["epoch"] == 4].set_index("basis")
     assert (last["seeds"] == 2).all() and (last["filters"] == 12).all() and (last["reason"] == "").all()
     _, cov_w = weight_statistics(pool_filters([weights[0] * 5, weights[1] * 5]))
@@ -106,6 +117,28 @@ def test_rank_deficient_seeds_pool_to_a_finite_score(tmp_path):
     assert last.loc["data", "misalignment"] == pytest.approx(misalignment(mean_x, cov_w), rel=1e-12)
     control = np.mean([misalignment(mean_x, cov_w, basis=random_orthonormal_basis(D, BASIS_SEEDS[s])) for s in (0, 1)])
     assert last.loc["random", "misalignment"] == pytest.approx(control, rel=1e-12)
+
+
+def test_the_change_from_initialization_is_pooled_beside_the_weights(tmp_path):
+    """Random initial filters, moved by ±a·e0, ±b·e1, ±c·e2 (Σx's eigenvectors): the
+    change's pooled covariance is diagonal, so its data-basis misalignment is 0 where
+    that of the trained filters (initial noise plus change) is not."""
+    rng = np.random.default_rng(5)
+    move = np.concatenate([[a * row, -a * row] for a, row in zip((3.0, 2.0, 1.0), np.eye(D))])  # (6, D), mean 0
+    start = {seed: rng.normal(size=(6, D)) for seed in (0, 1)}
+    paths = [_write(_stats_path(tmp_path, s), s, start[s], trained=start[s] + move) for s in (0, 1)]
+    pooled = pooled_misalignment_table(paths)
+    last = pooled[pooled["epoch"] == 4].set_index(["of", "basis"])["misalignment"]
+    assert last.loc[("change", "data")] == pytest.approx(0.0, abs=1e-9)
+    _, cov_change = weight_statistics(pool_filters([move, move]))
+    control = np.mean([misalignment(COV_X, cov_change, basis=random_orthonormal_basis(D, BASIS_SEEDS[s]))
+                       for s in (0, 1)])
+    assert last.loc[("change", "random")] == pytest.approx(control, rel=1e-12) and control > 0.1
+    _, cov_w = weight_statistics(pool_filters([start[0] + move, start[1] + move]))
+    assert last.loc[("weights", "data")] == pytest.approx(misalignment(COV_X, cov_w), rel=1e-12)
+    assert misalignment(COV_X, cov_w) > 0.01
+    rows = pooled[(pooled["epoch"] == 4) & (pooled["of"] == "change")]
+    assert (rows["seeds"] == 2).all() and (rows["filters"] == 12).all() and (rows["reason"] == "").all()
 
 
 def test_diverged_and_collapsed_seeds_are_left_out(tmp_path):
@@ -147,7 +180,7 @@ def test_a_non_finite_seed_is_left_out_and_a_deeper_layer_is_not_pooled(tmp_path
     assert (conv["seeds"] == 1).all() and (conv["left_out"] == "seed 1: non-finite weights").all()
     assert conv["misalignment"].notna().all()
     fc = pooled[pooled["layer"] == "fc1"]
-    assert len(fc) == 4 and fc["misalignment"].isna().all()
+    assert len(fc) == (1 + 2) * 2 and fc["misalignment"].isna().all()  # epoch 0; epoch 4 of the weights and the change
     assert fc["reason"].str.contains("not pooled").all()
 
 
@@ -221,7 +254,7 @@ def test_aggregate_statistics_writes_the_pooled_table(tmp_path, monkeypatch):
         provenance.forget_job()
     pooled = read_table(tables / "misalignment_pooled.tsv")
     assert list(pooled.columns) == POOLED_COLUMNS
-    assert len(pooled) == 2 * 2 * 2  # label kinds × epochs × bases
+    assert len(pooled) == 2 * (1 + 2) * 2  # label kinds × (epoch 0; epoch 4 of the weights and the change) × bases
     assert set(pooled["labels"]) == {"random", "real"} and (pooled["seeds"] == 2).all()
     assert pooled["misalignment"].notna().all()
     per_seed = read_table(tables / "misalignment.tsv")
@@ -242,9 +275,11 @@ def _tables():
                         rows.append(dict(experiment="cnn2", labels=labels, init_scale=scale, seed=seed, epoch=epoch,
                                          layer="conv1", basis=basis, misalignment=2 + rng.random(), reason="",
                                          diverged=False, collapsed=seed == 2 and labels == "random"))
-                    pooled.append(dict(experiment="cnn2", labels=labels, init_scale=scale, epoch=epoch, layer="conv1",
-                                       basis=basis, misalignment=0.4 if basis == "data" else 1.2, seeds=2,
-                                       filters=128, left_out="seed 2: collapsed", reason=""))
+                    for of in ("weights", "change") if epoch else ("weights",):  # the figure draws the weights'
+                        pooled.append(dict(experiment="cnn2", labels=labels, init_scale=scale, epoch=epoch,
+                                           layer="conv1", of=of, basis=basis,
+                                           misalignment=50.0 if of == "change" else 0.4 if basis == "data" else 1.2,
+                                           seeds=2, filters=128, left_out="seed 2: collapsed", reason=""))
     return pd.DataFrame(rows), pd.DataFrame(pooled, columns=POOLED_COLUMNS)
 
 

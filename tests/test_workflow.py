@@ -130,6 +130,9 @@ def test_tiny_run_writes_every_stage(tiny_run):
 
     misalignment = read_table(results / "tiny" / "tables" / "misalignment.tsv")
     assert set(misalignment["basis"]) == {"data", "random"}
+    pooled = read_table(results / "tiny" / "tables" / "misalignment_pooled.tsv")
+    assert set(pooled.loc[pooled["epoch"] == 0, "of"]) == {"weights"}  # nothing has changed at epoch 0
+    assert set(pooled.loc[pooled["epoch"] > 0, "of"]) == {"weights", "change"}
     assert misalignment.query("layer == 'fc1'")["misalignment"].isna().all()
     curves = read_table(results / "tiny" / "tables" / "finetune_curves.tsv")
     assert set(curves["variant"]) == {"scratch", "pretrained", "pretrained_norescale", "gaussian"}

@@ -82,22 +82,31 @@ def misalignment_lines(table: pd.DataFrame) -> list[str]:
 
 def pooled_lines(table: pd.DataFrame) -> list[str]:
     """Per label kind and init scale: the misalignment of Σw pooled over the seeds, at
-    the last epoch, of the first layer pooled."""
+    the last epoch, of the first layer pooled; and of the change from initialization
+    where the table has it (``of``)."""
     rows = table.dropna(subset=["misalignment"])
     if rows.empty:
         return []
     rows = rows[rows["epoch"] == rows.groupby("labels")["epoch"].transform("max")]
     rows = rows[rows["layer"] == rows["layer"].iloc[0]]
+    of = rows["of"] if "of" in rows.columns else pd.Series("weights", index=rows.index)
     lines = []
     for (labels, scale), group in rows.groupby(["labels", "init_scale"], sort=True):
-        value = {basis: part["misalignment"].iloc[0] for basis, part in group.groupby("basis")}
+        value = {(kind, basis): part["misalignment"].iloc[0]
+                 for (kind, basis), part in group.groupby([of[group.index], "basis"])}
+        change = (f"; of the change from initialization: {_bases(value, 'change')}"
+                  if ("change", "data") in value else "")
         lines.append(
             f"misalignment of {group['layer'].iloc[0]} pooled over {int(group['seeds'].iloc[0])} seeds (one Σw) at "
-            f"epoch {group['epoch'].iloc[0]:g}, {labels} labels, init scale {scale:g}: "
-            f"{_number(value.get('data', math.nan))} against the data basis, "
-            f"{_number(value.get('random', math.nan))} against a random basis"
+            f"epoch {group['epoch'].iloc[0]:g}, {labels} labels, init scale {scale:g}: {_bases(value, 'weights')}{change}"
         )
     return lines
+
+
+def _bases(value: dict, of: str) -> str:
+    """The data- and random-basis scores of one ``of`` (weights | change)."""
+    return (f"{_number(value.get((of, 'data'), math.nan))} against the data basis, "
+            f"{_number(value.get((of, 'random'), math.nan))} against a random basis")
 
 
 def speedup_lines(table: pd.DataFrame) -> list[str]:

@@ -165,14 +165,20 @@ def misalignment_table(paths: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-POOLED_COLUMNS = ["experiment", "labels", "init_scale", "epoch", "layer", "basis", "misalignment",
+POOLED_COLUMNS = ["experiment", "labels", "init_scale", "epoch", "layer", "of", "basis", "misalignment",
                   "seeds", "filters", "left_out", "reason"]
+# What a pooled Σw is the covariance of: the filters, or what training changed, W − W₀.
+OF_WEIGHTS, OF_CHANGE = "weights", "change"
 
 
-def _pooled_layer(members: list[dict]) -> tuple[float, float, int, str]:
+def _pooled_layer(members: list[dict], initial: list[dict] | None = None) -> tuple[float, float, int, str]:
     """(data, random, filters, reason) of one layer pooled over ``members``: each a dict
-    with the seed's weights (units, d), cov_x and random_basis_seed."""
-    weights = pool_filters([m["weights"] for m in members])
+    with the seed's weights (units, d), cov_x and random_basis_seed. With ``initial``
+    (the same seeds' entries at epoch 0), of the change W − W₀ instead of the weights."""
+    if initial is None:
+        weights = pool_filters([m["weights"] for m in members])
+    else:
+        weights = pool_filters([m["weights"] - start["weights"] for m, start in zip(members, initial)])
     cov_x = np.mean([np.asarray(m["cov_x"], dtype=np.float64) for m in members], axis=0)
     where = f"pooled over {len(members)} seed(s), {len(weights)} filters in {weights.shape[1]} dimensions"
     try:
@@ -192,10 +198,12 @@ def _pooled_layer(members: list[dict]) -> tuple[float, float, int, str]:
 def pooled_misalignment_table(paths: Iterable[str], runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Misalignment of Σw pooled over the seeds of each (experiment, labels, init_scale).
 
-    Tidy rows (:data:`POOLED_COLUMNS`): one per configuration, epoch, layer and basis
-    (data | random). The filters of one layer of every seed are stacked into one weight
-    matrix (``pool_filters``), Σw is that matrix's covariance, Σx the mean of the seeds'
-    Σx; the random-basis score is the mean over the pooled seeds' own random bases.
+    Tidy rows (:data:`POOLED_COLUMNS`): one per configuration, epoch, layer, ``of`` and
+    basis (data | random). The filters of one layer of every seed are stacked into one
+    weight matrix (``pool_filters``), Σw is that matrix's covariance, Σx the mean of the
+    seeds' Σx; the random-basis score is the mean over the pooled seeds' own random
+    bases. ``of`` says what is stacked: ``weights``, the filters, or (after epoch 0)
+    ``change``, each filter minus itself at epoch 0, the same seeds pooled.
     Left out of the pool (``left_out`` names them and why): diverged runs, runs that
     ``runs`` (the pre-training metrics table) flags collapsed, and at an epoch and layer
     any seed whose weights or Σx are not finite. ``seeds`` counts the seeds pooled,
@@ -228,7 +236,7 @@ def pooled_misalignment_table(paths: Iterable[str], runs: pd.DataFrame | None = 
         seeds = sorted(seeds, key=lambda s: s["seed"])
         cells = list(dict.fromkeys(cell for s in seeds for cell in s["layers"]))
         for epoch, layer in sorted(cells, key=lambda c: c[0]):
-            left_out, members, reason = [], [], ""
+            left_out, members, member_seeds, reason = [], [], [], ""
             entries = [(s, s["layers"].get((epoch, layer))) for s in seeds]
             old = [s["path"] for s, e in entries if e is not None
                    and (e["shared_input"] is None or e["random_basis_seed"] is None)]
@@ -250,18 +258,25 @@ def pooled_misalignment_table(paths: Iterable[str], runs: pd.DataFrame | None = 
                         left_out.append(f"seed {s['seed']}: non-finite Σx")
                     else:
                         members.append(e)
-            filters = 0
-            data = random = np.nan
+                        member_seeds.append(s)
             if not reason and not members:
                 reason = "no seed left to pool" + (f" ({'; '.join(left_out)})" if left_out else "")
-            if not reason:
-                data, random, filters, reason = _pooled_layer(members)
-            for basis, value in (("data", data), ("random", random)):
-                rows.append({
-                    "experiment": experiment, "labels": labels, "init_scale": init_scale, "epoch": epoch,
-                    "layer": layer, "basis": basis, "misalignment": float(value), "seeds": len(members),
-                    "filters": int(filters), "left_out": "; ".join(left_out), "reason": reason,
-                })
+            for of in (OF_WEIGHTS, OF_CHANGE) if epoch > 0 else (OF_WEIGHTS,):
+                filters, data, random, why = 0, np.nan, np.nan, reason
+                initial = None
+                if of == OF_CHANGE:
+                    initial = [s["layers"].get((0, layer)) for s in member_seeds]
+                    if not why and any(start is None or "weights" not in start for start in initial):
+                        why = f"no epoch 0 of layer {layer} to subtract"
+                if not why:
+                    data, random, filters, why = _pooled_layer(members, initial)
+                for basis, value in (("data", data), ("random", random)):
+                    rows.append({
+                        "experiment": experiment, "labels": labels, "init_scale": init_scale, "epoch": epoch,
+                        "layer": layer, "of": of, "basis": basis, "misalignment": float(value),
+                        "seeds": len(members), "filters": int(filters), "left_out": "; ".join(left_out),
+                        "reason": why,
+                    })
     return pd.DataFrame(rows, columns=POOLED_COLUMNS)
 
 

@@ -9,7 +9,8 @@ diverged (``diverged`` column, when present).
 
 Beside the mean of the per-seed scores, the score of Σw pooled over the seeds (the
 ``misalignment_pooled`` table: all filters of a configuration in one Σw) is drawn as
-stars, one line per label kind and basis, labelled "pooled over N seeds". It comes
+stars, one line per label kind and basis, labelled "pooled over N seeds"; the table's
+rows of the change from initialization (``of`` = change) are not drawn. It comes
 either as the ``pooled`` argument (a table or its path) or as rows of ``table`` whose
 ``pooled`` column is true (a paper target's combined table).
 """
@@ -24,6 +25,7 @@ import pandas as pd
 import seaborn as sns
 
 from randlabels.analysis.memorization import collapsed_count
+from randlabels.analysis.statsfile import OF_WEIGHTS
 from randlabels.io import read_table
 from randlabels.plots import style
 
@@ -85,6 +87,8 @@ def _split_pooled(table: pd.DataFrame, pooled) -> tuple[pd.DataFrame, pd.DataFra
         pooled = read_table(pooled)
     if pooled is not None:
         rows = pd.concat([rows, pooled], ignore_index=True) if not rows.empty else pooled
+    if "of" in rows.columns:  # the stars are Σw of the filters, not of their change (of = change)
+        rows = rows[rows["of"].isna() | (rows["of"] == OF_WEIGHTS)]
     if rows.empty:
         return per_seed, None
     style.require_columns(rows, POOLED_COLUMNS, "misalignment figure (pooled rows)")

@@ -154,12 +154,16 @@ def _experiment_columns(table: pd.DataFrame, info: dict, keys: tuple[str, ...]) 
 
 def _build_misalignment(tables: dict, info: dict):
     """Per-seed rows (``pooled`` false) and, where the target reads them, the rows of Σw
-    pooled over seeds (``pooled`` true, ``seed`` empty, ``seeds`` the number pooled): one
-    table, which the misalignment figure splits again."""
+    pooled over seeds (``pooled`` true, ``seed`` empty, ``seeds`` the number pooled; of
+    the weights, and of their change from initialization, ``of``): one table, which the
+    misalignment figure splits again."""
+    from randlabels.analysis.statsfile import OF_WEIGHTS  # h5py: only in the job
+
     table = tables["misalignment"]
     pooled = tables.get("misalignment_pooled")
     if pooled is not None and not pooled.empty:
-        table = pd.concat([table.assign(pooled=False), pooled.assign(pooled=True)], ignore_index=True)
+        per_seed = table.assign(pooled=False, of=OF_WEIGHTS)  # per seed: Σw of the weights
+        table = pd.concat([per_seed, pooled.assign(pooled=True)], ignore_index=True)
         for column in ("seed", "seeds", "filters"):  # integers, empty where they do not apply
             if column in table.columns:
                 table[column] = table[column].astype("Int64")
