@@ -141,6 +141,21 @@ def test_the_change_from_initialization_is_pooled_beside_the_weights(tmp_path):
     assert (rows["seeds"] == 2).all() and (rows["filters"] == 12).all() and (rows["reason"] == "").all()
 
 
+def test_a_seed_without_epoch_0_gives_its_change_a_reason(tmp_path):
+    """A damaged file that lost its initialization: the weights are still pooled at epoch
+    4, the change cannot be, and its rows say why instead of failing."""
+    rng = np.random.default_rng(6)
+    paths = [_write(_stats_path(tmp_path, s), s, rng.normal(size=(8, D))) for s in (0, 1)]
+    with h5py.File(paths[1], "a") as f:
+        del f["epoch_0000"]
+    pooled = pooled_misalignment_table(paths)
+    last = pooled[pooled["epoch"] == 4]
+    weights, change = last[last["of"] == "weights"], last[last["of"] == "change"]
+    assert weights["misalignment"].notna().all() and (weights["seeds"] == 2).all()
+    assert change["misalignment"].isna().all() and len(change) == 2
+    assert (change["reason"] == "no epoch 0 of layer conv1 to subtract").all()
+
+
 def test_diverged_and_collapsed_seeds_are_left_out(tmp_path):
     rng = np.random.default_rng(3)
     weights = {seed: rng.normal(size=(8, D)) for seed in (0, 1, 2)}
