@@ -113,7 +113,8 @@ def test_every_rule_declares_the_import_closure_of_its_script(finished):
         assert declared == expected, (row["rule"], row["output_file"])  # relative: src/randlabels/...
         assert "src/randlabels/io.py" in expected, row["rule"]
     figures = {Path(row["output_file"]).stem for row in jobs if row["rule"] == "plot"}
-    assert figures == {"misalignment", "transfer_function", "eigenfilters", "transfer_summary", "learning_curves"}
+    assert figures == {"misalignment", "misalignment_change", "transfer_function", "eigenfilters", "transfer_summary",
+                       "learning_curves"}
 
 
 def test_a_moved_project_has_nothing_to_do(finished):

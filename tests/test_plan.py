@@ -34,7 +34,7 @@ def test_targets_follow_the_experiment_kind():
     # A conv net with fine-tuning gets every figure; Gaussian data on an MLP without
     # fine-tuning neither the eigen-filters nor the downstream figures.
     assert plan.figures(config, "digits_cnn") == list(FIGURES)
-    assert plan.figures(config, "gaussian_fc") == ["misalignment", "transfer_function"]
+    assert plan.figures(config, "gaussian_fc") == ["misalignment", "misalignment_change", "transfer_function"]
     assert "eigenfilters" in plan.tables(config, "digits_cnn") and "eigenfilters" not in plan.tables(config, "gaussian_fc")
     wanted = {plan.path("figure", exp=exp, figure=name)
               for exp in ("digits_cnn", "gaussian_fc") for name in plan.figures(config, exp)}

@@ -21,7 +21,7 @@ from workflow_helpers import figure_caption
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS_DIR = ROOT / "src" / "randlabels" / "plots"
-FIGURE_MODULES = ["misalignment", "transfer_function", "learning_curves", "transfer_summary",
+FIGURE_MODULES = ["misalignment", "misalignment_change", "transfer_function", "learning_curves", "transfer_summary",
                   "eigenfilters", "depth_transfer", "transfer_map", "specialization", "kernel_size"]
 
 
@@ -190,6 +190,93 @@ def test_misalignment_entirely_undefined(tmp_path: Path) -> None:
     out = tmp_path / "m.png"
     misalignment.plot(table, out)
     assert_png(out)
+
+
+def pooled_table() -> pd.DataFrame:
+    """A ``misalignment_pooled`` table: two label kinds at one init scale, epochs 0, 5
+    and 10; the weights scored at every epoch, their change from epoch 0 after it.
+    Values encode (of, labels, basis, epoch), so a drawn line says which rows it is."""
+    rows = []
+    for labels in ("random", "real"):
+        for epoch in (0, 5, 10):
+            for of in ("weights", "change") if epoch else ("weights",):
+                for basis in ("data", "random"):
+                    value = (100 if of == "change" else 1) * (2 if basis == "random" else 1) * (
+                        3 if labels == "real" else 1) * (1 + epoch)
+                    rows.append(dict(experiment="cnn2", labels=labels, init_scale=1.0, epoch=epoch,
+                                     layer="conv1", of=of, basis=basis, misalignment=float(value), seeds=3,
+                                     filters=192, left_out="", reason=""))
+    return pd.DataFrame(rows)
+
+
+def _drawn_by_gid(monkeypatch) -> dict:
+    """Capture, at save time, each line's (gid, colour, dashed) → its (x, y), and the texts."""
+    from randlabels.plots import style
+
+    drawn = {}
+    save = style.save_figure
+
+    def keep(fig, path):
+        drawn["lines"] = {(line.get_gid(), line.get_color(), line.get_linestyle()): (
+            list(line.get_xdata()), list(line.get_ydata())) for ax in fig.axes for line in ax.lines}
+        drawn["titles"] = [ax.get_title() for ax in fig.axes]
+        drawn["texts"] = [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+        drawn["suptitle"] = fig._suptitle.get_text()
+        drawn["yscale"] = {ax.get_yscale() for ax in fig.axes}
+        save(fig, path)
+
+    monkeypatch.setattr(style, "save_figure", keep)
+    return drawn
+
+
+def test_misalignment_change_draws_the_change_and_faintly_the_weights(tmp_path: Path, monkeypatch) -> None:
+    from randlabels.io import read_table, write_table
+    from randlabels.plots import misalignment_change, style
+
+    drawn = _drawn_by_gid(monkeypatch)
+    write_table(pooled_table(), tmp_path / "pooled.tsv")  # as the rule reads it: empty cells are NaN
+    out = tmp_path / "change.png"
+    misalignment_change.plot(read_table(tmp_path / "pooled.tsv"), out)
+    assert_png(out)
+    palette = style.label_palette(["random", "real"])
+    lines = drawn["lines"]
+    assert len(lines) == 8  # (change, weights) × (random, real labels) × (data, random basis)
+    for labels, factor in (("random", 1), ("real", 3)):
+        colour = palette[labels]
+        for basis, dash, times in (("data", "-", 1), ("random", "--", 2)):
+            change = next(v for (gid, c, ls), v in lines.items()
+                          if gid == misalignment_change.CHANGE_GID and c == colour and ls == dash)
+            weights = next(v for (gid, c, ls), v in lines.items()
+                           if gid == misalignment_change.WEIGHTS_GID and c == colour and ls == dash)
+            assert change == ([5, 10], [100 * times * factor * 6, 100 * times * factor * 11])
+            assert weights == ([0, 5, 10], [times * factor * 1, times * factor * 6, times * factor * 11])
+    assert drawn["yscale"] == {"log"}
+    assert drawn["titles"] == ["init scale 1"]
+    assert "layer conv1, cnn2; pooled over 3 seeds (192 filters)" in drawn["suptitle"]
+
+
+def test_misalignment_change_counts_undefined_values_and_says_when_nothing_changed(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from randlabels.plots import misalignment_change
+
+    drawn = _drawn_by_gid(monkeypatch)
+    table = pooled_table()
+    undefined = (table["of"] == "change") & (table["epoch"] == 5) & (table["labels"] == "real")
+    table.loc[undefined, ["misalignment", "reason"]] = [np.nan, "Σw singular"]
+    misalignment_change.plot(table, tmp_path / "a.png")
+    assert drawn["titles"] == ["init scale 1\nchange: 2 of 8 values undefined"]
+    assert any("2 undefined value(s) (NaN) left out: Σw singular (×2)" in text for text in drawn["texts"])
+    real_change = [v for (gid, _, _), v in drawn["lines"].items() if gid == "change" and v[0] == [10]]
+    assert len(real_change) == 2  # the real-label lines start after the undefined epoch
+
+    misalignment_change.plot(table[table["epoch"] == 0], tmp_path / "b.png")  # only the initialization
+    assert drawn["titles"] == ["init scale 1\nno change to score (no epoch after 0)"]
+    assert "no change scored" in drawn["texts"]
+    assert {gid for gid, _, _ in drawn["lines"]} == {"weights"}
+    assert_png(tmp_path / "b.png")
+
+    with pytest.raises(ValueError, match=r"misalignment_change figure: missing column\(s\) \['of'\]"):
+        misalignment_change.plot(table.drop(columns="of"), tmp_path / "c.png")
 
 
 def test_learning_curves_every_run_diverged_in_a_facet(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Figures of the reproduction, one module per figure, and the registry of the figures
 drawn for every experiment.
 
-Each module (``misalignment``, ``transfer_function``, ``learning_curves``,
+Each module (``misalignment``, ``misalignment_change``, ``transfer_function``, ``learning_curves``,
 ``transfer_summary``, ``eigenfilters``, and for the paper's named targets
 ``depth_transfer``, ``transfer_map``, ``specialization``, ``kernel_size``) exposes a
 single ``plot(table, out_path, ...)`` that reads a tidy pandas table and writes one
@@ -34,6 +34,7 @@ class Figure:
 #: them all, and workflow/report/figure.rst holds their captions.
 FIGURES: dict[str, Figure] = {
     "misalignment": Figure("misalignment", extra={"pooled": "misalignment_pooled"}),
+    "misalignment_change": Figure("misalignment_pooled"),
     "transfer_function": Figure("transfer_function"),
     "eigenfilters": Figure("eigenfilters"),
     "learning_curves": Figure("finetune_curves"),

@@ -29,7 +29,6 @@ from randlabels.plots import style
 COLUMNS = ["experiment", "kernel_size", "labels", "init_scale", "seed", "epoch", "basis",
            "misalignment", "dim"]
 RUN = ["experiment", "kernel_size", "labels", "init_scale", "seed", "basis"]
-BASIS_NAMES = {"data": "data (eigvecs of Σx)", "random": "random basis (control)"}
 _CB = sns.color_palette("colorblind", 10)
 BASIS_COLORS = {"data": _CB[0], "random": (0.45, 0.45, 0.45)}
 METRICS = (("per_dim", "misalignment per dimension\nM / (C_in·k·k)"),
@@ -118,7 +117,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
     if "augment" in data.columns and data["augment"].astype(str).nunique() > 1:
         data["labels"] = data["labels"] + ", augment " + data["augment"].astype(str)
     kernels = _kernel_order(data["kernel_size"])
-    bases = [b for b in BASIS_NAMES if b in set(data["basis"])]
+    bases = [b for b in style.BASIS_NAMES if b in set(data["basis"])]
     bases += sorted(set(data["basis"]) - set(bases))
     colours = {b: BASIS_COLORS.get(b, style.variant_color(b)) for b in bases}
     markers = {b: style.BASIS_MARKERS.get(b, "s") for b in bases}
@@ -205,7 +204,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
         ax.grid(False, axis="x")
 
     handles = [mlines.Line2D([], [], color=colours[b], marker=markers[b], linewidth=1.4,
-                             label=BASIS_NAMES.get(b, b)) for b in bases]
+                             label=style.BASIS_NAMES.get(b, b)) for b in bases]
     fig.legend(handles=handles, title="basis", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
     if title is None:

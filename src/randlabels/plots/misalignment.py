@@ -10,7 +10,8 @@ diverged (``diverged`` column, when present).
 Beside the mean of the per-seed scores, the score of Σw pooled over the seeds (the
 ``misalignment_pooled`` table: all filters of a configuration in one Σw) is drawn as
 stars, one line per label kind and basis, labelled "pooled over N seeds"; the table's
-rows of the change from initialization (``of`` = change) are not drawn. It comes
+rows of the change from initialization (``of`` = change) are drawn by
+:mod:`randlabels.plots.misalignment_change`. It comes
 either as the ``pooled`` argument (a table or its path) or as rows of ``table`` whose
 ``pooled`` column is true (a paper target's combined table).
 """
@@ -31,18 +32,9 @@ from randlabels.plots import style
 
 COLUMNS = ["experiment", "labels", "init_scale", "seed", "epoch", "layer", "basis", "misalignment"]
 POOLED_COLUMNS = ["experiment", "labels", "init_scale", "epoch", "layer", "basis", "misalignment", "seeds"]
-BASIS_NAMES = {"data": "data (eigvecs of Σx)", "random": "random basis (control)"}
 #: The pooled score's look: the per-seed line's colour and dashes, a star marker.
 POOLED_MARKER = "*"
 POOLED_GID = "pooled"  # gid of every pooled line (tests and readers of the figure find them)
-
-
-def _panel_labels(table: pd.DataFrame) -> pd.Series:
-    """Row facet name from whichever of experiment/layer actually varies."""
-    parts = [c for c in ("experiment", "layer") if table[c].nunique() > 1]
-    if not parts:
-        return pd.Series("", index=table.index)
-    return table[parts].astype(str).agg(" / ".join, axis=1)
 
 
 def _y_scale(values: pd.Series) -> tuple[str, dict]:
@@ -58,16 +50,6 @@ def _y_scale(values: pd.Series) -> tuple[str, dict]:
     if (finite <= 0).any():
         return "symlog", {"linthresh": float(positive.min())}
     return "log", {}
-
-
-def _reason_text(undefined: pd.DataFrame) -> str:
-    """Footnote listing why values were undefined, with counts."""
-    if "reason" not in undefined.columns:
-        return f"{len(undefined)} undefined value(s) (NaN) not drawn."
-    reasons = undefined["reason"].fillna("").astype(str).replace("", "no reason given")
-    counts = reasons.value_counts()
-    listed = "; ".join(f"{reason} (×{count})" for reason, count in counts.items())
-    return f"{len(undefined)} undefined value(s) (NaN) left out: {listed}"
 
 
 def _is_true(values: pd.Series) -> pd.Series:
@@ -131,24 +113,24 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, pooled: pd.DataFrame 
     if pooled is not None:
         pooled["misalignment"] = pd.to_numeric(pooled["misalignment"], errors="coerce")
         both = pd.concat([data[["experiment", "layer"]], pooled[["experiment", "layer"]]], ignore_index=True)
-        panels = _panel_labels(both)
+        panels = style.panel_labels(both)
         data["panel"] = panels.iloc[: len(data)].to_numpy()
         pooled["panel"] = panels.iloc[len(data):].to_numpy()
-        pooled["basis"] = pooled["basis"].map(lambda b: BASIS_NAMES.get(b, str(b)))
+        pooled["basis"] = pooled["basis"].map(lambda b: style.BASIS_NAMES.get(b, str(b)))
         pooled["undefined"] = ~np.isfinite(pooled["misalignment"])
     else:
-        data["panel"] = _panel_labels(data)
-    data["basis"] = data["basis"].map(lambda b: BASIS_NAMES.get(b, str(b)))
+        data["panel"] = style.panel_labels(data)
+    data["basis"] = data["basis"].map(lambda b: style.BASIS_NAMES.get(b, str(b)))
     data["undefined"] = ~np.isfinite(data["misalignment"])
 
     several_rows = data["panel"].nunique() > 1
     label_order = [lab for lab in ("random", "real") if lab in set(data["labels"])]
     label_order += sorted(set(data["labels"]) - set(label_order))
-    basis_order = [b for b in BASIS_NAMES.values() if b in set(data["basis"])]
+    basis_order = [b for b in style.BASIS_NAMES.values() if b in set(data["basis"])]
     basis_order += sorted(set(data["basis"]) - set(basis_order))
-    dashes = {BASIS_NAMES.get(k, k): v for k, v in style.BASIS_DASHES.items()}
+    dashes = {style.BASIS_NAMES.get(k, k): v for k, v in style.BASIS_DASHES.items()}
     dashes = {b: dashes.get(b, (1, 1)) for b in basis_order}
-    markers = {BASIS_NAMES.get(k, k): v for k, v in style.BASIS_MARKERS.items()}
+    markers = {style.BASIS_NAMES.get(k, k): v for k, v in style.BASIS_MARKERS.items()}
     markers = {b: markers.get(b, "s") for b in basis_order}
     palette = style.label_palette(label_order)
 
@@ -230,9 +212,9 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, pooled: pd.DataFrame 
                      "(diverged and collapsed runs left out), against the seeds' mean Σx")
     undefined = data[data["undefined"]]
     if not undefined.empty:
-        footnote += "\n" + _reason_text(undefined)
+        footnote += "\n" + style.reason_text(undefined)
     if pooled is not None and pooled["undefined"].any():
-        footnote += "\npooled: " + _reason_text(pooled[pooled["undefined"]])
+        footnote += "\npooled: " + style.reason_text(pooled[pooled["undefined"]])
     grid.figure.text(0.01, 0.0, footnote, ha="left", va="top", fontsize="small", color="0.3",
                      wrap=True)
     grid.tight_layout()

@@ -56,6 +56,8 @@ LABEL_COLORS: dict[str, tuple[float, float, float]] = {
 #: Line dashes for the misalignment basis: the data eigenbasis solid, the Haar control dashed.
 BASIS_DASHES: dict[str, tuple | str] = {"data": "", "random": (4, 2)}
 BASIS_MARKERS: dict[str, str] = {"data": "o", "random": "X"}
+#: Legend names of the misalignment bases.
+BASIS_NAMES: dict[str, str] = {"data": "data (eigvecs of Σx)", "random": "random basis (control)"}
 
 
 def with_task_in_experiment(table: pd.DataFrame) -> pd.DataFrame:
@@ -118,6 +120,24 @@ def variant_order(names: Iterable[str]) -> list[str]:
 def format_scale(value: float) -> str:
     """Short label for an init scale, e.g. ``0.5`` -> ``"init scale 0.5"``."""
     return f"init scale {float(value):g}"
+
+
+def panel_labels(table: pd.DataFrame) -> pd.Series:
+    """Row facet name (of the misalignment figures) from whichever of experiment/layer actually varies."""
+    parts = [c for c in ("experiment", "layer") if table[c].nunique() > 1]
+    if not parts:
+        return pd.Series("", index=table.index)
+    return table[parts].astype(str).agg(" / ".join, axis=1)
+
+
+def reason_text(undefined: pd.DataFrame) -> str:
+    """Footnote listing why values were undefined (NaN), with counts."""
+    if "reason" not in undefined.columns:
+        return f"{len(undefined)} undefined value(s) (NaN) not drawn."
+    reasons = undefined["reason"].fillna("").astype(str).replace("", "no reason given")
+    counts = reasons.value_counts()
+    listed = "; ".join(f"{reason} (×{count})" for reason, count in counts.items())
+    return f"{len(undefined)} undefined value(s) (NaN) left out: {listed}"
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
