@@ -20,6 +20,7 @@ from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 EIGENFILTERS = ROOT / "configs" / "fashion-mnist-eigenfilters.yaml"
+KERNEL_SIZE = ROOT / "configs" / "fashion-mnist-kernel-size.yaml"
 
 
 def shrunk(config: dict) -> dict:
@@ -81,6 +82,30 @@ def test_the_eigenfilter_config_varies_the_init_scale_alone(tmp_path):
     dry = snakemake(copy_project(tmp_path / "project"), "-n", "fig_eigenfilters", "--configfile", str(EIGENFILTERS))
     counts = job_counts(dry.stdout)
     assert (counts["pretrain"], counts["statistics"], counts["aggregate_eigenfilters"]) == (9, 9, 3)
+    assert "finetune" not in counts
+
+
+def test_the_kernel_size_config_varies_the_kernel_size_alone(tmp_path):
+    """configs/fashion-mnist-kernel-size.yaml: one experiment per first-layer kernel
+    size, each fashion-mnist.yaml's fmnist_cnn pre-trained on random labels with nothing
+    else changed, and its target plans exactly their pre-training and statistics."""
+    main = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(KERNEL_SIZE.read_text())
+    assert config["datasets"] == main["datasets"] and config["seeds"] == main["seeds"]
+    base = main["experiments"]["fmnist_cnn"]
+    expected = {key: base[key] for key in ("dataset", "init_scales", "split", "stats")}
+    expected["pretrain"] = {**base["pretrain"], "labels": ["random"]}
+    kernels = {}
+    for name, entry in config["experiments"].items():
+        model = entry.pop("model")
+        kernels[name] = model.pop("kernel_size")
+        assert model == {k: v for k, v in base["model"].items() if k != "kernel_size"}, name
+        assert entry == expected, name
+    assert kernels == {"fmnist_k3": 3, "fmnist_k5": 5, "fmnist_k7": 7}
+    assert config["targets"] == {"q_kernel_size": {"experiments": list(kernels)}}
+    dry = snakemake(copy_project(tmp_path / "project"), "-n", "q_kernel_size", "--configfile", str(KERNEL_SIZE))
+    counts = job_counts(dry.stdout)
+    assert (counts["pretrain"], counts["statistics"], counts["q_kernel_size"]) == (9, 9, 1)
     assert "finetune" not in counts
 
 

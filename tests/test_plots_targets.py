@@ -376,6 +376,61 @@ def test_kernel_size_draws_one_layer() -> None:
     assert kernel_size.select_layer(kernel_table())[1] is None
 
 
+def test_kernel_size_draws_the_pooled_scores_of_the_weights_and_of_the_change(tmp_path: Path, monkeypatch) -> None:
+    """Rows with a true ``pooled`` column (as the q_kernel_size target writes them, read
+    back from its TSV) are drawn as a star (of the weights) and a diamond (of the change)
+    per kernel size and basis, at the final epoch, raw and per dimension."""
+    from randlabels.io import read_table, write_table
+    from randlabels.plots import kernel_size, style
+
+    per_seed = kernel_table().assign(pooled=False, of="weights")
+    rows = []
+    for k in (7, 3, 1, 5):
+        for labels in ("random", "real"):
+            for scale in (0.5, 1.0):
+                for epoch in (0, 20, 40):
+                    for of in ("weights", "change") if epoch else ("weights",):
+                        for basis in ("data", "random"):
+                            # Distinct values: 1000·k + 100 (change) + 10 (random basis) + epoch.
+                            value = 1000 * k + (100 if of == "change" else 0) + (10 if basis == "random" else 0) + epoch
+                            rows.append(dict(experiment=f"cnn2_k{k}", kernel_size=k, labels=labels,
+                                             init_scale=scale, epoch=epoch, basis=basis, misalignment=float(value),
+                                             dim=3 * k * k, pooled=True, of=of, seeds=3))
+    write_table(pd.concat([per_seed, pd.DataFrame(rows)], ignore_index=True), tmp_path / "q.tsv")
+    drawn = {}
+    save = style.save_figure
+
+    def keep(fig, path):
+        drawn["points"] = [(c.get_gid(), float(y)) for ax in fig.axes for c in ax.collections
+                           if (c.get_gid() or "").startswith(kernel_size.POOLED_GID) for _, y in c.get_offsets()]
+        drawn["labels"] = [t.get_text() for t in fig.legends[0].get_texts()]
+        drawn["footnote"] = fig.texts[-1].get_text()
+        save(fig, path)
+
+    monkeypatch.setattr(style, "save_figure", keep)
+    kernel_size.plot(read_table(tmp_path / "q.tsv"), tmp_path / "k.png")
+    assert_png(tmp_path / "k.png")
+    for of, gid, offset in (("weights", "pooled weights", 0), ("change", "pooled change", 100)):
+        raw = [1000 * k + offset + b + 40 for k in (1, 3, 5, 7) for b in (0, 10)]  # epoch 40 only
+        per_panel = [float(v) for v in raw] + [v / (3 * k * k) for v, k in zip(raw, np.repeat([1, 3, 5, 7], 2))]
+        got = sorted(y for g, y in drawn["points"] if g == gid)
+        assert got == pytest.approx(sorted(per_panel * 4)), of  # 2 label kinds × 2 init scales
+    assert {"Σw pooled over the seeds", "Σ(W − W₀) pooled: what training changed"} <= set(drawn["labels"])
+    assert "the filters of the 3 seeds of a configuration pooled into one Σw" in drawn["footnote"]
+    assert "not drawn" not in drawn["footnote"]
+    # An undefined pooled value is not drawn, and the footnote says why.
+    table = read_table(tmp_path / "q.tsv")
+    singular = table["pooled"] & (table["kernel_size"] == 7) & (table["of"] == "weights") & (table["epoch"] == 40)
+    table.loc[singular, ["misalignment", "reason"]] = [np.nan, "Σw is singular"]
+    kernel_size.plot(table, tmp_path / "k.png")
+    assert len([g for g, _ in drawn["points"] if g == "pooled weights"]) == (8 - 2) * 8  # 8 panels, 2 fewer in each
+    assert "pooled, not drawn: 8 undefined value(s) (NaN) left out: Σw is singular (×8)" in drawn["footnote"]
+    # Without pooled rows nothing of it is drawn or named.
+    kernel_size.plot(kernel_table(), tmp_path / "plain.png")
+    assert drawn["points"] == [] and "Σw pooled over the seeds" not in drawn["labels"]
+    assert "star, diamond" not in drawn["footnote"]
+
+
 def test_specialization_one_downstream_task(tmp_path: Path) -> None:
     """Several downstream tasks are not averaged together: one is chosen (default real)."""
     from randlabels.plots import specialization

@@ -348,7 +348,10 @@ def test_the_paper_target_table_carries_the_pooled_rows(tmp_path, monkeypatch):
     again = read_table(tmp_path / "fig_misalignment.tsv")  # as the figure of a rerun would read it
     drawn = _drawn(monkeypatch, again, tmp_path / "fig.png")
     assert len(drawn["pooled"]) == 8
-    # A target without the pooled table (q_augmentation) keeps its table as it was.
+    # q_augmentation reads the pooled table too; given none, its table is the per-seed one.
+    assert "misalignment_pooled" in targets.TARGETS["q_augmentation"].tables
+    both, _ = targets.combine("q_augmentation", {"misalignment": per_seed, "misalignment_pooled": pooled}, info)
+    assert both["pooled"].sum() == len(pooled)
     plain, _ = targets.combine("q_augmentation", {"misalignment": per_seed}, info)
     assert "pooled" not in plain.columns and len(plain) == len(per_seed)
 

@@ -209,3 +209,30 @@ def test_a_batch_norm_init_scale_experiment_is_named_as_such_in_figures():
     assert list(table["experiment"]) == ["vgg16_bn_transfer", "vgg16_transfer"]
     assert list(figure_table["experiment"]) == [
         "vgg16_bn_transfer (batch norm: init scale acts through the head only)", "vgg16_transfer"]
+
+
+def test_the_kernel_size_table_has_the_pooled_rows_with_their_kernel_and_dimension():
+    """q_kernel_size reads the pooled misalignment too: per-seed rows (``pooled`` false,
+    of the weights) and pooled rows (of the weights and of their change), each with its
+    experiment's kernel size and the layer's input dimension."""
+    import pandas as pd
+
+    info = targets.experiment_info(load_config(TINY), "q_kernel_size")
+    run = {"labels": "random", "init_scale": 1.0, "layer": "conv1", "basis": "data"}
+    per_seed = pd.DataFrame([{**run, "experiment": exp, "seed": seed, "epoch": 2, "misalignment": 1.0}
+                             for exp in ("tiny_k5", "tiny_aug") for seed in (0, 1)])
+    pooled = pd.DataFrame([{**run, "experiment": exp, "epoch": 2, "of": of, "misalignment": 2.0, "seeds": 2,
+                            "filters": 16} for exp in ("tiny_k5", "tiny_aug") for of in ("weights", "change")])
+    dims = {"tiny_k5": 25, "tiny_aug": 9}  # f(σ) has one row per input dimension
+    transfer_function = pd.DataFrame([{"experiment": exp, "layer": "conv1", "index": i}
+                                      for exp, d in dims.items() for i in range(d)])
+    table, figure_table = targets.combine(
+        "q_kernel_size", {"misalignment": per_seed, "misalignment_pooled": pooled,
+                          "transfer_function": transfer_function}, info)
+    assert targets.TARGETS["q_kernel_size"].tables == ("misalignment", "transfer_function", "misalignment_pooled")
+    assert len(table) == 8 and table["pooled"].sum() == 4
+    assert set(table.loc[~table["pooled"], "of"]) == {"weights"}
+    assert sorted(table.loc[table["pooled"], "of"]) == ["change", "change", "weights", "weights"]
+    assert dict(zip(table["experiment"], table["kernel_size"])) == {"tiny_k5": 5, "tiny_aug": 3}
+    assert dict(zip(table["experiment"], table["dim"])) == dims
+    assert list(table.loc[table["pooled"], "seed"].isna()) == [True] * 4

@@ -7,10 +7,15 @@ alignment. For each label kind (random, real; and augmentation setting if severa
 two rows: M / d (the mean term per dimension), then raw M. Columns: init scales.
 x = kernel size (categorical), small points = single seeds, large markers joined by a
 line = mean over seeds; colour = basis (the data eigenvectors against the
-random-basis control, which should stay high). Only each run's final snapshot is
-used (the largest epoch of its experiment) and only one layer (when the table has a
-``layer`` column); undefined values (Σw singular, dim missing) are counted and
-written under their kernel size rather than dropped silently.
+random-basis control, which should stay high). Rows whose ``pooled`` column is true
+(the q_kernel_size target's table: Σw of all filters of a configuration pooled over
+its seeds, ``of`` = weights, and of their change from initialization, ``of`` = change)
+are drawn as a star and a diamond per kernel size and basis: with 64 filters in up to
+147 dimensions a single seed's Σw is barely estimated, and the pooled scores are the
+sharper ones. Only each run's final snapshot is used (the largest epoch of its
+experiment) and only one layer (when the table has a ``layer`` column); undefined
+values (Σw singular, dim missing) are counted and written under their kernel size
+rather than dropped silently.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from randlabels.analysis.statsfile import OF_CHANGE, OF_WEIGHTS
 from randlabels.plots import style
 
 COLUMNS = ["experiment", "kernel_size", "labels", "init_scale", "seed", "epoch", "basis",
@@ -33,6 +39,10 @@ _CB = sns.color_palette("colorblind", 10)
 BASIS_COLORS = {"data": _CB[0], "random": (0.45, 0.45, 0.45)}
 METRICS = (("per_dim", "misalignment per dimension\nM / (C_in·k·k)"),
            ("misalignment", "misalignment M(Σx, Σw)"))
+#: The pooled rows' markers and legend names, by what was pooled (``of``).
+POOLED_MARKERS = {OF_WEIGHTS: "*", OF_CHANGE: "D"}
+POOLED_NAMES = {OF_WEIGHTS: "Σw pooled over the seeds", OF_CHANGE: "Σ(W − W₀) pooled: what training changed"}
+POOLED_GID = "pooled"  # gid prefix of the pooled markers: "pooled weights", "pooled change"
 
 
 def _numeric(table: pd.DataFrame) -> pd.DataFrame:
@@ -54,6 +64,18 @@ def final_epoch(table: pd.DataFrame) -> pd.DataFrame:
     dim = data["dim"].where(data["dim"] > 0)
     data["per_dim"] = data["misalignment"].where(np.isfinite(data["misalignment"])) / dim
     return data.reset_index(drop=True)
+
+
+def split_pooled(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-seed rows, pooled rows) by the ``pooled`` column (true, also as text after a
+    TSV round trip); without the column every row is per seed. Pooled rows without an
+    ``of`` are of the weights."""
+    if "pooled" not in table.columns:
+        return table, table.iloc[:0]
+    flag = table["pooled"].astype(str).str.lower().eq("true")
+    pooled = table[flag].copy()
+    pooled["of"] = pooled["of"].fillna(OF_WEIGHTS) if "of" in pooled.columns else OF_WEIGHTS
+    return table[~flag], pooled
 
 
 def _kernel_order(values) -> list:
@@ -110,12 +132,20 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
     style.require_columns(table, COLUMNS, "kernel-size figure")
     style.apply_theme()
     table, layer = select_layer(table, layer)
-    data = final_epoch(table)
-    data["kernel_size"] = data["kernel_size"].astype(str)
-    data["basis"] = data["basis"].astype(str)
-    data["labels"] = data["labels"].astype(str) + " labels"
-    if "augment" in data.columns and data["augment"].astype(str).nunique() > 1:
-        data["labels"] = data["labels"] + ", augment " + data["augment"].astype(str)
+    table, pooled = split_pooled(table)
+    several_augment = "augment" in table.columns and table["augment"].astype(str).nunique() > 1
+
+    def prepared(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = final_epoch(frame)
+        frame["kernel_size"] = frame["kernel_size"].astype(str)
+        frame["basis"] = frame["basis"].astype(str)
+        frame["labels"] = frame["labels"].astype(str) + " labels"
+        if several_augment:
+            frame["labels"] = frame["labels"] + ", augment " + frame["augment"].astype(str)
+        return frame
+
+    data = prepared(table)
+    pooled = prepared(pooled) if not pooled.empty else data.iloc[:0].assign(of=pd.Series(dtype=str))
     kernels = _kernel_order(data["kernel_size"])
     bases = [b for b in style.BASIS_NAMES if b in set(data["basis"])]
     bases += sorted(set(data["basis"]) - set(bases))
@@ -141,6 +171,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
         for c, init_scale in enumerate(scales):
             ax = axes[r, c]
             facet = data[(data["labels"] == labels) & (data["init_scale"] == init_scale)]
+            pooled_facet = pooled[(pooled["labels"] == labels) & (pooled["init_scale"] == init_scale)]
             note_transform = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
             for b in bases:
                 means_x, means_y = [], []
@@ -163,6 +194,14 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
                         ax.annotate(f"{n_bad}/{len(values)}\nundef.", xy=(x, 0.02),
                                     xycoords=note_transform, ha="center", va="bottom",
                                     fontsize="xx-small", color=colours[b])
+                    for of, marker in POOLED_MARKERS.items():
+                        one = pooled_facet[(pooled_facet["basis"] == b) & (pooled_facet["kernel_size"] == kernel)
+                                           & (pooled_facet["of"] == of)][metric].to_numpy(dtype=float)
+                        one = one[np.isfinite(one)]
+                        if one.size:
+                            ax.scatter(np.full(one.size, x), one, s=110 if of == OF_WEIGHTS else 45,
+                                       marker=marker, color=colours[b], edgecolors="black", linewidths=0.6,
+                                       zorder=4, gid=f"{POOLED_GID} {of}")
                 if means_x:
                     ax.plot(means_x, means_y, color=colours[b], marker=markers[b],
                             markersize=7, markeredgecolor="white", linewidth=1.4, zorder=3)
@@ -180,11 +219,12 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
     for metric, _ in METRICS:
         group = [axes[r, c] for r, row in enumerate(rows) if row[1] == metric
                  for c in range(len(scales))]
-        scale = _y_scale(data[metric])
+        every = pd.concat([data[metric], pooled[metric]], ignore_index=True)
+        scale = _y_scale(every)
         for ax in group:
             if scale != "linear":
                 ax.set_yscale(scale)
-        values = data[metric][np.isfinite(data[metric])]
+        values = every[np.isfinite(every)]
         if scale == "linear":
             high = float(values.max()) if not values.empty else 1.0
             low = min(float(values.min()) if not values.empty else 0.0, 0.0)
@@ -205,6 +245,12 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
 
     handles = [mlines.Line2D([], [], color=colours[b], marker=markers[b], linewidth=1.4,
                              label=style.BASIS_NAMES.get(b, b)) for b in bases]
+    drawn_of = [of for of in POOLED_MARKERS if of in set(pooled["of"])]
+    if drawn_of:
+        handles.append(mlines.Line2D([], [], linestyle="", label=""))
+        handles += [mlines.Line2D([], [], color="0.5", marker=POOLED_MARKERS[of], linestyle="",
+                                  markersize=11 if of == OF_WEIGHTS else 7, markeredgecolor="black",
+                                  label=POOLED_NAMES[of]) for of in drawn_of]
     fig.legend(handles=handles, title="basis", loc="center left", bbox_to_anchor=(1.0, 0.5),
                frameon=False)
     if title is None:
@@ -215,6 +261,15 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
         title = f"Does a larger kernel raise the misalignment? (after training, {when}{where})"
     fig.suptitle(title)
     footnote = "small points: single seeds; large markers joined by lines: mean over seeds"
+    if drawn_of:
+        seeds = pd.to_numeric(pooled.get("seeds", pd.Series(dtype=float)), errors="coerce").dropna()
+        n = "" if seeds.empty else (f" {int(seeds.min())}" if seeds.min() == seeds.max()
+                                    else f" {int(seeds.min())}–{int(seeds.max())}")
+        footnote += (f"\nstar, diamond: the filters of the{n} seeds of a configuration pooled into one Σw, and "
+                     "their change from initialization (diverged and collapsed runs left out)")
+        undefined = pooled[~np.isfinite(pooled["misalignment"])]
+        if not undefined.empty:
+            footnote += "\npooled, not drawn: " + style.reason_text(undefined)
     if any_undefined:
         footnote += ("\nk/n undef.: values undefined (Σw singular or dimension missing), "
                      "left out of the mean")

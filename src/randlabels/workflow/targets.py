@@ -183,7 +183,10 @@ def _build_transfer_function(tables: dict, info: dict):
 
 
 def _build_kernel_size(tables: dict, info: dict):
-    table = _experiment_columns(tables["misalignment"], info, ("kernel_size", "augment"))
+    """The misalignment target's rows (per seed, and pooled over the seeds: of the
+    weights and of their change) with the kernel size and the layer's input dimension."""
+    table, _ = _build_misalignment(tables, info)
+    table = _experiment_columns(table, info, ("kernel_size",))
     dims = tables["transfer_function"].groupby(["experiment", "layer"])["index"].max() + 1
     table["dim"] = [int(dims.get((e, l), np.nan)) for e, l in zip(table["experiment"], table["layer"])]
     return table, table
@@ -267,10 +270,10 @@ TARGETS: dict[str, Target] = {
         options=_target_accuracy_of_first),
     "q_augmentation": Target(
         "Reviewers: does data augmentation (random crops and flips) change the alignment?",
-        STATS_TABLES[:1], "misalignment", _nothing, _build_misalignment),
+        STATS_TABLES[:1] + ("misalignment_pooled",), "misalignment", _nothing, _build_misalignment),
     "q_kernel_size": Target(
         "Reviewers: does a larger kernel raise the misalignment?",
-        STATS_TABLES[:2], "kernel_size", _needs_cnn2, _build_kernel_size),
+        STATS_TABLES[:2] + ("misalignment_pooled",), "kernel_size", _needs_cnn2, _build_kernel_size),
     "q_last_layers": Target(
         "Reviewers: transferring only the last k layers against only the first k.",
         FINETUNE_TABLES, "depth_transfer", _needs_variants(families=("first", "last")),
