@@ -64,20 +64,28 @@ def test_the_config_reads_debians_files_with_no_download():
     }
 
 
-def test_the_eigenfilter_config_varies_the_init_scale_alone(tmp_path):
-    """configs/fashion-mnist-eigenfilters.yaml: one experiment per init scale, each
-    fashion-mnist.yaml's fmnist_cnn pre-trained on random labels with nothing else
-    changed, and its target plans exactly their pre-training and statistics."""
+def _varied_alone(path, vary) -> tuple[dict, dict]:
+    """(the config at ``path``, {experiment: the value ``vary`` pops from it}); with that
+    setting popped, each experiment must be fashion-mnist.yaml's fmnist_cnn pre-trained
+    on random labels (no fine-tuning), with the same datasets and seeds."""
     main = yaml.safe_load(CONFIG.read_text())
-    config = yaml.safe_load(EIGENFILTERS.read_text())
+    config = yaml.safe_load(path.read_text())
     assert config["datasets"] == main["datasets"] and config["seeds"] == main["seeds"]
     base = main["experiments"]["fmnist_cnn"]
-    expected = {key: base[key] for key in ("dataset", "model", "split", "stats")}
+    expected = {key: base[key] for key in ("dataset", "model", "init_scales", "split", "stats")}
     expected["pretrain"] = {**base["pretrain"], "labels": ["random"]}
-    scales = {}
+    vary(expected)
+    values = {}
     for name, entry in config["experiments"].items():
-        scales[name] = entry.pop("init_scales")
+        values[name] = vary(entry)
         assert entry == expected, name
+    return config, values
+
+
+def test_the_eigenfilter_config_varies_the_init_scale_alone(tmp_path):
+    """configs/fashion-mnist-eigenfilters.yaml: one experiment per init scale, and its
+    target plans exactly their pre-training and statistics."""
+    _, scales = _varied_alone(EIGENFILTERS, lambda entry: entry.pop("init_scales"))
     assert scales == {"fmnist_scale1": [1.0], "fmnist_scale0p3": [0.3], "fmnist_scale0p1": [0.1]}
     dry = snakemake(copy_project(tmp_path / "project"), "-n", "fig_eigenfilters", "--configfile", str(EIGENFILTERS))
     counts = job_counts(dry.stdout)
@@ -87,20 +95,8 @@ def test_the_eigenfilter_config_varies_the_init_scale_alone(tmp_path):
 
 def test_the_kernel_size_config_varies_the_kernel_size_alone(tmp_path):
     """configs/fashion-mnist-kernel-size.yaml: one experiment per first-layer kernel
-    size, each fashion-mnist.yaml's fmnist_cnn pre-trained on random labels with nothing
-    else changed, and its target plans exactly their pre-training and statistics."""
-    main = yaml.safe_load(CONFIG.read_text())
-    config = yaml.safe_load(KERNEL_SIZE.read_text())
-    assert config["datasets"] == main["datasets"] and config["seeds"] == main["seeds"]
-    base = main["experiments"]["fmnist_cnn"]
-    expected = {key: base[key] for key in ("dataset", "init_scales", "split", "stats")}
-    expected["pretrain"] = {**base["pretrain"], "labels": ["random"]}
-    kernels = {}
-    for name, entry in config["experiments"].items():
-        model = entry.pop("model")
-        kernels[name] = model.pop("kernel_size")
-        assert model == {k: v for k, v in base["model"].items() if k != "kernel_size"}, name
-        assert entry == expected, name
+    size, and its target plans exactly their pre-training and statistics."""
+    config, kernels = _varied_alone(KERNEL_SIZE, lambda entry: entry["model"].pop("kernel_size"))
     assert kernels == {"fmnist_k3": 3, "fmnist_k5": 5, "fmnist_k7": 7}
     assert config["targets"] == {"q_kernel_size": {"experiments": list(kernels)}}
     dry = snakemake(copy_project(tmp_path / "project"), "-n", "q_kernel_size", "--configfile", str(KERNEL_SIZE))
