@@ -21,6 +21,7 @@ from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 EIGENFILTERS = ROOT / "configs" / "fashion-mnist-eigenfilters.yaml"
 KERNEL_SIZE = ROOT / "configs" / "fashion-mnist-kernel-size.yaml"
+AUGMENTATION = ROOT / "configs" / "fashion-mnist-augmentation.yaml"
 
 
 def shrunk(config: dict) -> dict:
@@ -64,16 +65,18 @@ def test_the_config_reads_debians_files_with_no_download():
     }
 
 
-def _varied_alone(path, vary) -> tuple[dict, dict]:
+def _varied_alone(path, vary, split: dict | None = None, pretrain: dict | None = None) -> tuple[dict, dict]:
     """(the config at ``path``, {experiment: the value ``vary`` pops from it}); with that
     setting popped, each experiment must be fashion-mnist.yaml's fmnist_cnn pre-trained
-    on random labels (no fine-tuning), with the same datasets and seeds."""
+    on random labels (no fine-tuning), with the same datasets and seeds, and with the
+    ``split`` and ``pretrain`` settings given (those all its experiments share) changed."""
     main = yaml.safe_load(CONFIG.read_text())
     config = yaml.safe_load(path.read_text())
     assert config["datasets"] == main["datasets"] and config["seeds"] == main["seeds"]
     base = main["experiments"]["fmnist_cnn"]
-    expected = {key: base[key] for key in ("dataset", "model", "init_scales", "split", "stats")}
-    expected["pretrain"] = {**base["pretrain"], "labels": ["random"]}
+    expected = {key: base[key] for key in ("dataset", "model", "init_scales", "stats")}
+    expected["split"] = {**base["split"], **(split or {})}
+    expected["pretrain"] = {**base["pretrain"], "labels": ["random"], **(pretrain or {})}
     vary(expected)
     values = {}
     for name, entry in config["experiments"].items():
@@ -102,6 +105,21 @@ def test_the_kernel_size_config_varies_the_kernel_size_alone(tmp_path):
     dry = snakemake(copy_project(tmp_path / "project"), "-n", "q_kernel_size", "--configfile", str(KERNEL_SIZE))
     counts = job_counts(dry.stdout)
     assert (counts["pretrain"], counts["statistics"], counts["q_kernel_size"]) == (9, 9, 1)
+    assert "finetune" not in counts
+
+
+def test_the_augmentation_config_varies_the_augmentation_alone(tmp_path):
+    """configs/fashion-mnist-augmentation.yaml: the same experiment with and without
+    crops and flips, on fewer images for longer (so that the augmented runs memorize
+    their random labels), and its target plans exactly their pre-training and statistics."""
+    config, augment = _varied_alone(
+        AUGMENTATION, lambda entry: entry["pretrain"].pop("augment", None), split={"upstream": 500},
+        pretrain={"epochs": 600, "checkpoints": [0, 50, 100, 200, 400, 600]})
+    assert augment == {"fmnist_small": None, "fmnist_small_augment": {"crop": 3, "flip": True}}
+    assert config["targets"] == {"q_augmentation": {"experiments": list(augment)}}
+    dry = snakemake(copy_project(tmp_path / "project"), "-n", "q_augmentation", "--configfile", str(AUGMENTATION))
+    counts = job_counts(dry.stdout)
+    assert (counts["pretrain"], counts["statistics"], counts["q_augmentation"]) == (6, 6, 1)
     assert "finetune" not in counts
 
 
