@@ -94,6 +94,20 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return 1.0
 
 
+def sgd(
+    params, config: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer of both trainers (SGD with momentum and weight decay) and its
+    per-step learning-rate schedule (:func:`lr_factor`)."""
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, steps_per_epoch)
+    )
+    return optimizer, scheduler
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU; 'cuda' where there is none stops
     with a message that names the config key (not torch's traceback at first use)."""
@@ -241,17 +255,9 @@ class Trainer:
         # the parameters, so state dicts keep the model's own keys).
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.log = log or logging.getLogger("randlabels")
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
         self.steps_per_epoch = math.ceil(len(data) / config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
-        )
+        self.optimizer, self.scheduler = sgd(self.model.parameters(), config, self.steps_per_epoch)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.augmentation = Augmentation.from_settings(config.augment)
         if self.augmentation is not None:

@@ -48,7 +48,7 @@ from torch.nn import functional as F
 
 from randlabels.data.augment import Augmentation
 from randlabels.training import fitloop
-from randlabels.training.engine import DeviceData, TrainConfig, lr_factor, probed_row
+from randlabels.training.engine import DeviceData, TrainConfig, probed_row, sgd
 from randlabels.training.fitloop import FitResult
 from randlabels.training.progress import Monitor
 
@@ -223,17 +223,9 @@ class PackedTrainer:
         # A real copy that the probe sees, loaded with one replica's state at a time.
         self.probe_model = copy.deepcopy(models[0]) if probe is not None else None
 
-        self.optimizer = torch.optim.SGD(
-            list(self.params.values()),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
         self.steps_per_epoch = math.ceil(len(self.data) / config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
-        )
+        self.optimizer, self.scheduler = sgd(list(self.params.values()), config, self.steps_per_epoch)
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         self.augmentation = Augmentation.from_settings(config.augment)
         if self.augmentation is not None:
