@@ -51,6 +51,9 @@ class Sizes:
     # Dataset preparation (benchmarks/data.py): the sizes on every device.
     data_folder_images: int = 10_000
     data_trials: int = 2
+    # Allocator settings of a CPU job (benchmarks/host_memory.py): on the host, every device.
+    host_memory_images: int = 3000
+    host_memory_trials: int = 3
 
 
 SIZES = {

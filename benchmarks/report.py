@@ -52,6 +52,12 @@ benchmark, with the method in its docstring).
   (`source: folder`), checksums and the HDF5 file included, against torchvision's
   dataset classes with ToTensor over a DataLoader (arrays only). Targets: at most 30 s
   and 60 s on 2 cores.
+- **Host memory of a CPU job**: one epoch of `fmnist_cnn`'s network on 3,000 random
+  28×28 images (evaluated in batches of 2,048, the default), in a fresh process with
+  glibc's allocator defaults against one with the settings every CPU job applies
+  (`randlabels.training.host_memory.keep_freed_memory`: freed memory kept for reuse
+  instead of returned to the kernel and zero-filled again). One thread; on every device,
+  since it is the host's work.
 - **Building a network**: `randlabels.models.networks.build_model` against torchvision's
   whole VGG16 (ImageNet classifier included) with its head then replaced, one thread.
   Every training, statistics and construction job builds its network once.
@@ -265,11 +271,28 @@ def _models(result: dict) -> str:
             + _table(["spec", "library s", "baseline s", "baseline / library"], table))
 
 
+def _host_memory(result: dict) -> str:
+    rows = result["benchmarks"].get("host_memory")
+    if not rows:
+        return ""
+    table = []
+    for r in rows:
+        for arm, name in (("default", "glibc defaults"), ("kept", "freed memory kept (a CPU job)")):
+            table.append([name, f"{r[f'{arm}_seconds']:.1f}", f"{r[f'{arm}_system_seconds']:.1f}",
+                          _num(r[f"{arm}_minor_faults"]), f"{r[f'{arm}_peak_rss_gib']:.2f}"])
+    first = rows[0]
+    same = "the same" if first["same_numbers"] else "**different**"
+    return (f"### Host memory of a CPU job\n\nOne epoch of `fmnist_cnn`'s network on {first['images']:,} images "
+            f"(batch 32, evaluation in batches of 2,048), one thread, a fresh process per trial; medians of "
+            f"{first['trials']} trials. Default / kept: {_ratio(first['ratio'])}; final losses {same}.\n\n"
+            + _table(["allocator", "seconds", "system seconds", "minor page faults", "peak memory GiB"], table))
+
+
 def render_section(result: dict) -> str:
     device = result["machine"]["device"]
     parts = [f"## {DEVICES[device]}", _machine(result), "### Targets", _targets_table(result)]
     parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result), _data(result),
-                               _models(result)) if p]
+                               _models(result), _host_memory(result)) if p]
     notes = result.get("notes") or []
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))

@@ -24,3 +24,15 @@ def test_a_run_rewrites_its_own_section_and_keeps_the_other_and_the_hand_written
     fresh = tmp_path / "new.md"
     report.update_document({"machine": {"device": "cpu"}, "run": 4}, fresh)
     assert "run 4" in fresh.read_text() and "make bench-gpu" in fresh.read_text()  # the GPU placeholder
+
+
+def test_the_host_memory_section_gives_both_arms_and_their_ratio():
+    row = {"images": 3000, "trials": 3, "same_numbers": True, "ratio": 1.74,
+           "default_seconds": 6.8, "default_system_seconds": 3.2, "default_minor_faults": 1288584.0, "default_peak_rss_gib": 1.75,
+           "kept_seconds": 3.9, "kept_system_seconds": 0.7, "kept_minor_faults": 262849.0, "kept_peak_rss_gib": 1.92}
+    text = report._host_memory({"benchmarks": {"host_memory": [row]}})
+    assert "Default / kept: 1.74×; final losses the same" in text
+    assert "| glibc defaults | 6.8 | 3.2 | 1,288,584 | 1.75 |" in text
+    assert "| freed memory kept (a CPU job) | 3.9 | 0.7 | 262,849 | 1.92 |" in text
+    assert "**different**" in report._host_memory({"benchmarks": {"host_memory": [{**row, "same_numbers": False}]}})
+    assert report._host_memory({"benchmarks": {}}) == ""

@@ -132,12 +132,17 @@ def job_device(name: str, threads: int, gpus: int = 0, jobs_per_gpu: int = 1) ->
     """The device of a workflow job, set up as every job script needs it: torch's CPU
     threads set to the job's ``threads``, ``gpus`` devices claimed for it
     (:func:`randlabels.training.gpus.bind_gpus`, before CUDA starts), and the config's ``device``
-    resolved (:func:`resolve_device`)."""
+    resolved (:func:`resolve_device`). On the CPU, freed host memory is kept for reuse
+    (:func:`randlabels.training.host_memory.keep_freed_memory`)."""
     from randlabels.training.gpus import bind_gpus
+    from randlabels.training.host_memory import keep_freed_memory
 
     torch.set_num_threads(threads)
     bind_gpus(gpus, jobs_per_gpu)
-    return resolve_device(name)
+    device = resolve_device(name)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
 
 
 class DeviceData:
