@@ -90,3 +90,27 @@ def test_without_mallopt_nothing_is_set(monkeypatch):
 
     monkeypatch.setattr(host_memory.ctypes, "CDLL", NoMallopt)
     assert host_memory.keep_freed_memory() is False
+
+
+def test_a_cpu_job_without_mallopt_says_so_in_its_log(monkeypatch, caplog):
+    import torch
+
+    from randlabels.training import host_memory
+    from randlabels.training.engine import job_device
+
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: False)
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level("INFO", logger="randlabels"):
+            assert job_device("cpu", threads=1).type == "cpu"
+    finally:
+        torch.set_num_threads(threads)
+    assert any("no glibc mallopt" in r.getMessage() and "slower" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: True)
+    try:
+        with caplog.at_level("INFO", logger="randlabels"):
+            job_device("cpu", threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert not any("mallopt" in r.getMessage() for r in caplog.records)

@@ -172,8 +172,8 @@ def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     _noise_cifar(project / "cifar.npz")
     small = shrink(load_config(PAPER), "cifar.npz")
     (project / "configs" / "paper-shrunk.yaml").write_text(yaml.safe_dump(small, sort_keys=False))
-    # A guard against a hang, not a speed claim: about 3 minutes alone on 2 idle cores,
-    # 5 beside the other worker of `make test`, more when anything else runs too.
+    # A guard against a hang, not a speed claim: 3-5 minutes alone on 2 idle cores,
+    # about 7 beside the other worker of `make test`, more when anything else runs too.
     snakemake(project, *targets.TARGETS, "--cores", "2", "--configfile", "configs/paper-shrunk.yaml", timeout=2700)
     summary = (project / "results" / "SUMMARY.md").read_text()
     assert all(f"## {name}" in summary for name in small["experiments"]), summary[:2000]

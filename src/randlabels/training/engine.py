@@ -133,15 +133,19 @@ def job_device(name: str, threads: int, gpus: int = 0, jobs_per_gpu: int = 1) ->
     threads set to the job's ``threads``, ``gpus`` devices claimed for it
     (:func:`randlabels.training.gpus.bind_gpus`, before CUDA starts), and the config's ``device``
     resolved (:func:`resolve_device`). On the CPU, freed host memory is kept for reuse
-    (:func:`randlabels.training.host_memory.keep_freed_memory`)."""
+    (:func:`randlabels.training.host_memory.keep_freed_memory`); the log says where the
+    C library cannot."""
     from randlabels.training.gpus import bind_gpus
     from randlabels.training.host_memory import keep_freed_memory
 
     torch.set_num_threads(threads)
     bind_gpus(gpus, jobs_per_gpu)
     device = resolve_device(name)
-    if device.type == "cpu":
-        keep_freed_memory()
+    if device.type == "cpu" and not keep_freed_memory():
+        logging.getLogger("randlabels").info(
+            "this C library has no glibc mallopt: freed host memory goes back to the system, "
+            "so the job runs slower (docs/PERFORMANCE.md, \"Host memory of CPU jobs\")"
+        )
     return device
 
 
