@@ -22,6 +22,7 @@ CONFIG = ROOT / "configs" / "fashion-mnist.yaml"
 EIGENFILTERS = ROOT / "configs" / "fashion-mnist-eigenfilters.yaml"
 KERNEL_SIZE = ROOT / "configs" / "fashion-mnist-kernel-size.yaml"
 AUGMENTATION = ROOT / "configs" / "fashion-mnist-augmentation.yaml"
+TRANSFER_MAP = ROOT / "configs" / "fashion-mnist-transfer-map.yaml"
 
 
 def shrunk(config: dict) -> dict:
@@ -121,6 +122,29 @@ def test_the_augmentation_config_varies_the_augmentation_alone(tmp_path):
     counts = job_counts(dry.stdout)
     assert (counts["pretrain"], counts["statistics"], counts["q_augmentation"]) == (6, 6, 1)
     assert "finetune" not in counts
+
+
+def test_the_transfer_map_config_is_fmnist_cnn_over_init_scales_and_classes(tmp_path):
+    """configs/fashion-mnist-transfer-map.yaml: fmnist_cnn's network, data, split and
+    training settings, pre-trained on random labels at three init scales and fine-tuned
+    on fresh random labels of 2 and 10 classes to a target relative to chance; its
+    target plans the pre-training and the packed fine-tuning of every scale and seed."""
+    main = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(TRANSFER_MAP.read_text())
+    assert config["datasets"] == main["datasets"] and config["seeds"] == [0, 1]
+    base, entry = main["experiments"]["fmnist_cnn"], config["experiments"]["fmnist_map"]
+    assert list(config["experiments"]) == ["fmnist_map"]
+    assert {key: entry[key] for key in ("dataset", "model", "split")} == {key: base[key] for key in ("dataset", "model", "split")}
+    assert entry["init_scales"] == [0.5, 1.0, 2.0]
+    assert entry["pretrain"] == {**base["pretrain"], "labels": ["random"], "checkpoints": [0, 80]}
+    kept = {key: base["finetune"][key] for key in ("epochs", "batch_size", "lr", "momentum", "eval_every")}
+    assert entry["finetune"] == {**kept, "labels": "random", "classes": [2, 10], "variants": ["scratch", "pretrained"],
+                                 "pack_variants": True, "target_accuracy": {"from_chance": 0.2}, "probe_samples": 0}
+    assert config["targets"] == {"fig_transfer_map": {"experiments": ["fmnist_map"]}}
+    dry = snakemake(copy_project(tmp_path / "project"), "-n", "fig_transfer_map", "--configfile", str(TRANSFER_MAP))
+    counts = job_counts(dry.stdout)
+    assert (counts["pretrain"], counts["finetune_packed"], counts["unpack_finetune"], counts["fig_transfer_map"]) == (
+        3 * 2, 2 * 3 * 2, 2 * 3 * 2 * 2, 1)
 
 
 @pytest.mark.slow

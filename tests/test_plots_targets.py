@@ -271,6 +271,53 @@ def test_cell_value_is_the_geometric_mean() -> None:
     assert speed["value"] == pytest.approx(4.0) and speed["n_inf"] == 1
 
 
+def test_cell_values_name_the_seeds_where_only_one_side_reached_the_target(tmp_path: Path, monkeypatch) -> None:
+    """Of four NaN speed-ups: only scratch reached (negative transfer), only the variant
+    reached, neither, and a diverged variant beside a scratch that reached (a failed
+    run, not one that was slower); one finite seed."""
+    from randlabels.plots.transfer_map import _notes, cell_values
+
+    seeds = range(5)
+    pretrained = dict(speedup=[np.nan, np.nan, np.nan, np.nan, 2.0], reached=[False, True, False, False, True],
+                      diverged=[False, False, False, True, False])
+    scratch = dict(speedup=[1.0, np.nan, np.nan, 1.0, 1.0], reached=[True, False, False, True, True],
+                   diverged=[False] * 5)
+    table = pd.concat([pd.DataFrame(dict(experiment="e", task="random2", classes=2, init_scale=2.0,
+                                         variant=name, seed=list(seeds), auc_gap=0.0, **columns))
+                       for name, columns in (("pretrained", pretrained), ("scratch", scratch))],
+                      ignore_index=True)
+    cell = cell_values(table, "pretrained").iloc[0]
+    assert cell["value"] == pytest.approx(2.0) and (cell["n"], cell["n_nan"]) == (1, 4)
+    assert (cell["n_only_baseline"], cell["n_only_variant"]) == (1, 1)
+    assert _notes(pd.concat([cell, pd.Series({"variant": "pretrained"})])) == [
+        "only scratch\nreached 1/5", "only pretrained\nreached 1/5", "n/r 2/5"]
+    # A TSV round trip gives strings; without a `reached` column nothing is split.
+    as_text = table.assign(reached=table["reached"].astype(str), diverged=table["diverged"].astype(str))
+    assert cell_values(as_text, "pretrained").iloc[0]["n_only_baseline"] == 1
+    plain = cell_values(table.drop(columns="reached"), "pretrained").iloc[0]
+    assert (plain["n_only_baseline"], plain["n_only_variant"], plain["n_nan"]) == (0, 0, 4)
+    assert _notes(plain) == ["n/r 4/5"]
+    # The area gap is defined for every seed: no notes of this kind.
+    gap = cell_values(table, "pretrained", metric="auc_gap").iloc[0]
+    assert (gap["n_only_baseline"], gap["n_only_variant"]) == (0, 0)
+    # Drawn: a cell where only scratch reached it in every seed has no "undefined".
+    from randlabels.plots import transfer_map
+
+    only_scratch = table[table["seed"] == 0]
+    cell = cell_values(only_scratch, "pretrained").iloc[0]
+    assert np.isnan(cell["value"]) and cell["n_only_baseline"] == cell["total"] == 1
+    drawn, save = [], transfer_map.style.save_figure
+
+    def keep(fig, path):
+        drawn.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        save(fig, path)
+
+    monkeypatch.setattr(transfer_map.style, "save_figure", keep)
+    transfer_map.plot(only_scratch, tmp_path / "map.png")
+    assert_png(tmp_path / "map.png")
+    assert "only scratch\nreached 1/1" in drawn and not any("undefined" in text for text in drawn)
+
+
 def test_cell_values_one_row_per_cell() -> None:
     from randlabels.plots.transfer_map import cell_values
 

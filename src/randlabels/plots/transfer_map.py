@@ -6,8 +6,11 @@ per variant: x = init scale, y = number of downstream classes. Top row: the spee
 in steps to the target accuracy (scratch ÷ variant), geometric mean over seeds, on a
 log colour scale centred at 1 (blue = faster than scratch, red = slower). Cells where
 some seed's speed-up is undefined (the run or its scratch partner never reached the
-target, or it diverged) are hatched and say how many ("n/r k/n"); an infinite
-speed-up is counted as "∞ k/n". Bottom row: the gain in area under the learning
+target, or it diverged) are hatched and say how many; where the table has the runs'
+``reached`` column, a seed whose variant never reached the target while its scratch
+partner did is named as such ("only scratch reached k/n": negative transfer, the
+strongest kind, not a missing value), and the reverse likewise; the rest are "n/r k/n".
+An infinite speed-up is counted as "∞ k/n". Bottom row: the gain in area under the learning
 curve (variant − scratch), mean over seeds, centred at 0; it is defined even where
 the target is never reached, so every cell has a colour. Several (experiment, task)
 pairs become separate blocks of rows, named in the panel titles.
@@ -43,7 +46,7 @@ MISSING_COLOUR = "0.82"
 
 
 def _numeric(table: pd.DataFrame) -> pd.DataFrame:
-    data = table.copy()
+    data = table.reset_index(drop=True)
     for column in ("classes", "init_scale", "speedup", "auc_gap"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
     data["experiment"] = data["experiment"].astype(str)
@@ -52,7 +55,8 @@ def _numeric(table: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
-def cell_values(table: pd.DataFrame, variant: str, metric: str = "speedup") -> pd.DataFrame:
+def cell_values(table: pd.DataFrame, variant: str, metric: str = "speedup",
+                baseline: str = variants.SCRATCH) -> pd.DataFrame:
     """One row per (experiment, task, classes, init_scale) of ``variant``.
 
     ``value`` is the geometric mean over seeds of the finite positive speed-ups
@@ -60,15 +64,20 @@ def cell_values(table: pd.DataFrame, variant: str, metric: str = "speedup") -> p
     NaN when no seed has one. ``n`` counts the seeds that entered it, ``total`` all
     seeds, ``n_nan`` the NaN ones (never reached the target, or diverged), ``n_inf``
     the infinite ones and ``n_other`` non-positive speed-ups (not on a log scale).
+    Of the NaN speed-ups, ``n_only_baseline`` counts the seeds where only the
+    ``baseline`` run reached the target (the variant did not, and did not diverge) and
+    ``n_only_variant`` the reverse; both need the table's ``reached`` column (0 without).
     """
     if metric not in ("speedup", "auc_gap"):
         raise ValueError(f"transfer-map figure: unknown metric {metric!r}")
     style.require_columns(table, COLUMNS, "transfer-map figure")
     data = _numeric(table)
+    only_baseline, only_variant = _one_side_reached(data, str(variant), baseline)
     data = data[data["variant"] == str(variant)]
     rows = []
     for key, runs in data.groupby(CELL, sort=True, dropna=False):
         values = runs[metric].to_numpy(dtype=float)
+        unset = np.isnan(values) if metric == "speedup" else np.zeros(values.size, dtype=bool)
         finite = np.isfinite(values)
         ok = finite & (values > 0) if metric == "speedup" else finite
         good = values[ok]
@@ -82,9 +91,34 @@ def cell_values(table: pd.DataFrame, variant: str, metric: str = "speedup") -> p
         n_inf = int(np.isinf(values).sum())
         rows.append({**dict(zip(CELL, key)), "value": value, "n": int(ok.sum()),
                      "total": int(values.size), "n_nan": n_nan, "n_inf": n_inf,
-                     "n_other": int(values.size - ok.sum() - n_nan - n_inf)})
+                     "n_other": int(values.size - ok.sum() - n_nan - n_inf),
+                     "n_only_baseline": int((unset & only_baseline[runs.index].to_numpy()).sum()),
+                     "n_only_variant": int((unset & only_variant[runs.index].to_numpy()).sum())})
     return pd.DataFrame(rows, columns=[*CELL, "value", "n", "total", "n_nan", "n_inf",
-                                       "n_other"])
+                                       "n_other", "n_only_baseline", "n_only_variant"])
+
+
+def _one_side_reached(data: pd.DataFrame, variant: str, baseline: str) -> tuple[pd.Series, pd.Series]:
+    """Per row of ``data``: whether only its baseline partner (same cell and seed)
+    reached the target, and whether only the row's run did; diverged runs count as
+    neither. All False without a ``reached`` column."""
+    none = pd.Series(False, index=data.index)
+    if "reached" not in data.columns:
+        return none, none.copy()
+    reached = data["reached"].astype(str).str.lower().eq("true")
+    if "diverged" in data.columns:
+        ran = ~data["diverged"].astype(str).str.lower().eq("true")
+    else:
+        ran = pd.Series(True, index=data.index)
+    keys = [*CELL, "seed"]
+    partner = data.loc[data["variant"] == baseline, keys].assign(
+        _base_reached=(reached & ran)[data["variant"] == baseline].to_numpy())
+    partner = partner.drop_duplicates(keys)
+    merged = data[keys].merge(partner, on=keys, how="left")
+    base_reached = merged["_base_reached"].fillna(False).astype(bool).to_numpy()
+    own = (reached & ran).to_numpy()
+    return (pd.Series(~own & ran.to_numpy() & base_reached, index=data.index),
+            pd.Series(own & ~base_reached & merged["_base_reached"].notna().to_numpy(), index=data.index))
 
 
 def _format(value: float, metric: str) -> str:
@@ -95,10 +129,15 @@ def _format(value: float, metric: str) -> str:
     return f"{value:+.3f}"
 
 
-def _notes(cell: pd.Series) -> list[str]:
+def _notes(cell: pd.Series, baseline: str = variants.SCRATCH) -> list[str]:
     notes = []
-    if cell["n_nan"]:
-        notes.append(f"n/r {cell['n_nan']}/{cell['total']}")
+    one_side = int(cell.get("n_only_baseline", 0)) + int(cell.get("n_only_variant", 0))
+    if cell.get("n_only_baseline", 0):
+        notes.append(f"only {baseline}\nreached {cell['n_only_baseline']}/{cell['total']}")
+    if cell.get("n_only_variant", 0):
+        notes.append(f"only {cell.get('variant', 'the variant')}\nreached {cell['n_only_variant']}/{cell['total']}")
+    if cell["n_nan"] - one_side:
+        notes.append(f"n/r {cell['n_nan'] - one_side}/{cell['total']}")
     if cell["n_inf"]:
         notes.append(f"∞ {cell['n_inf']}/{cell['total']}")
     if cell["n_other"]:
@@ -144,7 +183,8 @@ def class_labels(table: pd.DataFrame, classes: list) -> list[str]:
 
 
 def _draw_panel(ax, cells: pd.DataFrame, classes: list, scales: list, metric: str,
-                norm: mcolors.Normalize, cmap, labels: list[str] | None = None) -> object:
+                norm: mcolors.Normalize, cmap, labels: list[str] | None = None,
+                baseline: str = variants.SCRATCH) -> object:
     grid = np.full((len(classes), len(scales)), np.nan)
     lookup = {(c["classes"], c["init_scale"]): c for _, c in cells.iterrows()}
     for i, n_classes in enumerate(classes):
@@ -162,13 +202,16 @@ def _draw_panel(ax, cells: pd.DataFrame, classes: list, scales: list, metric: st
                         color="0.4")
                 continue
             value = cell["value"]
-            notes = _notes(cell)
+            notes = _notes(cell, baseline)
             if notes:
                 ax.add_patch(mpatches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                                 hatch="///", edgecolor="0.35", linewidth=0,
                                                 zorder=2))
             dark = np.isfinite(value) and abs(float(norm(value)) - 0.5) > 0.3
-            text = "\n".join([_format(value, metric), *notes])
+            one_side = cell.get("n_only_baseline", 0) + cell.get("n_only_variant", 0)
+            # Where only one side reached the target, the notes say which: no "undefined".
+            shown = [] if not np.isfinite(value) and one_side else [_format(value, metric)]
+            text = "\n".join([*shown, *notes])
             ax.text(j, i, text, ha="center", va="center", fontsize="x-small", zorder=3,
                     color="white" if dark else "black",
                     bbox=dict(boxstyle="round,pad=0.15", facecolor="white", alpha=0.6,
@@ -211,7 +254,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None
     scales = sorted(data["init_scale"].dropna().unique())
     if not classes or not scales:
         raise ValueError("transfer-map figure: no numeric `classes` / `init_scale` values")
-    metrics = {m: pd.concat([cell_values(table, v, m) for v in variants], keys=variants,
+    metrics = {m: pd.concat([cell_values(table, v, m, baseline) for v in variants], keys=variants,
                             names=["variant"]).reset_index(level=0)
                for m in ("speedup", "auc_gap")}
     ylabels = class_labels(data, classes)
@@ -234,7 +277,8 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None
                 ax = axes[row, c]
                 sel = cells[(cells["variant"] == variant) & (cells["experiment"] == group[0])
                             & (cells["task"] == group[1])]
-                mesh = _draw_panel(ax, sel, classes, scales, metric, norms[metric], cmap, ylabels)
+                mesh = _draw_panel(ax, sel, classes, scales, metric, norms[metric], cmap, ylabels,
+                                   baseline)
                 name = {"speedup": "speed-up", "auc_gap": "AUC gain"}[metric]
                 prefix = f"{group[0]} / {group[1]}: " if len(groups) > 1 else ""
                 ax.set_title(f"{prefix}{variant} — {name}")
@@ -264,7 +308,9 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, variants: list | None
     fig.suptitle(title)
     fig.text(0.01, -0.01,
              "hatched cell: some seeds have no finite speed-up, left out of the mean\n"
-             "n/r k/n: target never reached (by the variant or its scratch partner) or run "
-             "diverged;\n∞ k/n: infinite speed-up; grey cell: no seed defined, or no runs",
+             f"only {baseline} reached k/n: the variant never reached the target, its {baseline} "
+             "partner did (negative transfer); only the variant reached: the reverse\n"
+             f"n/r k/n: neither reached the target, or a run diverged; ∞ k/n: infinite "
+             "speed-up; grey cell: no seed defined, or no runs",
              ha="left", va="top", fontsize="small", color="0.3")
     style.save_figure(fig, out_path)
