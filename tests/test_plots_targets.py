@@ -228,6 +228,38 @@ def test_depth_statistics_geometric_mean_and_counts() -> None:
     assert set(stats["family"]) == {"layerwise", "covariance", "first", "last"}
 
 
+def test_depth_names_the_runs_that_only_scratch_brought_to_the_target(tmp_path: Path, monkeypatch) -> None:
+    """With the summary's ``reached`` column, a NaN speed-up whose scratch partner
+    reached the target is counted as "only scratch reached" (in a family and in a
+    reference line), and a table without the column keeps the plain "n/r"."""
+    from randlabels.plots import depth_transfer
+
+    table = depth_table()
+    table.loc[(table["family"] == "pretrained") & (table["init_scale"] == 0.5), "speedup"] = np.nan
+    table["reached"] = np.isfinite(table["speedup"].to_numpy(float)) | np.isinf(table["speedup"].to_numpy(float))
+    table["diverged"] = False
+    last3 = lambda stats: stats[(stats["family"] == "last") & (stats["depth"] == 3) & (stats["metric"] == "speedup")  # noqa: E731
+                                & (stats["init_scale"] == 0.5)].iloc[0]
+    stat = last3(depth_transfer.depth_statistics(table))
+    assert (stat["n_nan"], stat["n_only_baseline"], stat["n_only_variant"]) == (1, 1, 0)
+    assert depth_transfer._undefined_note(stat) == "1/3 only scratch reached"
+    plain = last3(depth_transfer.depth_statistics(table.drop(columns="reached")))
+    assert (plain["n_only_baseline"], depth_transfer._undefined_note(plain)) == (0, "1/3 n/r")
+
+    drawn, save = [], depth_transfer.style.save_figure
+
+    def keep(fig, path):
+        drawn.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        drawn.extend(t.get_text() for t in fig.texts)
+        save(fig, path)
+
+    monkeypatch.setattr(depth_transfer.style, "save_figure", keep)
+    depth_transfer.plot(table, tmp_path / "d.png")
+    assert_png(tmp_path / "d.png")
+    assert "pretrained: 3/3 only scratch reached" in drawn and "1/3 only scratch reached" in drawn
+    assert any("only scratch reached: the variant never reached the target" in text for text in drawn)
+
+
 def test_depth_several_tasks_title_and_all_undefined(tmp_path: Path) -> None:
     from randlabels.plots import depth_transfer
 

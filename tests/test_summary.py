@@ -279,3 +279,32 @@ def test_mean_and_ci_skips_nan_and_keeps_empty_groups() -> None:
     half = stats.t.ppf(0.975, 1) * np.std([2, 4], ddof=1) / np.sqrt(2)
     assert out.loc["x", "ci_high"] == pytest.approx(3.0 + half)
     assert out.loc["y", "n"] == 0 and math.isnan(out.loc["y", "mean"])
+
+
+def test_one_side_reached_pairs_each_run_with_its_baseline() -> None:
+    """Closed form over four pairs and one unpaired run: only the baseline reached,
+    only the variant, both, a diverged variant beside a baseline that reached (no
+    flag: it failed, it was not slower), and a variant with no baseline partner."""
+    from randlabels.analysis.summary import one_side_reached
+
+    rows = []
+    for seed, (variant_reached, base_reached, diverged) in enumerate(
+            [(False, True, False), (True, False, False), (True, True, False), (False, True, True)]):
+        rows.append(dict(experiment="e", task="random2", init_scale=1.0, variant="pretrained", seed=seed,
+                         reached=variant_reached, diverged=diverged))
+        rows.append(dict(experiment="e", task="random2", init_scale=1.0, variant="scratch", seed=seed,
+                         reached=base_reached, diverged=False))
+    rows.append(dict(experiment="e", task="random2", init_scale=2.0, variant="pretrained", seed=0,
+                     reached=False, diverged=False))
+    table = pd.DataFrame(rows)
+    only_base, only_variant = one_side_reached(table)
+    pretrained = table["variant"] == "pretrained"
+    assert only_base[pretrained].tolist() == [True, False, False, False, False]
+    assert only_variant[pretrained].tolist() == [False, True, False, False, False]
+    assert not only_base[~pretrained].any() and not only_variant[~pretrained].any()
+    # After a TSV round trip the flags are strings; without `reached` nothing is flagged.
+    text = table.assign(reached=table["reached"].map(str), diverged=table["diverged"].map(str))
+    assert one_side_reached(text)[0].tolist() == only_base.tolist()
+    assert not any(flags.any() for flags in one_side_reached(table.drop(columns="reached")))
+    # Another baseline: the pairs are made with it.
+    assert not one_side_reached(table, baseline="gaussian")[0].any()

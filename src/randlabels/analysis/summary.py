@@ -11,6 +11,8 @@ turns the tidy fine-tuning curves table into per-run numbers that test the claim
   arbitrary choice of target);
 * ``transfer_summary`` -- both of the above for every run, plus the ratio and gap
   against the from-scratch baseline of the same experiment, init scale and seed;
+* ``one_side_reached`` -- of the runs without a speed-up, those where only one side
+  of the pair reached the target (the figures name them);
 * ``mean_and_ci`` -- mean and 95 % Student-t confidence interval over seeds.
 
 Everything here is plain pandas/numpy so that tables and figures can be rebuilt
@@ -240,6 +242,30 @@ def transfer_summary(curves: pd.DataFrame, target,
     merged["speedup"] = merged["_base_steps"] / merged["steps_to_target"]
     merged["auc_gap"] = merged["auc"] - merged["_base_auc"]
     return merged[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def one_side_reached(summary: pd.DataFrame, baseline: str = variants.SCRATCH) -> tuple[pd.Series, pd.Series]:
+    """Per row of a transfer summary: whether only its ``baseline`` partner (same
+    :data:`PAIR_KEYS`) reached the target, and whether only the row's own run did.
+
+    Both leave the speed-up undefined (NaN), but they are no missing values: the first
+    is negative transfer (the variant is slower than any speed-up could say), the
+    second positive. A diverged run reached nothing; neither flag is set for the
+    baseline's own rows. All False where the table has no ``reached`` column (tables
+    written by hand)."""
+    none = pd.Series(False, index=summary.index)
+    if "reached" not in summary.columns:
+        return none, none.copy()
+    ran = ~_as_bool(summary["diverged"]) if "diverged" in summary.columns else ~none
+    reached = _as_bool(summary["reached"]) & ran
+    is_base = summary["variant"].astype(str) == baseline
+    partner = summary.loc[is_base, PAIR_KEYS].assign(_base_reached=reached[is_base].to_numpy())
+    merged = summary[PAIR_KEYS].merge(partner.drop_duplicates(PAIR_KEYS), on=PAIR_KEYS, how="left")
+    paired = merged["_base_reached"].notna().to_numpy() & ~is_base.to_numpy()
+    base_reached = merged["_base_reached"].fillna(False).astype(bool).to_numpy()
+    own = reached.to_numpy()
+    return (pd.Series(paired & ran.to_numpy() & ~own & base_reached, index=summary.index),
+            pd.Series(paired & own & ~base_reached, index=summary.index))
 
 
 def mean_and_ci(frame: pd.DataFrame, by: list[str], value: str,

@@ -14,7 +14,9 @@ Top row of each block: gain in area under the learning curve (variant − scratc
 always defined. Bottom row: speed-up in steps to the target accuracy (scratch ÷
 variant, log axis, > 1 = positive transfer); runs whose speed-up is undefined
 (never reached the target, diverged, or infinite) are counted at the bottom of the
-panel instead of being dropped. Variants without a depth (``pretrained``,
+panel instead of being dropped; where the table has the runs' ``reached`` column, the
+runs that never reached the target while their scratch partner did are counted as
+such ("only scratch reached": negative transfer), and the reverse. Variants without a depth (``pretrained``,
 ``gaussian``, ...) are drawn as labelled horizontal reference lines at their mean.
 Columns are init scales; several (experiment, task) pairs become separate blocks of
 rows, named in the panel titles.
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from randlabels.analysis.summary import one_side_reached
 from randlabels.inits import variants
 from randlabels.plots import style
 
@@ -55,14 +58,16 @@ def _defined(values: np.ndarray, metric: str) -> np.ndarray:
     return ok
 
 
-def summarise(values, metric: str) -> dict:
+def summarise(values, metric: str, only_baseline=None, only_variant=None) -> dict:
     """Centre, range and counts of one metric over seeds.
 
     The speed-up is a ratio, so its centre is the geometric mean (the arithmetic mean
     of its logarithm); the area gap is a difference, so its centre is the arithmetic
     mean. ``low``/``high`` are the min and max of the defined values; ``n`` counts
     defined values, ``n_nan`` NaN ones (target never reached or run diverged) and
-    ``n_inf`` infinite (or, for the speed-up, non-positive) ones.
+    ``n_inf`` infinite (or, for the speed-up, non-positive) ones. Of the NaN speed-ups,
+    ``n_only_baseline`` and ``n_only_variant`` count those the masks
+    ``only_baseline`` / ``only_variant`` (:func:`one_side_reached`) flag.
     """
     values = np.asarray(values, dtype=float)
     ok = _defined(values, metric)
@@ -73,18 +78,27 @@ def summarise(values, metric: str) -> dict:
         centre = float(np.exp(np.log(good).mean())) if metric == "speedup" else float(good.mean())
         low, high = float(good.min()), float(good.max())
     n_nan = int(np.isnan(values).sum())
+    unset = np.isnan(values) if metric == "speedup" else np.zeros(values.size, dtype=bool)
+
+    def flagged(mask) -> int:
+        return 0 if mask is None else int((unset & np.asarray(mask, dtype=bool)).sum())
+
     return {"centre": centre, "low": low, "high": high, "n": int(ok.sum()),
             "total": int(values.size), "n_nan": n_nan,
-            "n_inf": int(values.size - ok.sum() - n_nan)}
+            "n_inf": int(values.size - ok.sum() - n_nan),
+            "n_only_baseline": flagged(only_baseline), "n_only_variant": flagged(only_variant)}
 
 
 def _prepare(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    data = table.copy()
+    """The rows of every family but the baseline, numeric, with the
+    :func:`one_side_reached` flags (``_only_baseline``, ``_only_variant``)."""
+    data = table.reset_index(drop=True)
     for column in ("depth", "speedup", "auc_gap", "init_scale"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
     data["family"] = data["family"].astype(str)
     data["experiment"] = data["experiment"].astype(str)
     data["task"] = data["task"].astype(str)
+    data["_only_baseline"], data["_only_variant"] = one_side_reached(data, baseline)
     return data[data["family"] != baseline]
 
 
@@ -98,9 +112,15 @@ def depth_statistics(table: pd.DataFrame, baseline: str = variants.SCRATCH) -> p
     for key, runs in data.groupby([*GROUP, "init_scale", "family", "depth"], sort=True):
         for metric, *_ in METRICS:
             rows.append({**dict(zip([*GROUP, "init_scale", "family", "depth"], key)),
-                         "metric": metric, **summarise(runs[metric], metric)})
+                         "metric": metric, **_summarise_runs(runs, metric)})
     return pd.DataFrame(rows, columns=[*GROUP, "init_scale", "family", "depth", "metric",
-                                       "centre", "low", "high", "n", "total", "n_nan", "n_inf"])
+                                       "centre", "low", "high", "n", "total", "n_nan", "n_inf",
+                                       "n_only_baseline", "n_only_variant"])
+
+
+def _summarise_runs(runs: pd.DataFrame, metric: str) -> dict:
+    """:func:`summarise` of prepared rows (:func:`_prepare`), with their flags."""
+    return summarise(runs[metric], metric, runs["_only_baseline"], runs["_only_variant"])
 
 
 _CB = sns.color_palette("colorblind", 10)
@@ -152,13 +172,8 @@ def _log_ticks(ax) -> None:
     ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
-def _undefined_note(stat: pd.Series) -> str:
-    parts = []
-    if stat["n_nan"]:
-        parts.append(f"{stat['n_nan']}/{stat['total']} n/r")
-    if stat["n_inf"]:
-        parts.append(f"{stat['n_inf']}/{stat['total']} ∞")
-    return ", ".join(parts)
+def _undefined_note(stat: pd.Series, baseline: str = variants.SCRATCH) -> str:
+    return ", ".join(f"{count}/{stat['total']} {label}" for label, count in style.speedup_gaps(stat, baseline))
 
 
 def _limits(values: list[float], reference: float, log: bool) -> tuple[float, float]:
@@ -225,7 +240,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
                             markersize=4.5, linewidth=1.6, zorder=3)
                     row_values += list(fam["low"]) + list(fam["high"])
                     for _, stat in fam.iterrows():
-                        note = _undefined_note(stat)
+                        note = _undefined_note(stat, baseline)
                         if not note:
                             continue
                         any_undefined = True
@@ -237,12 +252,14 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
                                     ha="center", va="bottom", fontsize="x-small", color=colour)
                 ref_here = group_refs[group_refs["init_scale"] == init_scale]
                 for name in ref_names:
-                    stat = summarise(ref_here.loc[ref_here["family"] == name, metric], metric)
+                    stat = _summarise_runs(ref_here[ref_here["family"] == name], metric)
                     if stat["total"] == 0:
                         continue
+                    # Where only one side of some pairs reached the target, say which.
+                    one_side = _undefined_note(stat, baseline) if stat["n_only_baseline"] + stat["n_only_variant"] else ""
                     if stat["n"] == 0:
                         any_undefined = True
-                        ax.annotate(f"{name}: undefined ({stat['total']} runs)",
+                        ax.annotate(f"{name}: " + (one_side or f"undefined ({stat['total']} runs)"),
                                     xy=(0.98, 0.97 - 0.08 * ref_names.index(name)),
                                     xycoords="axes fraction", ha="right", va="top",
                                     fontsize="x-small", color=colours[name])
@@ -252,7 +269,7 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
                     label = f"{name} {stat['centre']:.3g}"
                     if stat["n"] < stat["total"]:
                         any_undefined = True
-                        label += f" ({stat['n']}/{stat['total']} defined)"
+                        label += f" ({stat['n']}/{stat['total']} defined" + (f"; {one_side})" if one_side else ")")
                     ref_labels.setdefault(c, []).append((stat["centre"], label, colours[name]))
                     row_values.append(stat["centre"])
                 if scale_kind == "log":
@@ -289,8 +306,10 @@ def plot(table: pd.DataFrame, out_path: str | os.PathLike, title: str | None = N
     if len(groups) > 1:
         footnote += "\nrow blocks: one per experiment / downstream task (named in the titles)"
     if any_undefined:
-        footnote += ("\nk/n n/r: runs whose value is undefined (target not reached or run "
-                     "diverged); k/n ∞: infinite speed-up; both left out of the mean")
+        footnote += (f"\nk/n only {baseline} reached: the variant never reached the target, its "
+                     f"{baseline} partner did (negative transfer); only this reached: the reverse"
+                     "\nk/n n/r: neither reached the target, or a run diverged; k/n ∞: infinite "
+                     "speed-up; all left out of the mean")
     fig.text(0.01, 0.0, footnote, ha="left", va="top", fontsize="small", color="0.3")
     fig.tight_layout()
     style.save_figure(fig, out_path)

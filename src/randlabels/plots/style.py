@@ -140,6 +140,17 @@ def reason_text(undefined: pd.DataFrame) -> str:
     return f"{len(undefined)} undefined value(s) (NaN) left out: {listed}"
 
 
+def speedup_gaps(counts, baseline: str = variants.SCRATCH, variant: str = "this") -> list[tuple[str, int]]:
+    """Why some seeds of a figure's cell or point have no finite speed-up, as (label,
+    count) pairs with a count: only the ``baseline`` run reached the target, only the
+    ``variant``, neither or a run diverged ("n/r"), infinite ("∞"). ``counts`` holds
+    ``n_nan``, ``n_inf`` and optionally ``n_only_baseline`` / ``n_only_variant``."""
+    only_base, only_variant = int(counts.get("n_only_baseline", 0)), int(counts.get("n_only_variant", 0))
+    pairs = [(f"only {baseline} reached", only_base), (f"only {variant} reached", only_variant),
+             ("n/r", int(counts["n_nan"]) - only_base - only_variant), ("∞", int(counts["n_inf"]))]
+    return [(label, count) for label, count in pairs if count]
+
+
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], figure: str) -> None:
     """Refuse an empty or malformed table with a message naming the figure."""
     missing = [c for c in columns if c not in frame.columns]

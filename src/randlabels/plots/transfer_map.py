@@ -34,7 +34,7 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 
-from randlabels.analysis.summary import describe_target, is_relative
+from randlabels.analysis.summary import describe_target, is_relative, one_side_reached
 from randlabels.inits import variants
 from randlabels.plots import style
 
@@ -72,7 +72,7 @@ def cell_values(table: pd.DataFrame, variant: str, metric: str = "speedup",
         raise ValueError(f"transfer-map figure: unknown metric {metric!r}")
     style.require_columns(table, COLUMNS, "transfer-map figure")
     data = _numeric(table)
-    only_baseline, only_variant = _one_side_reached(data, str(variant), baseline)
+    only_baseline, only_variant = one_side_reached(data, baseline)
     data = data[data["variant"] == str(variant)]
     rows = []
     for key, runs in data.groupby(CELL, sort=True, dropna=False):
@@ -98,29 +98,6 @@ def cell_values(table: pd.DataFrame, variant: str, metric: str = "speedup",
                                        "n_other", "n_only_baseline", "n_only_variant"])
 
 
-def _one_side_reached(data: pd.DataFrame, variant: str, baseline: str) -> tuple[pd.Series, pd.Series]:
-    """Per row of ``data``: whether only its baseline partner (same cell and seed)
-    reached the target, and whether only the row's run did; diverged runs count as
-    neither. All False without a ``reached`` column."""
-    none = pd.Series(False, index=data.index)
-    if "reached" not in data.columns:
-        return none, none.copy()
-    reached = data["reached"].astype(str).str.lower().eq("true")
-    if "diverged" in data.columns:
-        ran = ~data["diverged"].astype(str).str.lower().eq("true")
-    else:
-        ran = pd.Series(True, index=data.index)
-    keys = [*CELL, "seed"]
-    partner = data.loc[data["variant"] == baseline, keys].assign(
-        _base_reached=(reached & ran)[data["variant"] == baseline].to_numpy())
-    partner = partner.drop_duplicates(keys)
-    merged = data[keys].merge(partner, on=keys, how="left")
-    base_reached = merged["_base_reached"].fillna(False).astype(bool).to_numpy()
-    own = (reached & ran).to_numpy()
-    return (pd.Series(~own & ran.to_numpy() & base_reached, index=data.index),
-            pd.Series(own & ~base_reached & merged["_base_reached"].notna().to_numpy(), index=data.index))
-
-
 def _format(value: float, metric: str) -> str:
     if not np.isfinite(value):
         return "undefined"
@@ -130,16 +107,9 @@ def _format(value: float, metric: str) -> str:
 
 
 def _notes(cell: pd.Series, baseline: str = variants.SCRATCH) -> list[str]:
-    notes = []
-    one_side = int(cell.get("n_only_baseline", 0)) + int(cell.get("n_only_variant", 0))
-    if cell.get("n_only_baseline", 0):
-        notes.append(f"only {baseline}\nreached {cell['n_only_baseline']}/{cell['total']}")
-    if cell.get("n_only_variant", 0):
-        notes.append(f"only {cell.get('variant', 'the variant')}\nreached {cell['n_only_variant']}/{cell['total']}")
-    if cell["n_nan"] - one_side:
-        notes.append(f"n/r {cell['n_nan'] - one_side}/{cell['total']}")
-    if cell["n_inf"]:
-        notes.append(f"∞ {cell['n_inf']}/{cell['total']}")
+    gaps = style.speedup_gaps(cell, baseline, variant=cell.get("variant", "the variant"))
+    # "only scratch" / "reached k/n" on two lines, to fit a cell.
+    notes = [label.replace(" reached", "\nreached") + f" {count}/{cell['total']}" for label, count in gaps]
     if cell["n_other"]:
         notes.append(f"≤0 {cell['n_other']}/{cell['total']}")
     return notes
