@@ -23,6 +23,7 @@ EIGENFILTERS = ROOT / "configs" / "fashion-mnist-eigenfilters.yaml"
 KERNEL_SIZE = ROOT / "configs" / "fashion-mnist-kernel-size.yaml"
 AUGMENTATION = ROOT / "configs" / "fashion-mnist-augmentation.yaml"
 TRANSFER_MAP = ROOT / "configs" / "fashion-mnist-transfer-map.yaml"
+DEPTH = ROOT / "configs" / "fashion-mnist-depth.yaml"
 
 
 def shrunk(config: dict) -> dict:
@@ -145,6 +146,30 @@ def test_the_transfer_map_config_is_fmnist_cnn_over_init_scales_and_classes(tmp_
     counts = job_counts(dry.stdout)
     assert (counts["pretrain"], counts["finetune_packed"], counts["unpack_finetune"], counts["fig_transfer_map"]) == (
         3 * 2, 2 * 3 * 2, 2 * 3 * 2 * 2, 1)
+
+
+def test_the_depth_config_is_fmnist_cnn_with_every_depth_family(tmp_path):
+    """configs/fashion-mnist-depth.yaml: fmnist_cnn's network, data, split and training
+    settings, pre-trained on random labels and fine-tuned on fresh random labels from
+    the variants of the three depth targets, all packed in one job per seed."""
+    main = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(DEPTH.read_text())
+    assert config["datasets"] == main["datasets"] and config["seeds"] == [0, 1]
+    base, entry = main["experiments"]["fmnist_cnn"], config["experiments"]["fmnist_depth"]
+    assert list(config["experiments"]) == ["fmnist_depth"]
+    assert {key: entry[key] for key in ("dataset", "model", "split", "init_scales")} == {
+        key: base[key] for key in ("dataset", "model", "split", "init_scales")}
+    assert entry["pretrain"] == {**base["pretrain"], "labels": ["random"], "checkpoints": [0, 80]}
+    kept = {key: base["finetune"][key] for key in ("epochs", "batch_size", "lr", "momentum", "eval_every", "target_accuracy")}
+    variants = ["scratch", "pretrained", "first1", "last1", "layerwise1", "layerwise2", "covariance1", "covariance2"]
+    assert entry["finetune"] == {**kept, "labels": "random", "variants": variants, "pack_variants": True, "probe_samples": 0}
+    names = ["fig_layerwise", "q_last_layers", "q_covariance_init"]
+    assert config["targets"] == {name: {"experiments": ["fmnist_depth"]} for name in names}
+    dry = snakemake(copy_project(tmp_path / "project"), "-n", *names, "--configfile", str(DEPTH))
+    counts = job_counts(dry.stdout)
+    assert (counts["pretrain"], counts["construct_init"], counts["finetune_packed"], counts["unpack_finetune"]) == (
+        2, 4 * 2, 2, 8 * 2)
+    assert all(counts[name] == 1 for name in names)
 
 
 @pytest.mark.slow
