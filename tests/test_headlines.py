@@ -100,9 +100,20 @@ def test_summary_and_front_page_from_the_tables_on_disk(tmp_path):
     assert "## e\n\n- misalignment of conv1" in text and "\n- speed-up over scratch" in text
     assert "\n- dead ReLU units" in text
     assert "## not_run\n\n- no tables yet" in text
-    assert "Code, as the tables record it: randlabels " in text
+    stamp = provenance.stamp()
+    assert f"Code, as the tables record it: randlabels {stamp['randlabels_version']}, " in text
+    assert f" ({stamp['libraries']}; {stamp['machine']})." in text  # the environment that ran
     digest = provenance.read(tables / "misalignment.tsv")["settings_sha256"][:12]
     assert f"- settings hashes (sha256, first 12 digits) of the tables: misalignment.tsv {digest}, " in text
     front = (tmp_path / "results" / "report_front.rst").read_text()
     assert front.startswith("Description of the workflow.\n\nSummary\n-------\n")
     assert "**e**\n\n- misalignment of conv1 at epoch 4" in front
+
+
+def test_the_code_line_names_tables_written_before_stamps_had_an_environment(tmp_path):
+    tables = tmp_path / "results" / "old" / "tables"
+    tables.mkdir(parents=True)
+    _misalignment().to_csv(tables / "misalignment.tsv", sep="\t", index=False)  # no stamp lines at all
+    summary = headlines.summarize(["old"], results=tmp_path / "results")
+    assert summary["code"] == ("Code, as the tables record it: randlabels ?, commit ? "
+                               "(libraries not recorded; machine not recorded).")

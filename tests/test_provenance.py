@@ -94,6 +94,46 @@ def test_the_stamp_names_the_checkout_of_the_imported_package():
     assert all(isinstance(value, str) for value in stamp.values())
 
 
+def test_the_stamp_names_the_library_versions_that_ran(monkeypatch):
+    import platform
+    from importlib import metadata
+
+    import torchvision
+
+    recorded = provenance.stamp()["libraries"]
+    assert recorded == (f"python {platform.python_version()}, numpy {np.__version__}, "
+                        f"torch {metadata.version('torch')}, torchvision {metadata.version('torchvision')}")
+    assert torch.__version__.startswith(metadata.version("torch"))  # the one imported, not another install
+    assert torchvision.__version__.startswith(metadata.version("torchvision"))
+    # A package that is not installed is named as such, not an error.
+    provenance.libraries.cache_clear()
+    monkeypatch.setattr(provenance, "LIBRARIES", ("numpy", "no-such-package-randlabels"))
+    try:
+        assert provenance.libraries().endswith(f"numpy {np.__version__}, no-such-package-randlabels absent")
+    finally:
+        provenance.libraries.cache_clear()
+
+
+def test_the_stamp_names_the_processor(monkeypatch, tmp_path):
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    model = models[0] if models else (platform.processor() or "unknown")
+    assert provenance.stamp()["machine"] == f"{platform.machine()}, {model}"
+    # Without /proc/cpuinfo (macOS, Windows): the platform module's word, or "unknown".
+    provenance.machine.cache_clear()
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(tmp_path / "absent", *a, **k)
+                        if str(path) == "/proc/cpuinfo" else real_open(path, *a, **k))
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    try:
+        assert provenance.machine() == f"{platform.machine()}, unknown"
+    finally:
+        provenance.machine.cache_clear()
+
+
 # --------------------------------------------------------------------------- settings
 
 

@@ -308,3 +308,9 @@ def test_one_side_reached_pairs_each_run_with_its_baseline() -> None:
     assert not any(flags.any() for flags in one_side_reached(table.drop(columns="reached")))
     # Another baseline: the pairs are made with it.
     assert not one_side_reached(table, baseline="gaussian")[0].any()
+    # A damaged flag is an error that names its column, whichever column it is in.
+    for column in ("reached", "diverged"):
+        damaged = text.copy()
+        damaged.loc[0, column] = "maybe"
+        with pytest.raises(ValueError, match=rf"^{column}: cannot read 'maybe'"):
+            one_side_reached(damaged)

@@ -11,6 +11,16 @@ attributes; checkpoint sets, initializations and packed bundles under the key
     tracked files had uncommitted changes ("true"/"false"); both "unknown" when the
     package is not in a git checkout or git is missing or fails (never an error:
     a job must not fail for lack of git).
+``libraries``
+    the versions of Python and of the packages whose numerics shape the results
+    (numpy, torch, torchvision), e.g. "python 3.11.2, numpy 2.4.6, torch 2.14.1,
+    torchvision 0.29.1"; a package that is not installed reads "absent". The same
+    code and settings give other numbers under another torch or numpy (kernels,
+    reductions, LAPACK), so a result's stamp names them.
+``machine``
+    the processor that ran: its architecture and, on Linux, /proc/cpuinfo's model
+    name (e.g. "x86_64, AMD EPYC"). CPU kernels are chosen by processor (AVX2 or
+    AVX-512), so the same libraries on another machine may give other bits too.
 ``rule``, ``settings_sha256``
     the workflow rule that wrote the file and :func:`settings_hash` of its name and
     params, as recorded by :func:`record_job`; "none" for library use outside a job.
@@ -25,6 +35,7 @@ import functools
 import hashlib
 import json
 import os
+import platform
 import re
 import subprocess
 from collections.abc import Mapping, MutableMapping
@@ -33,7 +44,9 @@ from typing import Any
 
 import randlabels
 
-KEYS = ("randlabels_version", "git_commit", "git_dirty", "rule", "settings_sha256")
+KEYS = ("randlabels_version", "git_commit", "git_dirty", "libraries", "machine", "rule", "settings_sha256")
+#: the packages named in a stamp's ``libraries``, after Python.
+LIBRARIES = ("numpy", "torch", "torchvision")
 UNKNOWN = "unknown"
 NONE = "none"
 GIT_TIMEOUT_S = 10
@@ -44,6 +57,34 @@ _job: dict[str, str] = {}  # {"rule": ..., "settings_sha256": ...} once a job is
 def version() -> str:
     """The installed package version (``randlabels.__version__``)."""
     return str(getattr(randlabels, "__version__", UNKNOWN))
+
+
+@functools.cache
+def libraries() -> str:
+    """Python's version and those of :data:`LIBRARIES` as installed (their metadata:
+    nothing is imported), comma-separated; "absent" for one that is not installed."""
+    from importlib import metadata
+
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "absent"
+
+    return ", ".join([f"python {platform.python_version()}", *(f"{name} {installed(name)}" for name in LIBRARIES)])
+
+
+@functools.cache
+def machine() -> str:
+    """The processor's architecture and model name (/proc/cpuinfo on Linux, else what
+    the platform module says; "unknown" where neither says)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{platform.machine() or UNKNOWN}, {model or platform.processor() or UNKNOWN}"
 
 
 def package_checkout() -> Path:
@@ -150,6 +191,8 @@ def stamp() -> dict[str, str]:
         "randlabels_version": package_version,
         "git_commit": commit,
         "git_dirty": dirty,
+        "libraries": libraries(),
+        "machine": machine(),
         "rule": _job.get("rule", NONE),
         "settings_sha256": _job.get("settings_sha256", NONE),
     }
@@ -214,6 +257,6 @@ def _text(value) -> str:
 
 
 __all__ = [
-    "KEYS", "forget_job", "git_state", "package_checkout", "read", "record_job", "record_settings",
+    "KEYS", "LIBRARIES", "forget_job", "git_state", "libraries", "machine", "package_checkout", "read", "record_job", "record_settings",
     "settings_hash", "stamp", "stamp_into", "table_header", "table_header_lines", "version",
 ]

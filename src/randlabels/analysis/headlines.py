@@ -151,7 +151,7 @@ _LINES = {
 
 def experiment_lines(exp: str, results: str | os.PathLike = plan.RESULTS) -> tuple[list[str], set[tuple]]:
     """The headline lines of ``exp`` from its tables under ``results``, and the code
-    stamps ((version, commit, dirty)) those tables record."""
+    stamps ((version, commit, dirty, libraries, machine)) those tables record."""
     lines, code, settings = [], set(), []
     for name in TABLES:
         path = Path(results) / Path(plan.path("table", exp=exp, table=name)).relative_to(plan.RESULTS)
@@ -159,7 +159,8 @@ def experiment_lines(exp: str, results: str | os.PathLike = plan.RESULTS) -> tup
             continue
         table = read_table(path)
         stamp = provenance.read(path)
-        code.add((stamp.get("randlabels_version", "?"), stamp.get("git_commit", "?"), stamp.get("git_dirty", "?")))
+        code.add((stamp.get("randlabels_version", "?"), stamp.get("git_commit", "?"), stamp.get("git_dirty", "?"),
+                  stamp.get("libraries", "libraries not recorded"), stamp.get("machine", "machine not recorded")))
         settings.append(f"{name}.tsv {stamp.get('settings_sha256', '?')[:12]}")
         if not table.empty:
             lines.extend(_LINES[name](table))
@@ -172,9 +173,9 @@ def _code_line(code: set[tuple]) -> str:
     if not code:
         return "Code: no tables yet."
     shown = []
-    for version, commit, dirty in sorted(code):
+    for version, commit, dirty, libraries, machine in sorted(code):
         changes = " with uncommitted changes" if dirty == "true" else ""
-        shown.append(f"randlabels {version}, commit {commit[:12]}{changes}")
+        shown.append(f"randlabels {version}, commit {commit[:12]}{changes} ({libraries}; {machine})")
     return "Code, as the tables record it: " + "; ".join(shown) + "."
 
 

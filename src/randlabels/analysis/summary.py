@@ -61,9 +61,11 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 
 
 def _as_bool(column: pd.Series) -> pd.Series:
-    """Coerce a diverged flag to bool, accepting the strings a TSV round trip may give.
+    """Coerce a flag column (``diverged``, ``reached``) to bool, accepting the strings
+    a TSV round trip may give.
 
-    ``astype(bool)`` alone would turn the string ``"False"`` into True.
+    ``astype(bool)`` alone would turn the string ``"False"`` into True. An unreadable
+    value is an error that names the column it is in.
     """
     if column.dtype == bool:
         return column
@@ -72,7 +74,7 @@ def _as_bool(column: pd.Series) -> pd.Series:
     def convert(value: object) -> bool:
         if isinstance(value, str):
             if value.strip().lower() not in words:
-                raise ValueError(f"diverged: cannot read {value!r} as a boolean")
+                raise ValueError(f"{column.name}: cannot read {value!r} as a boolean")
             return words[value.strip().lower()]
         return bool(value) if pd.notna(value) else False
 

@@ -124,8 +124,9 @@ def _build_gaussian_init(tables: dict, info: dict):
 
 
 def _build_depth(families: tuple[str, ...]):
-    """Summary rows of scratch, the fixed variants and the depth families (k = 0 is
-    scratch, drawn at depth 0 of each family)."""
+    """Summary rows of scratch, the fixed variants and the depth families. Scratch is
+    the figure's no-transfer baseline (k = 0): its gain and speed-up are the dashed
+    line at 0 and 1, not a point of each family."""
 
     def build(tables: dict, info: dict):
         summary = _with_depth(tables["transfer_summary"])
