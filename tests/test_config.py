@@ -357,7 +357,7 @@ def test_a_malformed_target_names_both_forms(target):
 def test_the_relative_target_is_no_default_and_keeps_absolute_params():
     # The default (and every absolute config) gives the finetune rule the same settings as before.
     config = load()
-    assert plan.finetune_settings(config, "digits_cnn")["target_accuracy"] == _finetune(config).get("target_accuracy", 0.9)
+    assert plan.target_accuracy(config, "digits_cnn") == _finetune(config).get("target_accuracy", 0.9)
     assert plan.FINETUNE_DEFAULTS["target_accuracy"] == 0.9
 
 

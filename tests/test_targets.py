@@ -43,6 +43,24 @@ def test_task_keys_are_not_training_settings():
     assert "labels" not in before and "classes" not in before
 
 
+def test_variants_source_and_target_are_not_training_settings():
+    """Adding a variant, choosing another pre-training to transfer from or another
+    target accuracy changes no fine-tuning run's training settings: each has its own
+    owner (the sources' paths carry from_labels; the summary reads the target)."""
+    config = load(TINY)
+    finetune = config["experiments"]["tiny_map"]["finetune"]
+    before = plan.finetune_settings(config, "tiny_map")
+    assert {"variants", "from_labels", "target_accuracy"}.isdisjoint(before)
+    finetune.update(variants=[*finetune["variants"], "first1"], from_labels="real",
+                    target_accuracy={"from_chance": 0.5})
+    assert plan.finetune_settings(config, "tiny_map") == before
+    assert plan.finetune_variants(config, "tiny_map")[-1] == "first1"
+    assert plan.from_labels(config, "tiny_map") == "real"
+    assert plan.target_accuracy(config, "tiny_map") == {"from_chance": 0.5}
+    del finetune["from_labels"], finetune["target_accuracy"]
+    assert (plan.from_labels(config, "tiny_map"), plan.target_accuracy(config, "tiny_map")) == ("random", 0.9)
+
+
 def test_an_experiment_may_have_its_own_seeds():
     config = load(PAPER)
     assert plan.seeds(config, "eigenfilters_cifar10") == list(range(64))
@@ -191,7 +209,7 @@ def test_refuse_unknown_target_leaves_existing_files_alone(tmp_path, monkeypatch
 def test_the_paper_maps_targets_are_relative_to_chance():
     for path, fraction in ((PAPER, 0.2), (ROOT / "configs" / "paper-cifar10-1gpu.yaml", 0.1)):
         config = load(path)
-        assert plan.finetune_settings(config, "vgg16_map")["target_accuracy"] == {"from_chance": fraction}
+        assert plan.target_accuracy(config, "vgg16_map") == {"from_chance": fraction}
 
 
 def test_a_batch_norm_init_scale_experiment_is_named_as_such_in_figures():

@@ -224,6 +224,27 @@ def test_a_finetune_setting_reruns_only_finetuning(tiny_run):
     assert {"pretrain", "statistics", "make_split", "prepare_dataset", "gaussian_init"}.isdisjoint(counts)
 
 
+@pytest.mark.slow
+def test_a_new_target_accuracy_reruns_the_summary_not_the_training(tiny_run):
+    changed = _changed_config(tiny_run, "finetune", "target_accuracy", {"from_chance": 0.1})
+    counts = job_counts(snakemake(tiny_run, "-n", "--configfile", changed).stdout)
+    assert counts.get("aggregate_finetuning") == 1, counts
+    assert {"finetune", "pretrain", "statistics", "gaussian_init"}.isdisjoint(counts), counts
+
+
+@pytest.mark.slow
+def test_a_new_variant_trains_only_its_own_runs(tiny_run):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    config["experiments"]["tiny"]["finetune"]["variants"].append("first1")
+    (tiny_run / "changed.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tiny_run, "-n", "--configfile", "changed.yaml")
+    counts = job_counts(result.stdout)
+    # first1's run of each seed; the four variants' eight runs are up to date.
+    assert counts.get("finetune") == 2, counts
+    assert {"pretrain", "statistics", "gaussian_init"}.isdisjoint(counts), counts
+    assert counts.get("aggregate_finetuning") == 1, counts
+
+
 def _changed_config(project, section, key, value) -> str:
     config = yaml.safe_load((project / "config.yaml").read_text())
     config["experiments"]["tiny"].setdefault(section, {})[key] = value

@@ -118,7 +118,7 @@ def finetune_sources(wildcards):
     chosen = (
         [wildcards.variant]
         if "variant" in wildcards.keys()
-        else plan.finetune_settings(config, wildcards.exp)["variants"]
+        else plan.finetune_variants(config, wildcards.exp)
     )
     return {
         variant: variant_source(wildcards.exp, wildcards.scale, wildcards.seed, variant)

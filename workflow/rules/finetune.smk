@@ -67,7 +67,7 @@ rule finetune_packed:
         model=lambda w: plan.model_settings(config, w.exp),
         training=lambda w: plan.finetune_settings(config, w.exp),
         experiment=lambda w: w.exp,
-        variants=lambda w: plan.finetune_settings(config, w.exp)["variants"],
+        variants=lambda w: plan.finetune_variants(config, w.exp),
         sources=finetune_sources,
         task=lambda w: w.task,
         init_scale=scale_of,

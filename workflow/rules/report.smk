@@ -81,7 +81,7 @@ rule aggregate_finetuning:
     resources:
         **RESOURCES_LIGHT,
     params:
-        target=lambda w: plan.finetune_settings(config, w.exp)["target_accuracy"],
+        target=lambda w: plan.target_accuracy(config, w.exp),
     message:
         "Collecting learning curves and the transfer summary of {wildcards.exp}"
     script:

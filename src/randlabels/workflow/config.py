@@ -232,9 +232,10 @@ def semantic_errors(config: dict) -> list[str]:
         finetune = entry.get("finetune")
         if finetune is not None:
             settings = plan.finetune_settings(config, exp)
-            if settings["from_labels"] not in pretrain["labels"]:
+            source = plan.from_labels(config, exp)
+            if source not in pretrain["labels"]:
                 problems.append(
-                    f"{where}.finetune.from_labels: {settings['from_labels']!r} is not among pretrain.labels {pretrain['labels']}"
+                    f"{where}.finetune.from_labels: {source!r} is not among pretrain.labels {pretrain['labels']}"
                 )
             tasks = plan.finetune_tasks(config, exp)
             if not settings["reset_head"] and any(plan.task_classes(t) not in (None, split["upstream_classes"]) for t in tasks):
@@ -242,7 +243,7 @@ def semantic_errors(config: dict) -> list[str]:
             kinds = finetune.get("labels", "real")
             if "classes" in finetune and "random" not in ([kinds] if isinstance(kinds, str) else kinds):
                 problems.append(f"{where}.finetune.classes: only random downstream labels take a class count; labels are {kinds}")
-            for variant in settings["variants"]:
+            for variant in plan.finetune_variants(config, exp):
                 try:
                     variants.parse(variant)
                 except ValueError as err:
@@ -335,7 +336,7 @@ def _layer_errors(config: dict, exp: str, layers: list[str], model=None) -> list
     problems = []
     named = [(f"{where}.stats.layers", layer) for layer in plan.stats_settings(config, exp)["layers"]]
     finetune = entry.get("finetune")
-    names = plan.finetune_settings(config, exp)["variants"] if finetune is not None else []
+    names = plan.finetune_variants(config, exp) if finetune is not None else []
     if "gaussian" in names or "sample" in entry:
         named.append((f"{where}.sample.layer", plan.sample_settings(config, exp)["layer"]))
     modules = dict(model.named_modules()) if model is not None else {}

@@ -40,7 +40,7 @@ def experiment_images(config: dict, exp: str) -> dict[str, int]:
     images = {"pretrain": runs * int(entry["pretrain"]["epochs"]) * int(split["upstream"]), "finetune": 0}
     if plan.has_finetune(config, exp):
         settings = plan.finetune_settings(config, exp)
-        runs = (len(plan.finetune_tasks(config, exp)) * len(settings["variants"])
+        runs = (len(plan.finetune_tasks(config, exp)) * len(plan.finetune_variants(config, exp))
                 * len(entry["init_scales"]) * len(plan.seeds(config, exp)))
         images["finetune"] = runs * int(settings["epochs"]) * int(split["downstream"])
     return images

@@ -48,10 +48,13 @@ FINETUNE_DEFAULTS = {
     "probe_samples": 1024,
 }
 # Keys of an experiment's `finetune` section that say which downstream tasks exist
-# (see finetune_tasks), or which runs share a job (pack_variants), not how one run
-# trains; left out of finetune_settings, so the plain `finetune` rule's params do not
-# depend on them.
+# (see finetune_tasks), which initializations are fine-tuned (finetune_variants) and
+# from which pre-training (from_labels: the sources' paths carry it), what the summary
+# measures (target_accuracy), or which runs share a job (pack_variants), not how one
+# run trains; left out of finetune_settings, so that a fine-tuning job's params do not
+# depend on them: adding a variant or changing the target accuracy reruns no training.
 TASK_KEYS = ("labels", "classes")
+NOT_TRAINING_KEYS = ("variants", "from_labels", "target_accuracy")
 FINETUNE_JOB_DEFAULTS = {"pack_variants": False}
 CONSTRUCT_DEFAULTS = {"batch_size": 512, "samples": 10000}
 RESOURCE_DEFAULTS = {
@@ -198,11 +201,27 @@ def sample_settings(config: dict, exp: str) -> dict:
 
 
 def finetune_settings(config: dict, exp: str) -> dict:
-    """How one fine-tuning run trains (the task it trains on is a wildcard, see finetune_tasks)."""
+    """How one fine-tuning run trains (the task it trains on is a wildcard, see
+    finetune_tasks; where it starts, finetune_variants and from_labels)."""
     section = {**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]}
-    for key in (*TASK_KEYS, *FINETUNE_JOB_DEFAULTS):
+    for key in (*TASK_KEYS, *NOT_TRAINING_KEYS, *FINETUNE_JOB_DEFAULTS):
         section.pop(key, None)
     return canonical(section)
+
+
+def _finetune_entry(config: dict, exp: str, key: str):
+    return {**FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]}[key]
+
+
+def finetune_variants(config: dict, exp: str) -> list[str]:
+    """The initializations ``exp`` fine-tunes from (finetune.variants), in config order."""
+    return list(_finetune_entry(config, exp, "variants"))
+
+
+def target_accuracy(config: dict, exp: str):
+    """The downstream training accuracy whose steps-to-reach the transfer summary
+    compares: a number, or ``{"from_chance": f}`` (finetune.target_accuracy)."""
+    return canonical(_finetune_entry(config, exp, "target_accuracy"))
 
 
 def finetune_tasks(config: dict, exp: str) -> list[str]:
@@ -226,7 +245,7 @@ def task_classes(task: str) -> int | None:
 
 def from_labels(config: dict, exp: str) -> str:
     """The pre-training (random or real labels) that fine-tuning transfers from."""
-    return finetune_settings(config, exp)["from_labels"]
+    return _finetune_entry(config, exp, "from_labels")
 
 
 def construct_settings(config: dict, exp: str) -> dict:
@@ -411,11 +430,10 @@ def pretrain_metric_files(config: dict, exp: str) -> list[str]:
 
 
 def finetune_files(config: dict, exp: str) -> list[str]:
-    settings = finetune_settings(config, exp)
     return [
         path("finetune", exp=exp, task=task, variant=variant, scale=scale, seed=seed)
         for task in finetune_tasks(config, exp)
-        for variant in settings["variants"]
+        for variant in finetune_variants(config, exp)
         for scale in scale_labels(config, exp)
         for seed in seeds(config, exp)
     ]

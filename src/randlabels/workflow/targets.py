@@ -49,7 +49,7 @@ class Target:
 def _finetune_variants(config: dict, exp: str) -> list[str]:
     if not plan.has_finetune(config, exp):
         return []
-    return list(plan.finetune_settings(config, exp)["variants"])
+    return list(plan.finetune_variants(config, exp))
 
 
 def _needs_variants(*wanted: str, families: tuple[str, ...] = ()) -> Callable[[dict, str], list[str]]:
@@ -341,7 +341,7 @@ def experiment_info(config: dict, name: str) -> dict[str, dict]:
             "kernel_size": int(model.get("kernel_size", 3)) if model["arch"] == "cnn2" else 3,
             "augment": ", ".join(f"{k} {v}" for k, v in sorted(augment.items()) if v) or "none",
             "from_labels": plan.from_labels(config, exp) if plan.has_finetune(config, exp) else entry["pretrain"]["labels"][0],
-            "target_accuracy": plan.finetune_settings(config, exp)["target_accuracy"] if plan.has_finetune(config, exp) else None,
+            "target_accuracy": plan.target_accuracy(config, exp) if plan.has_finetune(config, exp) else None,
         }
     return info
 
