@@ -24,6 +24,7 @@ KERNEL_SIZE = ROOT / "configs" / "fashion-mnist-kernel-size.yaml"
 AUGMENTATION = ROOT / "configs" / "fashion-mnist-augmentation.yaml"
 TRANSFER_MAP = ROOT / "configs" / "fashion-mnist-transfer-map.yaml"
 DEPTH = ROOT / "configs" / "fashion-mnist-depth.yaml"
+REAL_LABELS = ROOT / "configs" / "fashion-mnist-real-labels.yaml"
 
 
 def shrunk(config: dict) -> dict:
@@ -169,6 +170,31 @@ def test_the_depth_config_is_fmnist_cnn_with_every_depth_family(tmp_path):
     counts = job_counts(dry.stdout)
     assert (counts["pretrain"], counts["construct_init"], counts["finetune_packed"], counts["unpack_finetune"]) == (
         2, 4 * 2, 2, 8 * 2)
+    assert all(counts[name] == 1 for name in names)
+
+
+def test_the_real_labels_config_is_fmnist_cnn_evaluated_every_five_steps(tmp_path):
+    """configs/fashion-mnist-real-labels.yaml: fmnist_cnn's network, data, split and
+    training settings, pre-trained on random labels and fine-tuned on the real labels
+    from fmnist_cnn's variants (packed), evaluated every 5 steps over 5 epochs to a
+    target relative to chance."""
+    main = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(REAL_LABELS.read_text())
+    assert config["datasets"] == main["datasets"] and config["seeds"] == main["seeds"]
+    base, entry = main["experiments"]["fmnist_cnn"], config["experiments"]["fmnist_real"]
+    assert list(config["experiments"]) == ["fmnist_real"]
+    assert {key: entry[key] for key in ("dataset", "model", "split", "init_scales", "sample")} == {
+        key: base[key] for key in ("dataset", "model", "split", "init_scales", "sample")}
+    assert entry["pretrain"] == {**base["pretrain"], "labels": ["random"], "checkpoints": [0, 80]}
+    kept = {key: base["finetune"][key] for key in ("batch_size", "lr", "momentum", "variants")}
+    assert entry["finetune"] == {**kept, "labels": "real", "pack_variants": True, "epochs": 5, "eval_every": 5,
+                                 "target_accuracy": {"from_chance": 0.7}, "probe_samples": 0}
+    names = ["fig_transfer", "fig_gaussian_init"]
+    assert config["targets"] == {name: {"experiments": ["fmnist_real"]} for name in names}
+    dry = snakemake(copy_project(tmp_path / "project"), "-n", *names, "--configfile", str(REAL_LABELS))
+    counts = job_counts(dry.stdout)
+    assert (counts["pretrain"], counts["gaussian_init"], counts["finetune_packed"], counts["unpack_finetune"]) == (
+        3, 3, 3, 4 * 3)
     assert all(counts[name] == 1 for name in names)
 
 

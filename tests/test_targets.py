@@ -43,6 +43,14 @@ def test_task_keys_are_not_training_settings():
     assert "labels" not in before and "classes" not in before
 
 
+def test_the_pretrained_label_kinds_are_not_training_settings():
+    config = load(TINY)
+    before = plan.pretrain_settings(config, "tiny_map")
+    assert "labels" not in before and "pack_seeds" not in before
+    config["experiments"]["tiny_map"]["pretrain"]["labels"] = ["random", "real"]
+    assert plan.pretrain_settings(config, "tiny_map") == before
+
+
 def test_variants_source_and_target_are_not_training_settings():
     """Adding a variant, choosing another pre-training to transfer from or another
     target accuracy changes no fine-tuning run's training settings: each has its own

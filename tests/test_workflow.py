@@ -233,6 +233,17 @@ def test_a_new_target_accuracy_reruns_the_summary_not_the_training(tiny_run):
 
 
 @pytest.mark.slow
+def test_fewer_pretraining_label_kinds_rerun_no_pretraining(tiny_run):
+    """The random-label runs do not depend on whether real labels are pre-trained too
+    (nor would adding them rerun the random ones)."""
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    config["experiments"]["tiny"]["pretrain"]["labels"] = ["random"]
+    (tiny_run / "changed.yaml").write_text(yaml.safe_dump(config))
+    counts = job_counts(snakemake(tiny_run, "-n", "--configfile", "changed.yaml").stdout)
+    assert {"pretrain", "statistics", "gaussian_init", "finetune"}.isdisjoint(counts), counts
+
+
+@pytest.mark.slow
 def test_a_new_variant_trains_only_its_own_runs(tiny_run):
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
     config["experiments"]["tiny"]["finetune"]["variants"].append("first1")

@@ -33,9 +33,12 @@ TRAINING_DEFAULTS = {
 # they existed keeps its params and is not rerun.
 TRAINING_OPTIONAL = {"warmup_epochs": 0, "clip_grad_norm": None}
 # Keys of an experiment's `pretrain` section that are not training settings: how the
-# seeds are grouped into jobs (see seed_groups). Not among pretrain_settings, so the
-# plain `pretrain` rule's params do not depend on them.
+# seeds are grouped into jobs (see seed_groups), and which label kinds are pre-trained
+# (each run trains one, its `labels` wildcard). Not among pretrain_settings, so the
+# plain `pretrain` rule's params do not depend on them: adding real labels reruns no
+# random-label run.
 PRETRAIN_DEFAULTS = {"pack_seeds": 1}
+PRETRAIN_RUN_KEYS = ("labels",)
 SPLIT_DEFAULTS = {"test": None, "upstream_classes": 10, "downstream_classes": 10}
 STATS_DEFAULTS = {"layers": ["first"], "batch_size": 512, "precision": "float64"}
 SAMPLE_DEFAULTS = {"layer": "first", "pool_seeds": False, "zero_mean": False}
@@ -181,10 +184,11 @@ def split_settings(config: dict, exp: str) -> dict:
 def pretrain_settings(config: dict, exp: str) -> dict:
     """Training settings plus the checkpoint epochs (always including 0 and the last).
 
-    ``pack_seeds`` is left out: it says which seeds share a job, not how one is trained.
+    ``pack_seeds`` and ``labels`` are left out: they say which seeds share a job and
+    which runs exist, not how one is trained.
     """
     section = {**TRAINING_DEFAULTS, **experiment(config, exp)["pretrain"]}
-    for key in PRETRAIN_DEFAULTS:
+    for key in (*PRETRAIN_DEFAULTS, *PRETRAIN_RUN_KEYS):
         section.pop(key, None)
     epochs = int(section["epochs"])
     wanted = set(section.get("checkpoints", [])) | {0, epochs}
