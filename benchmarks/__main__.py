@@ -9,7 +9,7 @@ import time
 
 from benchmarks import common
 
-BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data", "models", "host_memory")
+BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data", "models", "host_memory", "startup")
 
 
 def main(argv=None) -> int:

@@ -54,6 +54,8 @@ class Sizes:
     # Allocator settings of a CPU job (benchmarks/host_memory.py): on the host, every device.
     host_memory_images: int = 3000
     host_memory_trials: int = 3
+    # A small training job's start-up (benchmarks/startup.py): on the host, every device.
+    startup_trials: int = 5
 
 
 SIZES = {

@@ -61,6 +61,11 @@ benchmark, with the method in its docstring).
 - **Building a network**: `randlabels.models.networks.build_model` against torchvision's
   whole VGG16 (ImageNet classifier included) with its head then replaced, one thread.
   Every training, statistics and construction job builds its network once.
+- **Start-up of a training job**: a fresh process that imports torch and trains a small
+  fully connected network for 20 steps, with `torch.optim.SGD` and `LambdaLR` against
+  the library's `randlabels.training.optimizer.SGD` (the same update function, without
+  `torch.optim.Optimizer`, which imports `torch._dynamo` when it is built). Whole-process
+  wall seconds; one thread, on every device, since it is the host's work.
 """
 
 TARGETS = [
@@ -288,11 +293,26 @@ def _host_memory(result: dict) -> str:
             + _table(["allocator", "seconds", "system seconds", "minor page faults", "peak memory GiB"], table))
 
 
+def _startup(result: dict) -> str:
+    rows = result["benchmarks"].get("startup")
+    if not rows:
+        return ""
+    r = rows[0]
+    table = [[name, f"{r[f'{arm}_seconds']:.2f}", f"{r[f'{arm}_script_seconds']:.2f}",
+              "yes" if r[f"{arm}_dynamo_imported"] else "no"]
+             for arm, name in (("torch_optim", "torch.optim.SGD + LambdaLR"), ("library", "randlabels SGD"))]
+    same = "the same" if r["same_numbers"] else "**different**"
+    return (f"### Start-up of a training job\n\nA fresh process per trial, 20 steps of a small network; medians of "
+            f"{r['trials']} trials. torch.optim / library: {_ratio(r['ratio'])}, {r['saved_seconds']:.2f} s saved "
+            f"per job; final losses {same}.\n\n"
+            + _table(["optimizer", "process seconds", "script seconds", "imports torch._dynamo"], table))
+
+
 def render_section(result: dict) -> str:
     device = result["machine"]["device"]
     parts = [f"## {DEVICES[device]}", _machine(result), "### Targets", _targets_table(result)]
     parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result), _data(result),
-                               _models(result), _host_memory(result)) if p]
+                               _models(result), _host_memory(result), _startup(result)) if p]
     notes = result.get("notes") or []
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))

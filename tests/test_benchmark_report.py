@@ -36,3 +36,15 @@ def test_the_host_memory_section_gives_both_arms_and_their_ratio():
     assert "| freed memory kept (a CPU job) | 3.9 | 0.7 | 262,849 | 1.92 |" in text
     assert "**different**" in report._host_memory({"benchmarks": {"host_memory": [{**row, "same_numbers": False}]}})
     assert report._host_memory({"benchmarks": {}}) == ""
+
+
+def test_the_startup_section_gives_both_optimizers_and_what_a_job_saves():
+    row = {"trials": 5, "same_numbers": True, "ratio": 1.52, "saved_seconds": 1.31,
+           "torch_optim_seconds": 3.83, "torch_optim_script_seconds": 3.71, "torch_optim_dynamo_imported": True,
+           "library_seconds": 2.52, "library_script_seconds": 2.40, "library_dynamo_imported": False}
+    text = report._startup({"benchmarks": {"startup": [row]}})
+    assert "torch.optim / library: 1.52×, 1.31 s saved per job; final losses the same" in text
+    assert "| torch.optim.SGD + LambdaLR | 3.83 | 3.71 | yes |" in text
+    assert "| randlabels SGD | 2.52 | 2.40 | no |" in text
+    assert "**different**" in report._startup({"benchmarks": {"startup": [{**row, "same_numbers": False}]}})
+    assert report._startup({"benchmarks": {}}) == ""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from randlabels.models.networks import build_model, initialize
-from randlabels.training.engine import DeviceData, TrainConfig, Trainer, lr_factor
+from randlabels.training.engine import DeviceData, TrainConfig, Trainer
 
 METRIC_COLUMNS = ["epoch", "step", "loss", "train_acc", "test_acc", "lr", "diverged", "seconds"]
 
@@ -460,20 +460,6 @@ def test_job_device_sets_the_threads_and_resolves_the_device():
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
-
-
-def test_warmup_rises_linearly_then_hands_over_to_the_schedule():
-    # 2 epochs of 5 steps: warm-up over the first 4 steps (0.8 epochs), then constant.
-    config = TrainConfig(epochs=2, batch_size=8, lr=0.1, warmup_epochs=0.8)
-    assert [lr_factor(config, step, 5) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    # With cosine, the cosine spans the 6 steps after the warm-up, from 1 down to 0.
-    cosine = TrainConfig(epochs=2, batch_size=8, lr=0.1, warmup_epochs=0.8, schedule="cosine")
-    after = [lr_factor(cosine, step, 5) for step in range(4, 11)]
-    assert after == pytest.approx([0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(7)])
-    assert after[-1] == pytest.approx(0.0, abs=1e-15) and after[3] == pytest.approx(0.5)
-    # Without a warm-up the cosine is the one of test_cosine_schedule_decays_to_zero.
-    plain = TrainConfig(epochs=3, batch_size=8, lr=0.1, schedule="cosine")
-    assert lr_factor(plain, 9, 6) == pytest.approx(0.5)
 
 
 def test_warmup_reaches_the_optimizer():

@@ -191,7 +191,7 @@ def load_torch(path: str | os.PathLike) -> dict:
     Loaded weights-only: the pickle inside may only rebuild tensors and plain
     containers and scalars (dict, list, tuple, str, int, float, bool, None), which is
     all that checkpoint sets, initializations, packed bundles and resume states hold
-    (optimizer, scheduler and RNG states included: torch keeps RNG states as byte
+    (optimizer and RNG states included: torch keeps RNG states as byte
     tensors). No other global is allowed. A pickle that asks for anything else, such
     as a crafted file whose payload calls ``os.system``, is refused before any of it
     runs, with an :class:`InputFileError` that names the file.

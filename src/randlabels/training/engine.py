@@ -32,10 +32,8 @@ from randlabels.data.augment import Augmentation
 from randlabels.errors import ResourceError
 from randlabels.training import fitloop
 from randlabels.training.fitloop import FitResult
+from randlabels.training.optimizer import SCHEDULES, SGD
 from randlabels.training.progress import Monitor
-
-SCHEDULES = ("constant", "cosine")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -79,33 +77,6 @@ class TrainConfig:
         """Take the keys this class knows from a config section, ignore the rest."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in known})
-
-
-def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The learning rate's multiplier before step ``step`` (counted from 0): rising
-    linearly to 1 over the warm-up's steps, then the schedule (constant, or a cosine
-    from 1 to 0 over the remaining steps)."""
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if config.schedule == "cosine":
-        span = max(1, config.epochs * steps_per_epoch - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
-    return 1.0
-
-
-def sgd(
-    params, config: TrainConfig, steps_per_epoch: int
-) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """The optimizer of both trainers (SGD with momentum and weight decay) and its
-    per-step learning-rate schedule (:func:`lr_factor`)."""
-    optimizer = torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(config, step, steps_per_epoch)
-    )
-    return optimizer, scheduler
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -266,7 +237,7 @@ class Trainer:
         self.log = log or logging.getLogger("randlabels")
         self.steps_per_epoch = math.ceil(len(data) / config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
-        self.optimizer, self.scheduler = sgd(self.model.parameters(), config, self.steps_per_epoch)
+        self.optimizer = SGD(self.model.parameters(), config, self.steps_per_epoch)
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
         self.augmentation = Augmentation.from_settings(config.augment)
         if self.augmentation is not None:
@@ -293,12 +264,11 @@ class Trainer:
         self.model.train()
         with self._autocast():
             loss = F.cross_entropy(self.forward(inputs), labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         if self.config.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
         self.step_count += 1
         return loss.detach()
 
@@ -348,7 +318,7 @@ class Trainer:
             "loss": loss,
             "train_acc": train_acc,
             "test_acc": test_acc,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.lr,
             "diverged": not math.isfinite(loss),
         }
 
@@ -365,7 +335,6 @@ class Trainer:
             "progress": progress,
             "model": self.state(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "step_count": self.step_count,
@@ -374,7 +343,6 @@ class Trainer:
     def restore(self, saved: dict) -> dict:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
         self.step_count = saved["step_count"]

@@ -48,7 +48,8 @@ from torch.nn import functional as F
 
 from randlabels.data.augment import Augmentation
 from randlabels.training import fitloop
-from randlabels.training.engine import DeviceData, TrainConfig, probed_row, sgd
+from randlabels.training.engine import DeviceData, TrainConfig, probed_row
+from randlabels.training.optimizer import SGD
 from randlabels.training.fitloop import FitResult
 from randlabels.training.progress import Monitor
 
@@ -225,7 +226,7 @@ class PackedTrainer:
 
         self.steps_per_epoch = math.ceil(len(self.data) / config.batch_size)
         self.total_steps = max(1, config.epochs * self.steps_per_epoch)
-        self.optimizer, self.scheduler = sgd(list(self.params.values()), config, self.steps_per_epoch)
+        self.optimizer = SGD(self.params.values(), config, self.steps_per_epoch)
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         self.augmentation = Augmentation.from_settings(config.augment)
         if self.augmentation is not None:
@@ -284,12 +285,11 @@ class PackedTrainer:
         self.base.train()
         with self._autocast():
             losses = self._train_losses(self.params, self.buffers, inputs, labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         losses.sum().backward()
         if self.config.clip_grad_norm is not None:
             clip_grad_norm_per_replica([p.grad for p in self.params.values()], self.config.clip_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
         self.step_count += 1
         return losses.detach()
 
@@ -339,7 +339,7 @@ class PackedTrainer:
             "loss": loss,
             "train_acc": float(train_acc[r]),
             "test_acc": float(test_acc[r]),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.lr,
             "diverged": not math.isfinite(loss),
         }
 
@@ -356,7 +356,6 @@ class PackedTrainer:
             "params": {k: v.detach().to("cpu", copy=True) for k, v in self.params.items()},
             "buffers": {k: v.detach().to("cpu", copy=True) for k, v in self.buffers.items()},
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "generators": [g.get_state() for g in self.generators],
             "torch_rng": torch.get_rng_state(),
             "step_count": self.step_count,
@@ -372,7 +371,6 @@ class PackedTrainer:
         for key, value in saved["buffers"].items():
             self.buffers[key].copy_(value)
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
         for generator, state in zip(self.generators, saved["generators"]):
             generator.set_state(state)
         torch.set_rng_state(saved["torch_rng"])
