@@ -35,9 +35,9 @@ def test_warmup_rises_linearly_then_hands_over_to_the_schedule():
     assert lr_factor(plain, 9, 6) == pytest.approx(0.5)
 
 
-def _params(seed=0):
+def _params(seed=0, device="cpu"):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator, requires_grad=True) for shape in ((3, 4), (4,), (2, 3))]
+    return [torch.randn(shape, generator=generator).to(device).requires_grad_() for shape in ((3, 4), (4,), (2, 3))]
 
 
 def _gradients(params, step):
@@ -49,8 +49,8 @@ def _gradients(params, step):
     loss.backward()
 
 
-def test_steps_equal_torch_sgd_with_lambda_lr_bit_for_bit():
-    ours_params, torch_params = _params(), _params()
+def _equal_to_torch_sgd(device):
+    ours_params, torch_params = _params(device=device), _params(device=device)
     ours = SGD(ours_params, CONFIG, STEPS_PER_EPOCH)
     reference = torch.optim.SGD(torch_params, lr=CONFIG.lr, momentum=CONFIG.momentum,
                                 weight_decay=CONFIG.weight_decay)
@@ -69,6 +69,16 @@ def test_steps_equal_torch_sgd_with_lambda_lr_bit_for_bit():
     assert ours.lr == reference.param_groups[0]["lr"] == 0.0  # the cosine's end
     for i, p in enumerate(torch_params):
         assert torch.equal(ours.momentum_buffers[i], reference.state[p]["momentum_buffer"])
+
+
+def test_steps_equal_torch_sgd_with_lambda_lr_bit_for_bit():
+    _equal_to_torch_sgd("cpu")
+
+
+@pytest.mark.gpu  # deselected by default; `make test-gpu` runs it on a CUDA machine
+def test_steps_equal_torch_sgd_on_cuda_bit_for_bit():
+    """On CUDA both take the multi-tensor (foreach) path of the same function."""
+    _equal_to_torch_sgd("cuda")
 
 
 def test_momentum_on_a_constant_gradient_is_the_geometric_sum():
