@@ -35,6 +35,7 @@ from randlabels.training.fitloop import FitResult
 from randlabels.training.optimizer import SCHEDULES, SGD
 from randlabels.training.progress import Monitor
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimizer and loop settings (SGD with momentum; per-step learning-rate schedule)."""

@@ -6,7 +6,7 @@ The update is PyTorch's own: ``torch.optim.sgd.sgd``, the function that
 (tests/test_optimizer.py). :class:`SGD` keeps only what that function needs between
 steps: the momentum buffers and the number of steps taken, which places the schedule.
 It is not a ``torch.optim.Optimizer``, because that class imports ``torch._dynamo``
-when it is built: about 1.3 s on a CPU, paid by every training job, most of a small
+when it is built: 1.5 to 1.8 s on a CPU, paid by every training job, most of a small
 job's time (benchmarks/startup.py measures it).
 """
 
