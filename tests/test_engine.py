@@ -467,7 +467,7 @@ def test_warmup_reaches_the_optimizer():
     config = TrainConfig(epochs=2, batch_size=16, lr=0.3, warmup_epochs=1)
     result = Trainer(_model(0), data, config, seed=0).fit(eval_every=1)
     lrs = result.curve.set_index("step")["lr"]
-    # The curve row after step s shows the rate of step s + 1 (LambdaLR steps after each step).
+    # The curve row after step s shows the rate of step s + 1 (the schedule advances after each step).
     assert [lrs[s] for s in range(6)] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
     assert lrs[12] == pytest.approx(0.3)
 
