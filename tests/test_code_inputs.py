@@ -21,13 +21,21 @@ from randlabels.workflow.codedeps import code_files
 from workflow_helpers import ROOT, copy_project, job_counts, snakemake
 
 # Every rule with a script, with as few jobs as that takes: packed pre-training
-# (pretrain_packed, unpack_pretrain), a Gaussian and a layer-wise init, a paper target.
+# (pretrain_packed, unpack_pretrain), a Gaussian and a layer-wise init, a paper target,
+# a dataset drawn per seed (prepare_dataset_draw).
 CONFIG = """
 device: cpu
 seeds: [0]
 datasets:
   digits: {source: digits}
+  g: {source: gaussian, dim: 4, variances: [1, 2, 3, 4], n_samples: 50, per_seed: true}
 experiments:
+  drawn:
+    dataset: g
+    model: {arch: fc, widths: [8]}
+    init_scales: [1.0]
+    split: {upstream: 50, downstream: 0, test: 0}
+    pretrain: {labels: [random], epochs: 1, batch_size: 10}
   tiny:
     dataset: digits
     model: {arch: cnn2, filters: 16, kernel_size: 3, hidden: 32}
@@ -149,8 +157,8 @@ def test_an_augmentation_edit_reruns_all_training_but_no_data_preparation(finish
     """augment.py is what the hand-kept list of the training rules lacked."""
     project, summary = finished
     counts = _reruns_after_editing(project, "data/augment.py")
-    assert set(counts) == {row["rule"] for row in summary} - {"prepare_dataset", "make_split"} | {"all"}
-    assert counts["pretrain"] == 1 and counts["pretrain_packed"] == 1 and counts["finetune"] == 3
+    assert set(counts) == {row["rule"] for row in summary} - {"prepare_dataset", "prepare_dataset_draw", "make_split"} | {"all"}
+    assert counts["pretrain"] == 2 and counts["pretrain_packed"] == 1 and counts["finetune"] == 3
     assert counts["finetune_packed"] == 2 and counts["unpack_finetune"] == 2 * 2  # seeds × variants
 
 

@@ -3,7 +3,6 @@ drawn afresh per seed, the f / f − f(epoch 0) figure, and the configs that run
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from randlabels.data.h5file import read_dataset
 from randlabels.data.splits import make_split, read_split, write_split
 from randlabels.errors import InputFileError
 from randlabels.io import read_table
+from randlabels.seeding import stream_rng
 from randlabels.workflow import plan, targets
 from randlabels.workflow.config import check_config
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, refused, snakemake
@@ -69,17 +69,6 @@ def test_negative_or_fractional_sizes_are_refused():
             make_split(np.zeros(20, bool), upstream=5, upstream_classes=2, downstream_classes=2, seed=0, **sizes)
 
 
-def test_rows_restrict_the_split_to_one_block():
-    rows = np.arange(40, 60)
-    split = make_split(np.zeros(100, bool), upstream=15, downstream=3, test=None,
-                       upstream_classes=10, downstream_classes=10, seed=1, rows=rows)
-    used = np.concatenate([split.upstream, split.downstream, split.test])
-    assert sorted(used.tolist()) == rows.tolist()
-    with pytest.raises(InputFileError, match="upstream 21"):
-        make_split(np.zeros(100, bool), upstream=21, downstream=0, test=0,
-                   upstream_classes=10, downstream_classes=10, seed=1, rows=rows)
-
-
 def test_the_config_accepts_an_upstream_only_split():
     check_config(vector_config(), SCHEMA)  # no exception
     assert plan.split_settings(vector_config(), "e")["downstream"] == 0
@@ -109,55 +98,48 @@ def test_no_test_samples_left_says_how_to_ask_for_none():
 # ----------------------------------------------------------------- per-seed Gaussian data
 
 
-def _per_seed(path, draw_seeds, n=500, **extra):
-    gaussian.prepare_gaussian(path, dim=30, spectrum=SPECTRUM, n_samples=n, seed=0, per_seed=True,
-                              draw_seeds=draw_seeds, **extra)
+def _draw(path, draw_seed, n=500, seed=0):
+    gaussian.prepare_gaussian(path, dim=30, spectrum=SPECTRUM, n_samples=n, seed=seed, per_seed=True,
+                              draw_seed=draw_seed)
     return read_dataset(path)
 
 
-def _block(data, seed):
-    return data.images[gaussian.seed_rows(data.attrs, seed)]
-
-
 def test_each_seed_has_its_own_draw_and_a_seed_always_the_same(tmp_path):
-    a = _per_seed(tmp_path / "a.h5", [0, 1, 2])
-    b = _per_seed(tmp_path / "b.h5", [2, 1])  # another seed list, another order
-    assert a.images.shape == (1500, 30) and len(a.labels) == 1500 and not a.is_test.any()
-    assert list(a.attrs["draw_seeds"]) == [0, 1, 2] and a.attrs["n_samples"] == 500
-    assert not np.array_equal(_block(a, 0), _block(a, 1))
-    assert not np.array_equal(_block(a, 1), _block(a, 2))
-    # Seed 1's sample does not depend on which other seeds the file holds.
-    for seed in (1, 2):
-        np.testing.assert_array_equal(_block(a, seed), _block(b, seed))
-        np.testing.assert_array_equal(a.labels[gaussian.seed_rows(a.attrs, seed)],
-                                      b.labels[gaussian.seed_rows(b.attrs, seed)])
+    a0, a1 = _draw(tmp_path / "a0.h5", 0), _draw(tmp_path / "a1.h5", 1)
+    assert a0.images.shape == (500, 30) and len(a0.labels) == 500 and not a0.is_test.any()
+    assert a0.attrs["draw_seed"] == 0 and a1.attrs["draw_seed"] == 1 and a0.attrs["n_samples"] == 500
+    assert not np.array_equal(a0.images, a1.images)
+    # A seed's draw is its own stream: the same numbers whenever it is drawn.
+    again = _draw(tmp_path / "again.h5", 1)
+    np.testing.assert_array_equal(again.images, a1.images)
+    np.testing.assert_array_equal(again.labels, a1.labels)
+    rng = stream_rng(1, "gaussian-data", 0)
+    np.testing.assert_array_equal(a1.images, (rng.standard_normal((500, 30)) * np.sqrt(np.linspace(0.1, 3.0, 30)))
+                                  .astype(np.float32))
     # The dataset's own seed gives other draws.
-    gaussian.prepare_gaussian(tmp_path / "c.h5", dim=30, spectrum=SPECTRUM, n_samples=500, seed=7,
-                              per_seed=True, draw_seeds=[1])
-    assert not np.array_equal(_block(read_dataset(tmp_path / "c.h5"), 1), _block(a, 1))
+    assert not np.array_equal(_draw(tmp_path / "c.h5", 1, seed=7).images, a1.images)
 
 
 def test_each_seeds_draw_has_the_covariance_sigma_x(tmp_path):
     """Per seed, the empirical covariance (known zero mean) is within 5 standard errors
     of diag(0.1, …, 3.0) in every entry (see test_datasets.test_gaussian_paper_covariance)."""
     n = 40_000
-    data = _per_seed(tmp_path / "g.h5", [0, 5], n=n)
     target = np.diag(np.linspace(0.1, 3.0, 30))
     var = np.diag(target)
     stderr = np.sqrt((np.outer(var, var) + target**2) / n)
     for seed in (0, 5):
-        x = _block(data, seed).astype(np.float64)
+        data = _draw(tmp_path / f"g{seed}.h5", seed, n=n)
+        x = data.images.astype(np.float64)
         cov = x.T @ x / n
         assert np.all(np.abs(cov - target) <= 5 * stderr), (seed, np.abs(cov - target).max())
-        labels = data.labels[gaussian.seed_rows(data.attrs, seed)]
-        assert np.all(np.abs(np.bincount(labels, minlength=10) - n / 10) < 5 * np.sqrt(n * 0.09))
+        assert np.all(np.abs(np.bincount(data.labels, minlength=10) - n / 10) < 5 * np.sqrt(n * 0.09))
 
 
-def test_a_seed_without_a_draw_is_refused_naming_the_file(tmp_path):
-    data = _per_seed(tmp_path / "g.h5", [0, 1], n=10)
-    with pytest.raises(InputFileError, match=r"g\.h5.*none for seed 4.*prepare_dataset"):
-        gaussian.seed_rows(data.attrs, 4, tmp_path / "g.h5")
-    np.testing.assert_array_equal(gaussian.seed_rows(data.attrs, 1), np.arange(10, 20))
+def test_a_split_of_another_seeds_draw_is_refused_naming_the_file(tmp_path):
+    data = _draw(tmp_path / "g.h5", 1, n=10)
+    with pytest.raises(InputFileError, match=r"g\.h5.*draw of seed 1, not of seed 4.*its own file"):
+        gaussian.check_draw(data.attrs, 4, tmp_path / "g.h5")
+    gaussian.check_draw(data.attrs, 1, tmp_path / "g.h5")  # its own seed passes
 
 
 def test_without_per_seed_the_data_are_what_they_always_were(tmp_path):
@@ -166,16 +148,16 @@ def test_without_per_seed_the_data_are_what_they_always_were(tmp_path):
     rng = np.random.default_rng(4)  # the draw before per_seed existed
     np.testing.assert_array_equal(data.images, (rng.standard_normal((20, 3)) * np.sqrt([1, 2, 3])).astype(np.float32))
     np.testing.assert_array_equal(data.labels, rng.integers(0, 10, size=20, dtype=np.int64))
-    assert "draw_seeds" not in data.attrs and gaussian.seed_rows(data.attrs, 0) is None
+    assert "draw_seed" not in data.attrs
+    gaussian.check_draw(data.attrs, 3)  # a shared dataset: any seed splits it
 
 
 @pytest.mark.parametrize("params, word", [
-    ({"per_seed": True}, "draw_seeds"),
-    ({"per_seed": True, "draw_seeds": []}, "draw_seeds"),
-    ({"per_seed": True, "draw_seeds": [1, 1]}, "repeat"),
-    ({"per_seed": True, "draw_seeds": [-1]}, "draw_seeds"),
-    ({"draw_seeds": [0]}, "per_seed: true"),
-    ({"per_seed": "yes", "draw_seeds": [0]}, "per_seed"),
+    ({"per_seed": True}, "draw_seed"),
+    ({"per_seed": True, "draw_seed": -1}, "draw_seed"),
+    ({"per_seed": True, "draw_seed": 1.5}, "draw_seed"),
+    ({"draw_seed": 0}, "per_seed: true"),
+    ({"per_seed": "yes", "draw_seed": 0}, "per_seed"),
 ])
 def test_bad_per_seed_parameters(tmp_path, params, word):
     with pytest.raises(ValueError, match=word):
@@ -183,24 +165,22 @@ def test_bad_per_seed_parameters(tmp_path, params, word):
     assert not (tmp_path / "g.h5").exists()
 
 
-def test_a_per_seed_split_uses_only_its_seeds_draw(tmp_path):
-    data = _per_seed(tmp_path / "g.h5", [0, 1, 2], n=100)
-    for seed in (0, 1, 2):
-        split = make_split(data.is_test, upstream=60, downstream=0, test=0, upstream_classes=10,
-                           downstream_classes=10, seed=seed, rows=gaussian.seed_rows(data.attrs, seed))
-        assert split.upstream.min() >= 100 * seed and split.upstream.max() < 100 * (seed + 1)
-
-
-def test_dataset_settings_draw_for_the_seeds_of_every_experiment_on_the_dataset():
+def test_a_per_seed_dataset_is_one_file_per_seed_with_its_seed_in_the_settings():
     config = vector_config()
     before = plan.dataset_settings(config, "g")
-    assert "per_seed" not in before and "draw_seeds" not in before
+    assert "per_seed" not in before and "draw_seed" not in before
+    assert plan.dataset_file(config, "e", 3) == "results/data/g.h5"  # shared: every seed reads it
     config["datasets"]["g"]["per_seed"] = False  # the default, written out: nothing changes
     assert plan.dataset_settings(config, "g") == before
+    with pytest.raises(ValueError, match="'g' is not drawn per seed"):
+        plan.dataset_settings(config, "g", 1)
     config["datasets"]["g"]["per_seed"] = True
-    config["experiments"]["f"] = copy.deepcopy(config["experiments"]["e"]) | {"seeds": [7, 1]}
-    settings = plan.dataset_settings(config, "g")
-    assert settings["per_seed"] is True and settings["draw_seeds"] == [0, 1, 7]
+    assert plan.dataset_settings(config, "g", 7) == {**before, "per_seed": True, "draw_seed": 7}
+    with pytest.raises(ValueError, match="'g' needs the seed it is drawn for"):
+        plan.dataset_settings(config, "g")
+    assert plan.dataset_file(config, "e", 3) == "results/data/g/seed3.h5"
+    assert plan.datasets_pattern(config, drawn_per_seed=True) == "g"
+    assert plan.datasets_pattern(config, drawn_per_seed=False) == "(?!)"
     check_config(config, SCHEMA)
 
 
@@ -316,7 +296,10 @@ def test_a_dry_run_of_each_config_plans_the_e1_jobs(tmp_path, path, packed):
     counts = job_counts(output)
     seeds = load(path)["seeds"]
     for name in ("gaussian_e1_dim10", "gaussian_e1_dim30"):
-        assert f"results/data/{name}.h5" in output
+        assert f"results/data/{name}.h5" not in output
+        for seed in seeds:
+            assert f"results/data/{name}/seed{seed}.h5" in output
+    assert counts["prepare_dataset_draw"] == 2 * len(seeds)
     for exp in E1:
         for seed in seeds:
             assert f"results/{exp}/splits/seed{seed}.h5" in output
@@ -357,16 +340,19 @@ targets:
 
 @pytest.mark.slow
 def test_per_seed_upstream_only_end_to_end(tmp_path):
-    """Every seed pre-trains on all of its own draw: disjoint rows of one file, a Σx of
-    its own, and the target's table holds f − f(epoch 0)."""
+    """Every seed pre-trains on all of its own draw, a file of its own with a Σx of its
+    own; the target's table holds f − f(epoch 0); and a seed added later is drawn,
+    trained and measured alone, the others' jobs left as they are."""
     project = copy_project(tmp_path / "project")
     (project / "configs" / "tiny-e1.yaml").write_text(TINY)
     snakemake(project, "fig_transfer_function", "--cores", "2", "--configfile", "configs/tiny-e1.yaml", timeout=900)
-    data = read_dataset(project / "results" / "data" / "g.h5")
-    assert len(data) == 400 and list(data.attrs["draw_seeds"]) == [0, 1]
-    splits = [read_split(project / "results" / "tiny_e1" / "splits" / f"seed{s}.h5") for s in (0, 1)]
-    for seed, split in enumerate(splits):
-        np.testing.assert_array_equal(split.upstream, np.arange(200 * seed, 200 * (seed + 1)))
+    assert not (project / "results" / "data" / "g.h5").exists()
+    draws = [read_dataset(project / "results" / "data" / "g" / f"seed{s}.h5") for s in (0, 1)]
+    assert [len(data) for data in draws] == [200, 200] and [d.attrs["draw_seed"] for d in draws] == [0, 1]
+    assert not np.array_equal(draws[0].images, draws[1].images)
+    for seed in (0, 1):
+        split = read_split(project / "results" / "tiny_e1" / "splits" / f"seed{seed}.h5")
+        np.testing.assert_array_equal(np.sort(split.upstream), np.arange(200))  # all of its own draw
         assert len(split.downstream) == 0 and len(split.test) == 0
     sigmas = []
     for seed in (0, 1):
@@ -377,3 +363,15 @@ def test_per_seed_upstream_only_end_to_end(tmp_path):
     assert set(table["seed"]) == {0, 1} and set(table["epoch"]) == {0, 1, 2}
     assert np.allclose(table.loc[table["epoch"] == 0, "f_change"], 0.0)
     assert (project / "results" / "paper" / "fig_transfer_function.png").stat().st_size > 1000
+
+    more = TINY.replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
+    assert more != TINY
+    (project / "configs" / "tiny-e1.yaml").write_text(more)
+    output = snakemake(project, "fig_transfer_function", "-n", "--configfile", "configs/tiny-e1.yaml").stdout
+    counts = job_counts(output)
+    for rule in ("prepare_dataset_draw", "make_split", "pretrain", "statistics"):
+        assert counts.pop(rule) == 1, (rule, output[-3000:])
+    assert set(counts) <= {"aggregate_pretraining", "aggregate_statistics", "paper_target", "fig_transfer_function"}, counts
+    # The one job of each rule is seed 2's.
+    for path in ("data/g/seed2.h5", "tiny_e1/splits/seed2.h5", "tiny_e1/stats/random/scale1/seed2.h5"):
+        assert f"Missing output files: results/{path}" in output, path

@@ -91,7 +91,8 @@ def benchmarks(name):
 
 
 def exp_dataset_file(wildcards):
-    return plan.path("dataset", dataset=config["experiments"][wildcards.exp]["dataset"])
+    """The dataset file one seed of an experiment reads (a per-seed dataset: its own draw)."""
+    return plan.dataset_file(config, wildcards.exp, wildcards.seed)
 
 
 def scale_of(wildcards):
@@ -153,6 +154,13 @@ def packed_splits(wildcards):
     """The split files of the seeds of one packed group, in the group's order."""
     seeds = plan.group_seeds(config, wildcards.exp, wildcards.first, wildcards.last)
     return [plan.path("split", exp=wildcards.exp, seed=seed) for seed in seeds]
+
+
+def packed_datasets(wildcards):
+    """The dataset file of each seed of one packed group, in the group's order (one
+    file repeated, unless the dataset is drawn per seed)."""
+    seeds = plan.group_seeds(config, wildcards.exp, wildcards.first, wildcards.last)
+    return [plan.dataset_file(config, wildcards.exp, seed) for seed in seeds]
 
 
 def packed_bundle(wildcards):

@@ -7,6 +7,8 @@ rule prepare_dataset:
         logs("prepare_dataset/{dataset}"),
     benchmark:
         benchmarks("prepare_dataset/{dataset}")
+    wildcard_constraints:
+        dataset=plan.datasets_pattern(config, drawn_per_seed=False),
     conda:
         ENV
     resources:
@@ -15,6 +17,31 @@ rule prepare_dataset:
         settings=lambda w: plan.dataset_settings(config, w.dataset),
     message:
         "Preparing dataset {wildcards.dataset}"
+    script:
+        "../scripts/prepare_dataset.py"
+
+
+# A dataset drawn afresh for each experiment seed (gaussian, per_seed: true): one file
+# per seed, so that adding a seed leaves the others' files, and all made from them, as they are.
+rule prepare_dataset_draw:
+    input:
+        code=script_code("prepare_dataset"),
+    output:
+        plan.PATHS["dataset_draw"],
+    log:
+        logs("prepare_dataset/{dataset}/seed{seed}"),
+    benchmark:
+        benchmarks("prepare_dataset/{dataset}/seed{seed}")
+    wildcard_constraints:
+        dataset=plan.datasets_pattern(config, drawn_per_seed=True),
+    conda:
+        ENV
+    resources:
+        **RESOURCES_LIGHT,
+    params:
+        settings=lambda w: plan.dataset_settings(config, w.dataset, int(w.seed)),
+    message:
+        "Drawing dataset {wildcards.dataset} for seed {wildcards.seed}"
     script:
         "../scripts/prepare_dataset.py"
 

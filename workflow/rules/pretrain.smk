@@ -41,7 +41,7 @@ rule pretrain:
 # group (randlabels.training.packed.PackedTrainer), then unpacked into the per-seed files above.
 rule pretrain_packed:
     input:
-        dataset=exp_dataset_file,
+        datasets=packed_datasets,
         splits=packed_splits,
         code=script_code("pretrain_packed"),
         model_code=lambda w: plan.model_code(config, w.exp),

@@ -62,7 +62,8 @@ rule aggregate_statistics:
 rule aggregate_finetuning:
     input:
         curves=lambda w: plan.finetune_files(config, w.exp),
-        dataset=exp_dataset_file,  # the real task's number of classes
+        # The real task's number of classes (the same in every seed's file).
+        dataset=lambda w: plan.dataset_file(config, w.exp, plan.seeds(config, w.exp)[0]),
         code=script_code("aggregate_finetuning"),
     output:
         curves=plan.path("table", exp="{exp}", table="finetune_curves"),

@@ -3,7 +3,7 @@
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 
 from randlabels import provenance, runlog
-from randlabels.data.gaussian import seed_rows
+from randlabels.data.gaussian import check_draw
 from randlabels.data.h5file import read_dataset
 from randlabels.data.splits import make_split, write_split
 
@@ -11,6 +11,7 @@ log = runlog.start(snakemake.log[0])
 provenance.record_job(snakemake)  # rule and params into every file this job writes
 settings = snakemake.params.split
 dataset = read_dataset(snakemake.input.dataset)
+check_draw(dataset.attrs, snakemake.params.seed, snakemake.input.dataset)  # a per-seed draw: this seed's own
 split = make_split(
     dataset.is_test,
     upstream=settings["upstream"],
@@ -21,8 +22,6 @@ split = make_split(
     seed=snakemake.params.seed,
     source=snakemake.input.dataset,  # named, with the config section, if it is too small
     where=f"experiments.{snakemake.wildcards.exp}.split",
-    # A per-seed dataset (gaussian, per_seed: true): only this seed's own draw.
-    rows=seed_rows(dataset.attrs, snakemake.params.seed, snakemake.input.dataset),
 )
 write_split(split, snakemake.output[0])
 log.info(

@@ -1,4 +1,5 @@
-"""Rule prepare_dataset: one named dataset → results/data/NAME.h5."""
+"""Rules prepare_dataset and prepare_dataset_draw: one named dataset → results/data/NAME.h5
+(a per-seed dataset: the draw of one seed → results/data/NAME/seedS.h5)."""
 
 import _bootstrap  # noqa: F401  (puts src/ on sys.path)
 

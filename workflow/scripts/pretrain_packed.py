@@ -30,10 +30,11 @@ seeds = list(params.seeds)
 labels_kind = snakemake.wildcards.labels
 device = job_device(params.device, snakemake.threads, snakemake.resources.gpu, params.jobs_per_gpu)
 
-dataset = read_dataset(snakemake.input.dataset)
+# One dataset file for the group, read once; a per-seed dataset: each seed's own draw.
+datasets = {path: read_dataset(path) for path in dict.fromkeys(snakemake.input.datasets)}
 models, trains, tests, classes = [], [], [], []
-for seed, split_path in zip(seeds, snakemake.input.splits, strict=True):
-    train, test, num_classes = task_data.upstream(dataset, read_split(split_path), labels_kind, device)
+for seed, dataset_path, split_path in zip(seeds, snakemake.input.datasets, snakemake.input.splits, strict=True):
+    train, test, num_classes = task_data.upstream(datasets[dataset_path], read_split(split_path), labels_kind, device)
     if test is not None:
         tests.append(test)
     trains.append(train)

@@ -48,7 +48,7 @@ def prepare_gaussian(
     seed: int,
     num_classes: int = 10,
     per_seed: bool = False,
-    draw_seeds: Sequence[int] | None = None,
+    draw_seed: int | None = None,
 ) -> None:
     """Write x ~ N(0, diag(variances)) with labels drawn independently of x.
 
@@ -58,13 +58,11 @@ def prepare_gaussian(
     generator, after x. The normalization stored is the identity, so training sees
     the exact covariance.
 
-    ``per_seed=True``: one independent sample of ``n_samples`` per experiment seed of
-    ``draw_seeds`` (the workflow passes the seeds of every experiment on this dataset,
-    :func:`randlabels.workflow.plan.dataset_settings`), stacked in the order of the sorted
-    seeds; the draw of experiment seed s comes from its own stream
-    ``stream_rng(s, "gaussian-data", seed)``, so it does not depend on which other
-    seeds are drawn. The file records ``draw_seeds``; a split of seed s takes its
-    samples from that seed's rows only (:func:`seed_rows`).
+    ``per_seed=True``: the file holds the draw of one experiment seed, ``draw_seed``,
+    from that seed's own stream ``stream_rng(draw_seed, "gaussian-data", seed)``; the
+    workflow prepares one file per experiment seed, so adding a seed leaves the other
+    seeds' files, and all that was computed from them, as they are. The file records
+    ``draw_seed`` (:func:`check_draw`).
     """
     check_int("dim", dim, 1)
     check_int("n_samples", n_samples, 2)
@@ -74,28 +72,23 @@ def prepare_gaussian(
     if not isinstance(per_seed, (bool, np.bool_)):
         raise ValueError(f"'per_seed' must be true or false, got {per_seed!r}")
     if per_seed:
-        if draw_seeds is None or len(draw_seeds) == 0:
-            raise ValueError("'per_seed' needs the experiment seeds to draw for ('draw_seeds'), got none")
-        for s in draw_seeds:
-            check_int("draw_seeds", s, 0)
-        if len(set(int(s) for s in draw_seeds)) != len(draw_seeds):
-            raise ValueError(f"'draw_seeds' must not repeat a seed, got {list(draw_seeds)}")
-        ordered = sorted(int(s) for s in draw_seeds)
-        blocks = [_draw(stream_rng(s, "gaussian-data", int(seed)), n_samples, values, num_classes) for s in ordered]
-        x = np.concatenate([b[0] for b in blocks])
-        labels = np.concatenate([b[1] for b in blocks])
-    elif draw_seeds is not None:
-        raise ValueError("'draw_seeds' is only used with per_seed: true")
+        if draw_seed is None:
+            raise ValueError("'per_seed' needs the experiment seed to draw for ('draw_seed'), got none")
+        check_int("draw_seed", draw_seed, 0)
+        rng = stream_rng(int(draw_seed), "gaussian-data", int(seed))
+    elif draw_seed is not None:
+        raise ValueError("'draw_seed' is only used with per_seed: true")
     else:
-        x, labels = _draw(np.random.default_rng(int(seed)), n_samples, values, num_classes)
+        rng = np.random.default_rng(int(seed))
+    x, labels = _draw(rng, n_samples, values, num_classes)
     if spectrum is None:
         how = "explicit variances"
     else:
         how = f"linear spectrum {float(spectrum['low'])}..{float(spectrum['high'])}"
     extra = {}
     if per_seed:
-        how += f"; {int(n_samples)} samples drawn afresh for each of the experiment seeds {ordered}"
-        extra["draw_seeds"] = np.asarray(ordered, dtype=np.int64)
+        how += f"; the draw of experiment seed {int(draw_seed)}"
+        extra["draw_seed"] = int(draw_seed)
     write_dataset(
         out_path,
         images=x,
@@ -129,20 +122,12 @@ def _draw(rng: np.random.Generator, n_samples: int, values: np.ndarray, num_clas
     return x, labels
 
 
-def seed_rows(attrs: Mapping[str, Any], seed: int, source: str | os.PathLike = "the dataset") -> np.ndarray | None:
-    """The rows of a dataset file that experiment seed ``seed`` may use: its own draw
-    of a per-seed dataset (``draw_seeds`` among the file's attributes), ``None`` (all
-    rows) for any other dataset. A seed the file has no draw for is refused, naming
-    the file (it was prepared for other seeds: rerun prepare_dataset)."""
-    if "draw_seeds" not in attrs:
-        return None
-    drawn = [int(s) for s in np.atleast_1d(attrs["draw_seeds"])]
-    if int(seed) not in drawn:
+def check_draw(attrs: Mapping[str, Any], seed: int, source: str | os.PathLike = "the dataset") -> None:
+    """Refuse to split a per-seed draw (``draw_seed`` among the file's attributes) for
+    another experiment seed than its own, naming the file; any other dataset passes."""
+    if "draw_seed" in attrs and int(attrs["draw_seed"]) != int(seed):
         raise InputFileError(
             source,
-            f"has per-seed draws for the seeds {drawn}, none for seed {int(seed)}; rerun "
-            "prepare_dataset (snakemake --forcerun prepare_dataset) so that it draws every seed",
+            f"is the per-seed draw of seed {int(attrs['draw_seed'])}, not of seed {int(seed)}; each seed of a "
+            "per_seed dataset reads its own file (results/data/NAME/seedS.h5)",
         )
-    n = int(attrs["n_samples"])
-    start = drawn.index(int(seed)) * n
-    return np.arange(start, start + n)

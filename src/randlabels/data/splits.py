@@ -69,7 +69,6 @@ def make_split(
     seed: int,
     source: str | os.PathLike = "the dataset",
     where: str = "split",
-    rows: np.ndarray | None = None,
 ) -> Split:
     """Draw disjoint subsets; the test part is the official test set when there is one.
 
@@ -82,20 +81,13 @@ def make_split(
     labels) can use every sample upstream; the empty parts are saved as empty arrays.
     (The config check refuses 0 where a stage needs the part: downstream 0 with
     fine-tuning, test 0 with real labels.)
-
-    ``rows``: the only rows of the dataset this split may use (a per-seed dataset: this
-    seed's own draw, :func:`randlabels.data.gaussian.seed_rows`); None: all.
     """
     for name, size in (("upstream", upstream), ("downstream", downstream), ("test", test)):
         if size is not None and (isinstance(size, bool) or int(size) != size or size < (1 if name == "upstream" else 0)):
             raise ValueError(f"{where}.{name}: {size!r} is not a valid size (upstream ≥ 1, downstream and test ≥ 0)")
     is_test = np.asarray(is_test, dtype=bool)
-    allowed = np.ones(len(is_test), dtype=bool)
-    if rows is not None:
-        allowed[:] = False
-        allowed[np.asarray(rows, dtype=np.int64)] = True
-    pool = np.flatnonzero(~is_test & allowed)
-    official = np.flatnonzero(is_test & allowed)
+    pool = np.flatnonzero(~is_test)
+    official = np.flatnonzero(is_test)
     rng = stream_rng(seed, "split")
     pool = rng.permutation(pool)
     if upstream + downstream > len(pool):

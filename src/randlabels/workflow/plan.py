@@ -74,6 +74,8 @@ DATASET_DEFAULTS = {
 
 PATHS = {
     "dataset": RESULTS + "/data/{dataset}.h5",
+    # A per-seed dataset (gaussian, per_seed: true): one file per experiment seed.
+    "dataset_draw": RESULTS + "/data/{dataset}/seed{seed}.h5",
     "split": RESULTS + "/{exp}/splits/seed{seed}.h5",
     "checkpoints": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/seed{seed}/checkpoints.pt",
     "pretrain_metrics": RESULTS + "/{exp}/pretrain/{labels}/scale{scale}/seed{seed}/metrics.tsv",
@@ -149,28 +151,46 @@ def experiment(config: dict, exp: str) -> dict:
     return config["experiments"][exp]
 
 
-def dataset_settings(config: dict, name: str) -> dict:
+def per_seed(config: dict, name: str) -> bool:
+    """Whether dataset ``name`` is drawn afresh for each experiment seed (a Gaussian
+    dataset with ``per_seed: true``): one file per seed, ``PATHS["dataset_draw"]``."""
+    return bool(config["datasets"][name].get("per_seed", False))
+
+
+def dataset_settings(config: dict, name: str, seed: int | None = None) -> dict:
     """A dataset's entry with defaults filled in.
 
-    A Gaussian dataset with ``per_seed: true`` also gets ``draw_seeds``, the seeds of
-    every experiment on it (:func:`dataset_seeds`): one file holds a fresh draw for
-    each. ``per_seed: false`` (the default) is left out, so the settings, and with them
-    the prepared file, are exactly what they were before the option existed.
+    A per-seed dataset (:func:`per_seed`) is prepared once per experiment seed: its
+    settings get ``draw_seed``, the ``seed`` given, which every other dataset refuses.
+    ``per_seed: false`` (the default) is left out, so the settings, and with them the
+    prepared file, are exactly what they were before the option existed.
     """
     entry = config["datasets"][name]
     settings = {**DATASET_DEFAULTS.get(entry["source"], {}), **entry}
-    if settings.get("per_seed"):
-        settings["draw_seeds"] = dataset_seeds(config, name)
+    if per_seed(config, name) != (seed is not None):
+        wanted = "needs the seed it is drawn for" if per_seed(config, name) else "is not drawn per seed"
+        raise ValueError(f"dataset {name!r} {wanted}, got seed {seed!r}")
+    if seed is not None:
+        settings["draw_seed"] = int(seed)
     else:
         settings.pop("per_seed", None)
     return canonical(settings)
 
 
-def dataset_seeds(config: dict, name: str) -> list[int]:
-    """The seeds of every experiment on dataset ``name``, sorted (the draws of a
-    per-seed dataset)."""
-    return sorted({seed for exp in config["experiments"] if experiment(config, exp)["dataset"] == name
-                   for seed in seeds(config, exp)})
+def dataset_file(config: dict, exp: str, seed: int | str) -> str:
+    """The prepared dataset file that seed ``seed`` of ``exp`` reads: the dataset's
+    one file, or, for a per-seed dataset, that seed's own draw."""
+    name = experiment(config, exp)["dataset"]
+    if per_seed(config, name):
+        return path("dataset_draw", dataset=name, seed=int(seed))
+    return path("dataset", dataset=name)
+
+
+def datasets_pattern(config: dict, drawn_per_seed: bool) -> str:
+    """A wildcard constraint matching the datasets that are (or are not) drawn per
+    seed; one that matches nothing when there are none."""
+    names = [name for name in config["datasets"] if per_seed(config, name) == drawn_per_seed]
+    return "|".join(names) if names else "(?!)"
 
 
 def model_settings(config: dict, exp: str) -> dict:
