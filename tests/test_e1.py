@@ -332,7 +332,8 @@ experiments:
     model: {arch: fc, widths: [32, 16]}
     init_scales: [1.0]
     split: {upstream: 200, downstream: 0, test: 0}
-    pretrain: {labels: [random], epochs: 2, checkpoints: [0, 1, 2], batch_size: 50}
+    # Packed, as the paper config's E.1 experiments: one job reads each seed's own file.
+    pretrain: {labels: [random], epochs: 2, checkpoints: [0, 1, 2], batch_size: 50, pack_seeds: 2}
 targets:
   fig_transfer_function: {experiments: [tiny_e1]}
 """
@@ -341,8 +342,9 @@ targets:
 @pytest.mark.slow
 def test_per_seed_upstream_only_end_to_end(tmp_path):
     """Every seed pre-trains on all of its own draw, a file of its own with a Σx of its
-    own; the target's table holds f − f(epoch 0); and a seed added later is drawn,
-    trained and measured alone, the others' jobs left as they are."""
+    own, also where the seeds share a packed job; the target's table holds f − f(epoch
+    0); and a seed added later is drawn, trained and measured alone, the others' jobs
+    left as they are."""
     project = copy_project(tmp_path / "project")
     (project / "configs" / "tiny-e1.yaml").write_text(TINY)
     snakemake(project, "fig_transfer_function", "--cores", "2", "--configfile", "configs/tiny-e1.yaml", timeout=900)
@@ -363,15 +365,24 @@ def test_per_seed_upstream_only_end_to_end(tmp_path):
     assert set(table["seed"]) == {0, 1} and set(table["epoch"]) == {0, 1, 2}
     assert np.allclose(table.loc[table["epoch"] == 0, "f_change"], 0.0)
     assert (project / "results" / "paper" / "fig_transfer_function.png").stat().st_size > 1000
+    # Seed 1 of the packed job trained on its own file: as in a job of its own.
+    from test_packing_workflow import _same_metrics
+
+    alone = copy_project(tmp_path / "alone")
+    (alone / "configs" / "tiny-e1.yaml").write_text(TINY.replace(", pack_seeds: 2}", "}"))
+    metrics = "results/tiny_e1/pretrain/random/scale1/seed1/metrics.tsv"
+    snakemake(alone, metrics, "--cores", "2", "--configfile", "configs/tiny-e1.yaml")
+    _same_metrics(alone / metrics, project / metrics)
 
     more = TINY.replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
     assert more != TINY
     (project / "configs" / "tiny-e1.yaml").write_text(more)
     output = snakemake(project, "fig_transfer_function", "-n", "--configfile", "configs/tiny-e1.yaml").stdout
     counts = job_counts(output)
-    for rule in ("prepare_dataset_draw", "make_split", "pretrain", "statistics"):
-        assert counts.pop(rule) == 1, (rule, output[-3000:])
+    for rule in ("prepare_dataset_draw", "make_split", "pretrain_packed", "unpack_pretrain", "statistics"):
+        assert counts.pop(rule) == 1, (rule, output[-3000:])  # seed 2's, in a group of its own
     assert set(counts) <= {"aggregate_pretraining", "aggregate_statistics", "paper_target", "fig_transfer_function"}, counts
     # The one job of each rule is seed 2's.
-    for path in ("data/g/seed2.h5", "tiny_e1/splits/seed2.h5", "tiny_e1/stats/random/scale1/seed2.h5"):
+    for path in ("data/g/seed2.h5", "tiny_e1/splits/seed2.h5", "tiny_e1/pretrain/random/scale1/packed/seeds2-2.pt",
+                 "tiny_e1/stats/random/scale1/seed2.h5"):
         assert f"Missing output files: results/{path}" in output, path
