@@ -17,6 +17,8 @@ narrow cnn2 on CIFAR-shaped images (32 filters, 2×2 max-pool, 64 hidden, batch 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -96,8 +98,8 @@ def run(device: torch.device, sizes: Sizes) -> list[dict]:
                 separate[-1](warmup)
             separate_times, packed_times = [], []
             for _ in range(trials):
-                separate_times.append(sum(timed(lambda: one(steps), device) for one in separate))
-                packed_times.append(timed(lambda: loop(steps), device))
+                separate_times.append(sum(timed(partial(one, steps), device) for one in separate))
+                packed_times.append(timed(partial(loop, steps), device))
             separate_seconds = median(separate_times)
             images_done = replicas * cfg["batch"] * steps
             row = {
