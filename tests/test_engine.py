@@ -82,30 +82,32 @@ def test_length_mismatch_refused():
         DeviceData(np.zeros((5, 2), np.float32), np.zeros(4), [0, 0], [1, 1])
 
 
-def test_shuffled_batches_cover_each_index_once_and_are_seeded():
+def test_each_epoch_order_covers_every_sample_once_and_follows_the_seed():
+    """Trainer.orders, the order fit's batches are cut from: a new permutation each
+    epoch, the same sequence for the same seed, and batches that keep each input with
+    its label."""
     n = 23
-    # inputs encode their own index so batches can be traced back
-    x = np.arange(n, dtype=np.float32)[:, None].repeat(2, axis=1)
-    data = DeviceData(x, np.arange(n), [0.0, 0.0], [1.0, 1.0])
+    # inputs encode their own index, so that a batch can be traced back
+    x = np.arange(n, dtype=np.float32)[:, None].repeat(4, axis=1)
+    data = DeviceData(x, np.arange(n), np.zeros(4), np.ones(4))
 
-    def epoch(gen):
-        batches = list(data.shuffled_batches(5, gen))
-        return batches
+    def trainer(seed):
+        return Trainer(_model(classes=n), data, TrainConfig(epochs=2, batch_size=5), seed=seed)
 
-    gen = torch.Generator().manual_seed(4)
-    first = epoch(gen)
-    assert [len(b[1]) for b in first] == [5, 5, 5, 5, 3]
-    order = torch.cat([b[1] for b in first]).tolist()
+    first = trainer(4)
+    order = first.orders()
+    assert order.shape == (1, n)
+    order = order[0].tolist()
     assert sorted(order) == list(range(n))
     assert order != list(range(n))  # shuffled (probability 1/23! of a false failure)
-    for inputs, labels in first:  # inputs and labels stay paired
-        assert torch.equal(inputs[:, 0].long(), labels)
-    second = torch.cat([b[1] for b in epoch(gen)]).tolist()
+    for b in range(5):  # cut as Trainer.step cuts them: the last batch is the rest
+        inputs, labels = first.training_batch(torch.tensor(order[b * 5 : (b + 1) * 5]))
+        assert len(labels) == (5 if b < 4 else 3) and torch.equal(inputs[:, 0].long(), labels)
+    second = first.orders()[0].tolist()
     assert sorted(second) == list(range(n)) and second != order  # a new permutation per epoch
-    again = torch.cat([b[1] for b in epoch(torch.Generator().manual_seed(4))]).tolist()
-    assert again == order
-    other = torch.cat([b[1] for b in epoch(torch.Generator().manual_seed(5))]).tolist()
-    assert other != order
+    again = trainer(4)
+    assert again.orders()[0].tolist() == order and again.orders()[0].tolist() == second
+    assert trainer(5).orders()[0].tolist() != order
 
 
 def test_batches_in_storage_order():

@@ -187,14 +187,6 @@ class DeviceData:
         """Normalized inputs and labels of the samples at ``index``."""
         return self.normalized(index), self.labels[index]
 
-    def shuffled_batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of batches in a seeded random order (last batch may be smaller)."""
-        order = self.permutation(generator)
-        for start in range(0, len(self), batch_size):
-            yield self.batch(order[start : start + batch_size])
-
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches in storage order, for evaluation and statistics."""
         for start in range(0, len(self), batch_size):
