@@ -34,6 +34,7 @@ include: "workflow/rules/targets.smk"
 
 
 rule all:
+    """every experiment's tables and figures, and the paper targets the config lists, by randlabels.workflow.plan"""
     default_target: True
     input:
         plan.all_targets(config),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import re
@@ -20,7 +21,7 @@ import yaml
 from randlabels import provenance
 from randlabels.analysis import eigenfilters
 from randlabels.io import read_table
-from randlabels.workflow import plan
+from randlabels.workflow import plan, targets
 from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, snakemake
 
 CONFIG_DIR = ROOT / "tests" / "configs"
@@ -37,6 +38,37 @@ def test_snakefmt_is_clean():
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _resolve(dotted: str) -> object:
+    """The module, or module attribute, that a dotted name names."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def test_every_rule_says_what_it_makes_and_which_module_does_it():
+    """`snakemake --list-rules`, the workflow's map on the command line: every rule with
+    its docstring, which names the library module (or registry) that does its work."""
+    listed = {}
+    for line in snakemake(ROOT, "--list-rules").stdout.splitlines():
+        match = re.fullmatch(r"(\w+)(?: \((.*)\))?", line.strip())
+        if match:
+            listed[match.group(1)] = match.group(2)
+    assert {"all", "pretrain", "statistics", "aggregate_statistics", "plot", *targets.TARGETS} <= set(listed)
+    for rule, docstring in listed.items():
+        assert docstring, f"rule {rule} has no docstring"
+        names = re.findall(r"randlabels(?:\.\w+)+", docstring)
+        assert names, f"rule {rule}: its docstring names no randlabels module: {docstring}"
+        for name in names:
+            _resolve(name)
 
 
 def test_dry_run_of_the_default_config(tmp_path):

@@ -1,4 +1,5 @@
 rule prepare_dataset:
+    """a named dataset as one HDF5 file of arrays, labels and provenance, by randlabels.data.sources"""
     input:
         code=script_code("prepare_dataset"),
     output:
@@ -24,6 +25,7 @@ rule prepare_dataset:
 # A dataset drawn afresh for each experiment seed (gaussian, per_seed: true): one file
 # per seed, so that adding a seed leaves the others' files, and all made from them, as they are.
 rule prepare_dataset_draw:
+    """one seed's draw of a per-seed Gaussian dataset, a file of its own, by randlabels.data.gaussian"""
     input:
         code=script_code("prepare_dataset"),
     output:
@@ -47,6 +49,7 @@ rule prepare_dataset_draw:
 
 
 rule make_split:
+    """one seed's disjoint upstream, downstream and test indices, and its random labels, by randlabels.data.splits"""
     input:
         dataset=exp_dataset_file,
         code=script_code("make_split"),

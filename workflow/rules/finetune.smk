@@ -1,4 +1,5 @@
 rule finetune:
+    """fine-tune from one initialization variant and record its learning curve, by randlabels.inits.variants and randlabels.training.engine"""
     input:
         sources=finetune_source_files,
         dataset=exp_dataset_file,
@@ -44,6 +45,7 @@ rule finetune:
 # pack_variants: every variant of one (task, scale, seed) trained in one job
 # (randlabels.training.packed.PackedTrainer), then unpacked into the per-variant tables above.
 rule finetune_packed:
+    """fine-tune every variant of one task, init scale and seed in one process, by randlabels.training.packed"""
     input:
         sources=finetune_source_files,
         dataset=exp_dataset_file,
@@ -88,6 +90,7 @@ rule finetune_packed:
 
 # A filter of a table: run where Snakemake runs, not as a cluster job of its own.
 rule unpack_finetune:
+    """one variant's learning curve from its packed fine-tuning table, by randlabels.training.unpack"""
     input:
         packed=plan.PATHS["finetune_packed"],
         code=script_code("unpack_finetune"),
@@ -113,6 +116,7 @@ rule unpack_finetune:
 
 
 rule construct_init:
+    """the first k layers built from data covariances, without training, by randlabels.inits.construct"""
     input:
         unpack(construct_source),
         dataset=exp_dataset_file,

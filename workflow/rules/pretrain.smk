@@ -1,4 +1,5 @@
 rule pretrain:
+    """pre-train one run, one label kind, init scale and seed of an experiment, keeping its checkpoints, by randlabels.training.engine"""
     input:
         dataset=exp_dataset_file,
         split=plan.PATHS["split"],
@@ -40,6 +41,7 @@ rule pretrain:
 # pack_seeds > 1: the seeds of one configuration are trained in groups, one job per
 # group (randlabels.training.packed.PackedTrainer), then unpacked into the per-seed files above.
 rule pretrain_packed:
+    """pre-train a group of seeds of one run in one process, by randlabels.training.packed"""
     input:
         datasets=packed_datasets,
         splits=packed_splits,
@@ -80,6 +82,7 @@ rule pretrain_packed:
 
 
 rule unpack_pretrain:
+    """one seed's checkpoints and metrics from its group's bundle, by randlabels.training.unpack"""
     input:
         bundle=packed_bundle,
         code=script_code("unpack_pretrain"),

@@ -1,4 +1,5 @@
 rule aggregate_pretraining:
+    """an experiment's pre-training metrics in one table, collapsed runs flagged, by randlabels.analysis.memorization"""
     input:
         metrics=lambda w: plan.pretrain_metric_files(config, w.exp),
         code=script_code("aggregate_pretraining"),
@@ -26,6 +27,7 @@ rule aggregate_pretraining:
 
 
 rule aggregate_statistics:
+    """an experiment's misalignment, f(σ) and activation tables over its runs, by randlabels.analysis.statsfile"""
     input:
         stats=lambda w: plan.stats_files(config, w.exp),
         pretrain_metrics=plan.path("table", exp="{exp}", table="pretrain_metrics"),
@@ -60,6 +62,7 @@ rule aggregate_statistics:
 
 
 rule aggregate_finetuning:
+    """an experiment's learning curves and transfer summary, by randlabels.analysis.summary"""
     input:
         curves=lambda w: plan.finetune_files(config, w.exp),
         # The real task's number of classes (the same in every seed's file).
@@ -90,6 +93,7 @@ rule aggregate_finetuning:
 
 
 rule aggregate_eigenfilters:
+    """an experiment's first-layer filters pooled over seeds, beside the eigenvectors, by randlabels.analysis.eigenfilters"""
     input:
         stats=lambda w: plan.eigenfilter_sources(config, w.exp),
         pretrain_metrics=plan.path("table", exp="{exp}", table="pretrain_metrics"),
@@ -113,6 +117,7 @@ rule aggregate_eigenfilters:
 # Every per-experiment figure (randlabels.plots.FIGURES): the module
 # randlabels.plots.FIGURE draws the experiment's tables.
 rule plot:
+    """one figure of an experiment, drawn from its tables, by randlabels.plots.FIGURES"""
     input:
         unpack(lambda w: plan.figure_inputs(w.exp, w.figure)),
         code=lambda w: script_code("plot", figure_module(w.figure)),

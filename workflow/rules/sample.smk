@@ -1,4 +1,5 @@
 rule gaussian_init:
+    """first-layer filters drawn from N(μw, Σw) of pre-trained ones, by randlabels.inits.sampling"""
     input:
         sources=lambda w: plan.sample_sources(config, w.exp, w.scale, w.seed),
         split=plan.PATHS["split"],

@@ -1,4 +1,5 @@
 rule statistics:
+    """Σx, Σw, misalignment, f(σ) and activations of one run at every checkpoint, by randlabels.analysis.measure"""
     input:
         checkpoints=plan.PATHS["checkpoints"],
         dataset=exp_dataset_file,

@@ -4,6 +4,7 @@
 
 
 rule paper_target:
+    """one of the paper's named experiments as a table and a figure, by randlabels.workflow.targets"""
     input:
         unpack(lambda w: targets.table_inputs(config, w.target)),
         code=script_code("paper_target"),
@@ -43,6 +44,7 @@ rule paper_target:
 for _name in targets.TARGETS:
 
     rule:
+        """a paper target: `snakemake NAME` builds results/paper/NAME.tsv and NAME.png, by randlabels.workflow.targets"""
         name:
             _name
         input:
@@ -54,6 +56,7 @@ for _name in targets.TARGETS:
 # its nearest target names and the list, instead of "No rule to produce NAME". Only
 # top-level names without a dot match, and an existing file is left alone.
 rule unknown_target:
+    """a name that is neither a rule nor a file: the nearest target names, by randlabels.workflow.targets"""
     input:
         lambda w: targets.refuse_unknown_target(w.name, ["all", *targets.TARGETS]),
     output:
