@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -39,10 +40,37 @@ def test_hours_follow_the_benchmarked_rate_and_the_total_counts_experiments_once
     assert table.loc["all targets", "images_cnn2"] == sum(every.values())
 
 
+def test_disk_counts_a_snapshot_per_checkpoint_of_every_run_and_each_built_initialization():
+    config = yaml.safe_load(TINY.read_text())
+    # cnn2 on 8×8 digits, 16 filters 3×3 ('same' padding, no pool), hidden 32, 10 classes:
+    # conv1 16·9 + 16, fc1 (16·8·8)·32 + 32, classifier 32·10 + 10 float32 values.
+    snapshot = 4 * (16 * 9 + 16 + 16 * 8 * 8 * 32 + 32 + 32 * 10 + 10)
+    assert cost.snapshot_bytes(config, "tiny") == snapshot
+    # 2 label kinds × 1 scale × 2 seeds, 3 checkpoints each; the gaussian variant's
+    # initialization for 1 scale × 2 seeds (scratch and the pretrained ones read the
+    # checkpoint set; the two fine-tuning tasks share the initialization).
+    assert cost.init_files(config, "tiny") == 2
+    assert cost.experiment_disk(config, "tiny") == snapshot * (4 * 3 + 2)
+    # tiny_map: 2 scales × 1 seed, checkpoints 0 and the last, no built variant.
+    assert cost.experiment_disk(config, "tiny_map") == snapshot * 2 * 2
+    table = cost.cost_table(config).set_index("target")
+    every = sum(cost.experiment_disk(config, exp) for exp in config["experiments"])
+    assert table.loc["all targets", "disk_gb"] == pytest.approx(every / 1e9)
+
+
+def test_disk_is_unknown_where_only_the_prepared_data_tell_the_input_shape():
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"]["digits"] = {"source": "arrays", "path": "images.npz", "num_classes": 10}
+    assert cost.snapshot_bytes(config, "tiny") is None
+    assert np.isnan(cost.experiment_disk(config, "tiny"))
+    assert np.isnan(cost.cost_table(config).set_index("target").loc["all targets", "disk_gb"])
+    assert cost.experiment_disk(config, "tiny", shape=(1, 8, 8)) > 0  # told the shape
+
+
 def test_the_command_prints_a_row_per_target(capsys):
     assert cost.main([str(ROOT / "configs" / "paper-cifar10.yaml")]) == 0
     out = capsys.readouterr().out
-    for name in ("fig_transfer", "q_kernel_size", "all targets"):
+    for name in ("fig_transfer", "q_kernel_size", "all targets", "disk_gb"):
         assert name in out
     with pytest.raises(SystemExit):
         cost.main([str(ROOT / "tests" / "configs" / "tiny.yaml")])  # no targets section

@@ -265,11 +265,18 @@ def test_packed_pretraining_equals_separate_runs(tmp_path):
     logs = list((packed / "results" / "logs" / "pretrain_packed").rglob("*.log"))
     assert len(logs) == 4 and all("epoch 2/2" in log.read_text() for log in logs)
     assert not list((packed / "results" / "_resume").rglob("*.pt")), "resume state left behind"
+    # The bundles held every snapshot a second time: gone once their seeds are unpacked.
+    assert not list((packed / "results").rglob("packed/seeds*.pt")), "a bundle left behind"
 
     # Both are up to date; setting pack_seeds: 1 explicitly invalidates nothing.
     assert job_counts(snakemake(packed, "-n", *targets).stdout) == {}
     (separate / "one.yaml").write_text(yaml.safe_dump(tiny_config(1)))
     assert job_counts(snakemake(separate, "-n", *targets, "--configfile", "one.yaml").stdout) == {}
+    # A lost seed's file is made again by its group's training alone (seeds 2-2 of random labels).
+    (packed / plan.path("checkpoints", exp="tiny", labels="random", scale="0.5", seed=2)).unlink()
+    output = snakemake(packed, "-n", *targets).stdout
+    assert job_counts(output) == {"pretrain_packed": 1, "unpack_pretrain": 1}, output[-2000:]
+    assert "results/tiny/pretrain/random/scale0.5/packed/seeds2-2.pt" in output
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from randlabels.analysis.memorization import collapsed_keys
 from randlabels.io import read_table
 from randlabels.models.architectures import scale_invariance
 from randlabels.models.networks import build_model, initialize
-from randlabels.workflow import plan, targets
+from randlabels.workflow import cost, plan, targets
 from randlabels.workflow.config import check_config, config_warnings
 from workflow_helpers import ROOT, SCHEMA, copy_project, job_counts, load_config, snakemake, target_outputs
 
@@ -233,6 +233,15 @@ def test_the_paper_config_runs_end_to_end_shrunk(tmp_path):
     named = pooled["collapsed"].iloc[0]
     assert (named if isinstance(named, str) else "") == "; ".join(f"seed {seed}" for seed in flagged)
     assert pooled["left_out"].isna().all() and pooled["reason"].isna().all() and (pooled["seeds"] == 2).all()
+
+    # The cost tool's disk estimate is what the run keeps, to 1 % (a file's own fields:
+    # kilobytes), and the packed seeds' bundle is gone once they are unpacked.
+    for exp in small["experiments"]:
+        results = project / "results" / exp
+        weights = [*results.glob("pretrain/*/*/*/checkpoints.pt"), *results.glob("init/*/*/*.pt")]
+        estimate = cost.experiment_disk(small, exp, shape=plan.input_shape(small, exp) or (3, 32, 32))  # CIFAR's
+        assert sum(p.stat().st_size for p in weights) == pytest.approx(estimate, rel=0.01), exp
+    assert not list((project / "results").rglob("packed/seeds*.pt"))
 
     rerun = snakemake(project, *targets.TARGETS, "-n", "--configfile", "configs/paper-shrunk.yaml").stdout
     assert job_counts(rerun) == {}

@@ -40,6 +40,8 @@ rule pretrain:
 
 # pack_seeds > 1: the seeds of one configuration are trained in groups, one job per
 # group (randlabels.training.packed.PackedTrainer), then unpacked into the per-seed files above.
+# The bundle is temp(): Snakemake deletes it once every seed of the group is unpacked,
+# as it holds the same snapshots again (a third of the paper config's disk).
 rule pretrain_packed:
     """pre-train a group of seeds of one run in one process, by randlabels.training.packed"""
     input:
@@ -48,7 +50,7 @@ rule pretrain_packed:
         code=script_code("pretrain_packed"),
         model_code=lambda w: plan.model_code(config, w.exp),
     output:
-        bundle=plan.PATHS["pretrain_packed"],
+        bundle=temp(plan.PATHS["pretrain_packed"]),
     log:
         logs("pretrain_packed/{exp}/{labels}/scale{scale}/seeds{first}-{last}"),
     benchmark:

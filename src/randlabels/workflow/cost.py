@@ -1,5 +1,5 @@
-"""What a config's named targets cost: images trained on per architecture, and hours
-at the training throughput a benchmark run measured.
+"""What a config's named targets cost: images trained on per architecture, hours at
+the training throughput a benchmark run measured, and the disk its weights take.
 
     python -m randlabels.workflow.cost configs/paper-cifar10.yaml
     python -m randlabels.workflow.cost configs/paper-cifar10.yaml --bench benchmarks/results/cuda.json
@@ -9,6 +9,12 @@ fine-tuning run of them, counted once even when two of its experiments' needs ov
 targets that share experiments share that cost when run together, so the total line
 counts every experiment once. Only training steps are counted: evaluation passes,
 statistics and job start-up come on top (a few percent for the paper's sizes).
+
+``disk_gb`` is what the finished run keeps of files the size of a network: every
+checkpoint set (one snapshot per checkpoint epoch) and every initialization file
+(gaussian, layerwise, covariance). Tables, statistics and logs are small beside them;
+the prepared datasets are not counted. While a group of packed seeds is unpacked, its
+bundle holds the group's snapshots once more (it is deleted after).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from randlabels.inits import variants
 from randlabels.workflow import plan, targets
 
 # The engine benchmark measures cnn2, vgg16 and resnet18; the other architectures are
@@ -46,6 +53,38 @@ def experiment_images(config: dict, exp: str) -> dict[str, int]:
     return images
 
 
+def snapshot_bytes(config: dict, exp: str, shape: tuple[int, ...] | None = None) -> int | None:
+    """Bytes of one snapshot of the network of ``exp`` (its state: parameters and
+    buffers), built on the meta device; None where the input shape is not known from
+    the config (an arrays file, a folder in ``color: auto``) and ``shape`` is not given."""
+    shape = shape or plan.input_shape(config, exp)
+    if shape is None:
+        return None
+    from randlabels.models.networks import check_model  # torch: only here
+
+    model = check_model(plan.model_settings(config, exp), shape, plan.split_settings(config, exp)["upstream_classes"])
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def init_files(config: dict, exp: str) -> int:
+    """How many initialization files fine-tuning of ``exp`` starts from (one per variant
+    built before fine-tuning, init scale and seed; shared by its tasks)."""
+    if not plan.has_finetune(config, exp):
+        return 0
+    built = [v for v in plan.finetune_variants(config, exp) if variants.parse(v).source not in (None, "checkpoints")]
+    return len(built) * len(plan.scale_labels(config, exp)) * len(plan.seeds(config, exp))
+
+
+def experiment_disk(config: dict, exp: str, shape: tuple[int, ...] | None = None) -> float:
+    """Bytes of the checkpoint sets and initialization files of ``exp`` (NaN where the
+    input shape is unknown; see :func:`snapshot_bytes`)."""
+    snapshot = snapshot_bytes(config, exp, shape)
+    if snapshot is None:
+        return float("nan")
+    checkpoints = len(plan.pretrain_settings(config, exp)["checkpoints"]) * len(plan.pretrain_runs(config, exp))
+    return float(snapshot * (checkpoints + init_files(config, exp)))
+
+
 def rates(bench_path: str | Path) -> tuple[dict[str, float], str]:
     """Engine images/s per benchmarked model, and the device they were measured on."""
     data = json.loads(Path(bench_path).read_text())
@@ -66,11 +105,12 @@ def cost_table(config: dict, bench_rates: dict[str, float] | None = None) -> pd.
     table = pd.DataFrame(rows)
     per_arch = [f"images_{m}" for m in dict.fromkeys([*BENCHMARKED_AS.values(), UNBENCHMARKED]) if f"images_{m}" in table]
     table[per_arch] = table[per_arch].fillna(0).astype("int64")
-    return table[["target", "experiments", "images", *per_arch, *(["hours"] if bench_rates else [])]]
+    return table[["target", "experiments", "images", *per_arch, *(["hours"] if bench_rates else []), "disk_gb"]]
 
 
 def _row(config: dict, name: str, exps: list[str], bench_rates: dict[str, float] | None) -> dict:
-    row: dict = {"target": name, "experiments": ", ".join(exps), "images": 0}
+    row: dict = {"target": name, "experiments": ", ".join(exps), "images": 0,
+                 "disk_gb": sum(experiment_disk(config, exp) for exp in exps) / 1e9}
     seconds = 0.0
     for exp in exps:
         arch = plan.experiment(config, exp)["model"]["arch"]
@@ -101,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         float_format=lambda v: f"{v:,.2f}"))
     if device:
         print(f"\nhours: training steps only, at the engine throughput measured on {device} ({args.bench})")
+    print("disk_gb: checkpoint sets and initialization files the finished run keeps (NaN: input shape not"
+          " known from the config)")
     return 0
 
 
