@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from randlabels.io import read_table
-from workflow_helpers import BIN, NO_CLUSTER, copy_project, snakemake
+from workflow_helpers import BIN, NO_CLUSTER, copy_project, killable_env, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def _start(project: Path) -> subprocess.Popen:
     """Snakemake (targets first: --configfile takes all words after it) in its own session, so that the whole run can be signalled at once."""
     return subprocess.Popen(
         [str(BIN / "snakemake"), TARGET, "--cores", "1", "--configfile", CONFIG],
-        cwd=project, env={**os.environ, **NO_CLUSTER},
+        cwd=project, env={**os.environ, **NO_CLUSTER, **killable_env(project)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 

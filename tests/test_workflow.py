@@ -22,7 +22,7 @@ from randlabels import provenance
 from randlabels.analysis import eigenfilters
 from randlabels.io import read_table
 from randlabels.workflow import plan, targets
-from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, snakemake
+from workflow_helpers import BIN, NO_CLUSTER, ROOT, copy_project, job_counts, killable_env, snakemake
 
 CONFIG_DIR = ROOT / "tests" / "configs"
 
@@ -411,7 +411,7 @@ def _kill_during(project: Path, stage: str, env: dict, rng: random.Random, force
     if force:  # the stage already ran (before the stage killed last): make it run again
         command += ["--forcerun", stage]
     run = subprocess.Popen(command, cwd=project,
-                           env={**os.environ, **NO_CLUSTER, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, **NO_CLUSTER, **killable_env(project), **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     logs = project / "results" / "logs" / stage
     while run.poll() is None:
@@ -442,6 +442,8 @@ def test_killed_in_every_stage_a_rerun_completes_with_the_same_tables(tiny_run, 
     rng = random.Random(20201123)
     for stage in STAGES:
         assert _kill_during(project, stage, env, rng) or _kill_during(project, stage, env, rng, force=True), stage
+    # What each killed Snakemake left of its temporary folder is in the test's, not /tmp.
+    assert len(list((project.parent / "tmp").glob("snakemake*"))) >= len(STAGES)
     snakemake(project, "--cores", "2", "--resources", "gpu=2", env=env)
     assert not list((project / "results").rglob(".*.tmp-*")), "temporary files left behind"
     got, want = _tables(project), _tables(tiny_run)

@@ -22,6 +22,15 @@ PROJECT_PARTS = ("Snakefile", "config.yaml", "workflow", "src", "profiles", "env
 NO_CLUSTER = {"SLURM_CONF": os.devnull}
 
 
+def killable_env(project: Path) -> dict[str, str]:
+    """TMPDIR in a folder beside ``project``, for a Snakemake run a test kills: Snakemake
+    removes its temporary folder (/tmp/snakemakeXXXX) only when it exits, so a kill -9
+    would leave one in /tmp for every test run."""
+    folder = project.parent / "tmp"
+    folder.mkdir(exist_ok=True)
+    return {"TMPDIR": str(folder)}
+
+
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
