@@ -96,21 +96,23 @@ def rates(bench_path: str | Path) -> tuple[dict[str, float], str]:
 def cost_table(config: dict, bench_rates: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per target (and a total): images per architecture and, with rates, hours."""
     rows, everything = [], set()
-    for name in targets.configured(config) or list(config.get("targets", {})):
+    names = targets.configured(config) or list(config.get("targets", {}))
+    disk = {exp: experiment_disk(config, exp) for name in names for exp in targets.experiments(config, name)}
+    for name in names:
         exps = targets.experiments(config, name)
         everything.update(exps)
-        rows.append(_row(config, name, exps, bench_rates))
+        rows.append(_row(config, name, exps, bench_rates, disk))
     if rows:
-        rows.append(_row(config, "all targets", sorted(everything), bench_rates))
+        rows.append(_row(config, "all targets", sorted(everything), bench_rates, disk))
     table = pd.DataFrame(rows)
     per_arch = [f"images_{m}" for m in dict.fromkeys([*BENCHMARKED_AS.values(), UNBENCHMARKED]) if f"images_{m}" in table]
     table[per_arch] = table[per_arch].fillna(0).astype("int64")
     return table[["target", "experiments", "images", *per_arch, *(["hours"] if bench_rates else []), "disk_gb"]]
 
 
-def _row(config: dict, name: str, exps: list[str], bench_rates: dict[str, float] | None) -> dict:
+def _row(config: dict, name: str, exps: list[str], bench_rates: dict[str, float] | None, disk: dict) -> dict:
     row: dict = {"target": name, "experiments": ", ".join(exps), "images": 0,
-                 "disk_gb": sum(experiment_disk(config, exp) for exp in exps) / 1e9}
+                 "disk_gb": sum(disk[exp] for exp in exps) / 1e9}
     seconds = 0.0
     for exp in exps:
         arch = plan.experiment(config, exp)["model"]["arch"]
