@@ -473,7 +473,7 @@ def test_a_factory_that_fails_in_the_job_names_the_key_and_writes_nothing(tmp_pa
         threads=1,
         resources=SimpleNamespace(gpu=0),
         params=SimpleNamespace(
-            model=own("raises"), training={"epochs": 1, "batch_size": 32, "resume_every": 1, "checkpoints": [0, 1]},
+            model=own("raises"), training={"epochs": 1, "batch_size": 32, "checkpoints": [0, 1]},
             init_scale=1.0, seed=0, device="cpu", jobs_per_gpu=1, on_divergence="continue",
             resume=str(tmp_path / "_resume" / "run.pt"),
         ),

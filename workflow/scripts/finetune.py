@@ -23,7 +23,7 @@ from randlabels.inits.pretrained import fresh_model, load_into
 from randlabels.io import write_table
 from randlabels.seeding import stream_seed
 from randlabels.training.engine import Trainer, TrainConfig, job_device
-from randlabels.training.job import run_training
+from randlabels.training.job import resume_every, run_training
 from randlabels.training.packed import PackedTrainer
 from randlabels.training.progress import job_monitor
 from randlabels.training.resume import hold_run
@@ -89,14 +89,14 @@ else:
 # Everything the numbers depend on; the save interval is not among them.
 run_settings = {key: params[key] for key in ("model", "init_scale", "seed", "task")}
 run_settings["variants"] = chosen
-run_settings["training"] = {k: v for k, v in settings.items() if k != "resume_every"}
+run_settings["training"] = settings
 result, store = run_training(
     trainer,
     resume_path=params.resume,
     run_settings=run_settings,
     inputs=snakemake.input,
     where=f"experiments.{params.experiment}.finetune",
-    save_every=settings["resume_every"],
+    save_every=resume_every(snakemake.config, params.experiment, "finetune"),
     on_divergence=params.on_divergence,
     log=log,
     replicas=[f"variant {variant}" for variant in chosen] if packed else None,

@@ -11,7 +11,7 @@ from randlabels.io import write_table
 from randlabels.seeding import stream_seed
 from randlabels.training.checkpoints import save_checkpoints
 from randlabels.training.engine import Trainer, TrainConfig, job_device
-from randlabels.training.job import run_training
+from randlabels.training.job import resume_every, run_training
 from randlabels.training.progress import job_monitor
 from randlabels.training.resume import hold_run
 
@@ -38,7 +38,7 @@ log.info(
 trainer = Trainer(model, train, config, seed=stream_seed(params.seed, "order", "pretrain"), test_data=test, log=log)
 # Everything the numbers depend on; the save interval is not among them.
 run_settings = {key: params[key] for key in ("model", "init_scale", "seed")}
-run_settings["training"] = {k: v for k, v in params.training.items() if k != "resume_every"}
+run_settings["training"] = params.training
 run_settings["labels"] = labels_kind
 result, store = run_training(
     trainer,
@@ -46,7 +46,7 @@ result, store = run_training(
     run_settings=run_settings,
     inputs=snakemake.input,
     where=f"experiments.{snakemake.wildcards.exp}.pretrain",
-    save_every=params.training["resume_every"],
+    save_every=resume_every(snakemake.config, snakemake.wildcards.exp, "pretrain"),
     on_divergence=params.on_divergence,
     log=log,
     checkpoint_epochs=params.training["checkpoints"],

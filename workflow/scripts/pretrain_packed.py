@@ -15,6 +15,7 @@ from randlabels.data.splits import read_split
 from randlabels.inits.pretrained import fresh_model
 from randlabels.seeding import stream_seed
 from randlabels.training.engine import TrainConfig, job_device
+from randlabels.training.job import resume_every
 from randlabels.training.packed import PackedTrainer
 from randlabels.training.packed_job import run_packed_training, save_bundle
 from randlabels.training.progress import job_monitor
@@ -59,7 +60,7 @@ trainer = PackedTrainer(
 )
 # Everything the numbers depend on; the save interval is not among them.
 run_settings = {"model": params.model, "init_scale": params.init_scale, "seeds": seeds}
-run_settings["training"] = {k: v for k, v in params.training.items() if k != "resume_every"}
+run_settings["training"] = params.training
 run_settings["labels"] = labels_kind
 results, store = run_packed_training(
     trainer,
@@ -68,7 +69,7 @@ results, store = run_packed_training(
     run_settings=run_settings,
     inputs=snakemake.input,
     where=f"experiments.{snakemake.wildcards.exp}.pretrain",
-    save_every=params.training["resume_every"],
+    save_every=resume_every(snakemake.config, snakemake.wildcards.exp, "pretrain"),
     on_divergence=params.on_divergence,
     log=log,
     checkpoint_epochs=params.training["checkpoints"],

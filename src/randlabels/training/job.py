@@ -20,6 +20,14 @@ from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterru
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again
 DIVERGENCE_POLICIES = ("continue", "stop")
+RESUME_EVERY = 1  # epochs between saves of the resumable state, unless the config says
+
+
+def resume_every(config: dict, exp: str, stage: str) -> int:
+    """``experiments.EXP.STAGE.resume_every`` (stage: pretrain or finetune). Read from
+    the config by the job, not passed as a rule param: how often a job saves does not
+    change what it computes, so changing it must rerun nothing."""
+    return int(config["experiments"][exp][stage].get("resume_every", RESUME_EVERY))
 
 
 def run_training(
@@ -59,6 +67,8 @@ def run_training(
     config = trainer.config
     store = ResumeStore(resume_path, fingerprint(run_settings, inputs))
     store.lock.acquire()  # before the state is read or written: one process per run
+    log.info("its resumable state is saved every %d epoch%s (%s.resume_every) to %s",
+             save_every, "" if save_every == 1 else "s", where, resume_path)
     eval_every = fit_options.get("eval_every")
     total_steps = getattr(trainer, "total_steps", None)
     if eval_every and total_steps is not None and eval_every > total_steps:

@@ -25,9 +25,12 @@ TRAINING_DEFAULTS = {
     "weight_decay": 0.0,
     "schedule": "constant",
     "eval_batch_size": 2048,
-    "resume_every": 1,
     "compile": False,
 }
+# Keys of a pretrain or finetune section that say how a training job runs, not what it
+# computes: left out of the training settings (the rules' params), so that changing them
+# reruns nothing; the job reads them from the config (randlabels.training.job.resume_every).
+JOB_KEYS = ("resume_every",)
 # Training keys added after results existed, off unless given (TrainConfig holds their
 # neutral defaults): left out of the settings when absent, so that a run made before
 # they existed keeps its params and is not rerun.
@@ -208,7 +211,7 @@ def pretrain_settings(config: dict, exp: str) -> dict:
     which runs exist, not how one is trained.
     """
     section = {**TRAINING_DEFAULTS, **experiment(config, exp)["pretrain"]}
-    for key in (*PRETRAIN_DEFAULTS, *PRETRAIN_RUN_KEYS):
+    for key in (*PRETRAIN_DEFAULTS, *PRETRAIN_RUN_KEYS, *JOB_KEYS):
         section.pop(key, None)
     epochs = int(section["epochs"])
     wanted = set(section.get("checkpoints", [])) | {0, epochs}
@@ -228,7 +231,7 @@ def finetune_settings(config: dict, exp: str) -> dict:
     """How one fine-tuning run trains (the task it trains on is a wildcard, see
     finetune_tasks; where it starts, finetune_variants and from_labels)."""
     section = {**TRAINING_DEFAULTS, **FINETUNE_DEFAULTS, **experiment(config, exp)["finetune"]}
-    for key in (*TASK_KEYS, *NOT_TRAINING_KEYS, *FINETUNE_JOB_DEFAULTS):
+    for key in (*TASK_KEYS, *NOT_TRAINING_KEYS, *FINETUNE_JOB_DEFAULTS, *JOB_KEYS):
         section.pop(key, None)
     return canonical(section)
 
