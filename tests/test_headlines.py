@@ -92,9 +92,13 @@ def test_dead_units_are_the_mean_fraction_at_the_last_epoch():
 
 def test_summary_and_front_page_from_the_tables_on_disk(tmp_path):
     tables = tmp_path / "results" / "e" / "tables"
-    write_table(_misalignment(), tables / "misalignment.tsv")
-    write_table(_transfer_summary(), tables / "transfer_summary.tsv")
-    write_table(_activations(), tables / "activations.tsv")
+    provenance.record_settings("aggregate_statistics", {}, {"exp": "e"})  # as the job that writes them
+    try:
+        write_table(_misalignment(), tables / "misalignment.tsv")
+        write_table(_transfer_summary(), tables / "transfer_summary.tsv")
+        write_table(_activations(), tables / "activations.tsv")
+    finally:
+        provenance.forget_job()
     text = headlines.write(["e", "not_run"], "Description of the workflow.", results=tmp_path / "results")
     assert (tmp_path / "results" / "SUMMARY.md").read_text() == text
     assert "## e\n\n- misalignment of conv1" in text and "\n- speed-up over scratch" in text
@@ -103,8 +107,9 @@ def test_summary_and_front_page_from_the_tables_on_disk(tmp_path):
     stamp = provenance.stamp()
     assert f"Code, as the tables record it: randlabels {stamp['randlabels_version']}, " in text
     assert f" ({stamp['libraries']}; {stamp['machine']})." in text  # the environment that ran
-    digest = provenance.read(tables / "misalignment.tsv")["settings_sha256"][:12]
-    assert f"- settings hashes (sha256, first 12 digits) of the tables: misalignment.tsv {digest}, " in text
+    digest = provenance.read(tables / "misalignment.tsv")["lineage_sha256"][:12]
+    assert digest == provenance.lineage_hash(provenance.settings_hash("aggregate_statistics", {}), {"exp": "e"}, [])[:12]
+    assert f"- settings hashes of the tables, their own and all upstream (provenance lineage_sha256, first 12 digits): misalignment.tsv {digest}, " in text
     front = (tmp_path / "results" / "report_front.rst").read_text()
     assert front.startswith("Description of the workflow.\n\nSummary\n-------\n")
     assert "**e**\n\n- misalignment of conv1 at epoch 4" in front

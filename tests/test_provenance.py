@@ -156,15 +156,22 @@ def test_settings_that_are_not_plain_values_are_refused_by_name():
         provenance.settings_hash("r", {"model": object()})
 
 
-def _script_object(rule: str, params: dict):
+def _script_object(rule: str, params: dict, inputs: dict | None = None, wildcards: dict | None = None):
     """The ``snakemake`` object a rule's script gets (its class moves between Snakemake
     versions; a stand-in with the same attributes where this one lacks it)."""
+    inputs, wildcards = inputs or {}, wildcards or {}
     try:
         from snakemake.iocontainers import InputFiles, Log, OutputFiles, Params, ResourceList, Snakemake, Wildcards
     except ImportError:
-        return SimpleNamespace(rule=rule, params=SimpleNamespace(**params))
-    return Snakemake(InputFiles(), OutputFiles(), Params(fromdict=params), Wildcards(), 1, ResourceList(), Log(), {},
-                     rule, None)
+        return SimpleNamespace(rule=rule, params=SimpleNamespace(**params), input=SimpleNamespace(**inputs),
+                               wildcards=SimpleNamespace(**wildcards))
+    files = InputFiles()  # as a job has them: a named list of paths is a slice of one flat list
+    for name, value in inputs.items():
+        start = len(files)
+        files.extend(value if isinstance(value, list) else [value])
+        files._set_name(name, start, len(files) if isinstance(value, list) else None)
+    return Snakemake(files, OutputFiles(), Params(fromdict=params), Wildcards(fromdict=wildcards),
+                     1, ResourceList(), Log(), {}, rule, None)
 
 
 def test_record_job_takes_the_rule_and_named_params():
@@ -175,6 +182,78 @@ def test_record_job_takes_the_rule_and_named_params():
     assert provenance.stamp()["settings_sha256"] == "none"
     stand_in = SimpleNamespace(params=SimpleNamespace(seed=3))  # what some tests pass scripts
     assert provenance.record_job(stand_in) == provenance.settings_hash("unknown", {"seed": 3})
+
+
+def test_lineage_hash_is_canonical_json_order_free_and_tells_runs_and_inputs_apart():
+    import hashlib
+
+    digest = provenance.lineage_hash("s", {"seed": "1", "exp": "a"}, ["y", "x"])
+    assert digest == hashlib.sha256(b'{"inputs":["x","y"],"settings":"s","wildcards":{"exp":"a","seed":"1"}}').hexdigest()
+    assert provenance.lineage_hash("s", {"exp": "a", "seed": "1"}, ["x", "y"]) == digest
+    others = [("t", {"exp": "a", "seed": "1"}, ["x", "y"]), ("s", {"exp": "b", "seed": "1"}, ["x", "y"]),
+              ("s", {"exp": "a", "seed": "1"}, ["x", "y", "y"]), ("s", {"exp": "a", "seed": "1"}, ["x"])]
+    assert len({digest, *(provenance.lineage_hash(*other) for other in others)}) == 5
+
+
+def _written_by(rule: str, params: dict, write, wildcards: dict | None = None) -> str:
+    """Write a file as job ``rule`` would; its lineage hash."""
+    provenance.record_settings(rule, params, wildcards)
+    try:
+        write()
+        return provenance.stamp()["lineage_sha256"]
+    finally:
+        provenance.forget_job()
+
+
+def test_a_job_lineage_folds_in_what_each_input_file_records(tmp_path):
+    """Stamped inputs (HDF5, table, checkpoint) add their lineage, a table stamped
+    before lineages existed its settings hash, a damaged one "unreadable"; raw data,
+    code, a numpy archive and a folder add nothing."""
+    split = make_split(np.zeros(20, dtype=bool), upstream=5, downstream=5, test=5, upstream_classes=2,
+                       downstream_classes=2, seed=0)
+    h5 = _written_by("make_split", {"n": 5}, lambda: write_split(split, tmp_path / "split.h5"), {"seed": "0"})
+    table = _written_by("aggregate", {}, lambda: write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.tsv"))
+    checkpoint = _written_by("pretrain", {"lr": 0.1}, lambda: save_checkpoints(tmp_path / "c.pt", **CHECKPOINT))
+    (tmp_path / "old.tsv").write_text("# rule: aggregate\n# settings_sha256: " + "a" * 64 + "\na\n1\n")
+    (tmp_path / "damaged.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:300])
+    raw = {"raw.gz": b"\x1f\x8b\x08\x00binary", "code.py": b"# coding: utf-8\nx = 1\n", "images.txt": b"1 2 3\n"}
+    for name, data in raw.items():
+        (tmp_path / name).write_bytes(data)
+    np.savez(tmp_path / "arrays.npz", images=np.zeros(3))
+    (tmp_path / "folder").mkdir()
+    assert len({h5, table, checkpoint}) == 3 and all(len(lineage) == 64 for lineage in (h5, table, checkpoint))
+
+    stamped = {"split": str(tmp_path / "split.h5"), "tables": [str(tmp_path / "t.tsv"), str(tmp_path / "old.tsv")],
+               "checkpoints": str(tmp_path / "c.pt"), "damaged": str(tmp_path / "damaged.pt")}
+    unstamped = {"raw": [str(tmp_path / name) for name in raw], "npz": str(tmp_path / "arrays.npz"),
+                 "folder": str(tmp_path / "folder"), "missing": str(tmp_path / "absent.h5")}
+    wildcards = {"exp": "e", "seed": "3"}
+    digest = provenance.record_job(_script_object("statistics", {"k": 1}, {**stamped, **unstamped}, wildcards))
+    want = provenance.lineage_hash(digest, wildcards, [h5, table, "a" * 64, checkpoint, provenance.UNREADABLE])
+    assert provenance.stamp()["lineage_sha256"] == want
+    # The same input named twice counts once.
+    provenance.record_job(_script_object("statistics", {"k": 1}, {**stamped, "again": str(tmp_path / "c.pt")}, wildcards))
+    assert provenance.stamp()["lineage_sha256"] == want
+
+
+def test_tables_with_the_same_settings_from_other_upstream_settings_have_other_lineages(tmp_path):
+    """What the summary's hashes are for: experiment ``e``'s aggregate table in two
+    results folders has the aggregate rule's (empty) settings in both; its lineage
+    differs where the statistics it collects were taken with other settings."""
+    stamps = []
+    for folder, layers in (("one", ["first"]), ("two", ["fc1"])):
+        stats = tmp_path / folder / "seed0.h5"
+        _written_by("statistics", {"layers": layers}, lambda: write_stats(
+            stats, [], {"experiment": "e", "labels": "random", "init_scale": 1.0, "seed": 0}),
+            {"exp": "e", "seed": "0"})
+        provenance.record_job(_script_object("aggregate_statistics", {}, {"stats": [str(stats)]}, {"exp": "e"}))
+        write_table(pd.DataFrame({"x": [1]}), tmp_path / folder / "misalignment.tsv")
+        stamps.append(provenance.read(tmp_path / folder / "misalignment.tsv"))
+    assert stamps[0]["settings_sha256"] == stamps[1]["settings_sha256"]
+    assert stamps[0]["lineage_sha256"] != stamps[1]["lineage_sha256"]
+    # Library use outside a job has no lineage.
+    provenance.forget_job()
+    assert provenance.stamp()["lineage_sha256"] == "none"
 
 
 # --------------------------------------------------------------------------- writers

@@ -353,6 +353,22 @@ def test_outputs_record_the_commit_and_settings_that_made_them(tiny_run, tmp_pat
     other_seed = provenance.read(tiny_run / plan.path("stats", **{**run, "seed": 0}))
     assert other_seed["settings_sha256"] != provenance.read(tiny_run / files["statistics"])["settings_sha256"]
 
+    # The lineage: a file's settings, its run, and the lineages of the files its job read
+    # (code files add nothing), so a table tells apart what its own settings cannot.
+    def lineage(path) -> str:
+        return provenance.read(tiny_run / path)["lineage_sha256"]
+
+    stats, table = provenance.read(tiny_run / files["statistics"]), provenance.read(tiny_run / plan.path(
+        "table", exp="tiny", table="misalignment"))
+    read_by_stats = [files["pretrain"], plan.path("dataset", dataset="digits"), plan.path("split", exp="tiny", seed=1)]
+    assert stats["lineage_sha256"] == provenance.lineage_hash(
+        stats["settings_sha256"], {key: str(value) for key, value in run.items()}, map(lineage, read_by_stats))
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    read_by_table = [*plan.stats_files(config, "tiny"), plan.path("table", exp="tiny", table="pretrain_metrics")]
+    assert len(read_by_table) == 5  # 2 seeds × random and real labels, and the training metrics
+    assert table["lineage_sha256"] == provenance.lineage_hash(table["settings_sha256"], {"exp": "tiny"},
+                                                              map(lineage, read_by_table))
+
     checkout = tmp_path / "checkout"
     shutil.copytree(tiny_run, checkout, symlinks=True)
     (checkout / ".gitignore").write_text("results/\n.snakemake/\n__pycache__/\n")
@@ -366,7 +382,8 @@ def test_outputs_record_the_commit_and_settings_that_made_them(tiny_run, tmp_pat
     for rule, name in files.items():
         stamp = provenance.read(checkout / name)
         assert (stamp["git_commit"], stamp["git_dirty"], stamp["rule"]) == (commit, "false", rule), name
-        assert stamp["settings_sha256"] == provenance.read(tiny_run / name)["settings_sha256"], name
+        for key in ("settings_sha256", "lineage_sha256"):  # the same settings: the same hashes, in any process
+            assert stamp[key] == provenance.read(tiny_run / name)[key], (name, key)
 
 
 def test_until_stops_after_one_stage(tmp_path):

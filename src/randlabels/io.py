@@ -185,8 +185,9 @@ def _refusal(message: str) -> str:
     return f"damaged, or its pickle uses an instruction that only a code-running load accepts ({detail})"
 
 
-def load_torch(path: str | os.PathLike) -> dict:
-    """Load a file written by :func:`save_torch`, naming the file on failure.
+def load_torch(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """Load a file written by :func:`save_torch`, naming the file on failure
+    (``mmap``: tensors memory-mapped, read from disk only when used).
 
     Loaded weights-only: the pickle inside may only rebuild tensors and plain
     containers and scalars (dict, list, tuple, str, int, float, bool, None), which is
@@ -200,7 +201,7 @@ def load_torch(path: str | os.PathLike) -> dict:
 
     import torch
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise InputFileError(path, f"not a readable checkpoint ({err})") from err

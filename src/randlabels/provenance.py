@@ -24,6 +24,14 @@ attributes; checkpoint sets, initializations and packed bundles under the key
 ``rule``, ``settings_sha256``
     the workflow rule that wrote the file and :func:`settings_hash` of its name and
     params, as recorded by :func:`record_job`; "none" for library use outside a job.
+``lineage_sha256``
+    :func:`lineage_hash`: the settings of this file and of everything upstream of it
+    (its job's settings hash and wildcards, and the lineage hashes of the stamped
+    files the job read), so two files with equal lineage hashes were made with the
+    same settings all the way from the datasets. An aggregate table's own settings
+    are often none (every experiment's ``misalignment.tsv`` has the same
+    ``settings_sha256``); its lineage tells the experiments and seeds apart. "none"
+    for library use outside a job.
 
 So a result found later can be traced to the code and the settings that made it.
 Only the standard library is imported here, so file formats may depend on this.
@@ -38,20 +46,24 @@ import os
 import platform
 import re
 import subprocess
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path, PurePath
 from typing import Any
 
 import randlabels
 
-KEYS = ("randlabels_version", "git_commit", "git_dirty", "libraries", "machine", "rule", "settings_sha256")
+KEYS = (
+    "randlabels_version", "git_commit", "git_dirty", "libraries", "machine", "rule", "settings_sha256", "lineage_sha256",
+)
 #: the packages named in a stamp's ``libraries``, after Python.
 LIBRARIES = ("numpy", "torch", "torchvision")
 UNKNOWN = "unknown"
 NONE = "none"
+#: an input's contribution to a lineage when its stamp cannot be read (its reader says why)
+UNREADABLE = "unreadable"
 GIT_TIMEOUT_S = 10
 
-_job: dict[str, str] = {}  # {"rule": ..., "settings_sha256": ...} once a job is recorded
+_job: dict[str, str] = {}  # {"rule": ..., "settings_sha256": ..., "lineage_sha256": ...} once a job is recorded
 
 
 def version() -> str:
@@ -159,24 +171,69 @@ def settings_hash(rule: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def record_settings(rule: str, params: Mapping[str, Any]) -> str:
-    """Record that this process runs ``rule`` with ``params``: every file written
-    from now on carries them in its stamp. Returns the settings hash."""
+def lineage_hash(settings: str, wildcards: Mapping[str, Any], inputs: Iterable[str]) -> str:
+    """sha256 (hex) of canonical JSON of a job's settings hash, its wildcards (which
+    run: experiment, seed, ...) and the lineage hashes of its inputs, sorted: the same
+    inputs in any order give the same hash, and a table over four seeds another than
+    one over three."""
+    payload = {"settings": str(settings), "wildcards": _canonical(dict(wildcards), "wildcards"),
+               "inputs": sorted(str(value) for value in inputs)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def input_lineage(path: str | os.PathLike) -> str | None:
+    """What an input file adds to its job's lineage: its recorded ``lineage_sha256``
+    (for a file stamped before lineages existed, its ``settings_sha256``); None for a
+    file the workflow did not write (raw data, code, a folder); :data:`UNREADABLE`
+    when its stamp cannot be read, so a lineage never silently leaves an input out
+    (the job's own reader of that file then says what is wrong with it)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        recorded = read(path)
+    except Exception:  # noqa: BLE001: any damage; the reader of the file reports it
+        return UNREADABLE
+    return recorded.get("lineage_sha256") or recorded.get("settings_sha256") or None
+
+
+def record_settings(rule: str, params: Mapping[str, Any], wildcards: Mapping[str, Any] | None = None,
+                    inputs: Iterable[str | os.PathLike] = ()) -> str:
+    """Record that this process runs ``rule`` with ``params`` for ``wildcards``,
+    reading ``inputs``: every file written from now on carries the settings hash and
+    the lineage hash (:func:`input_lineage` of each input) in its stamp. Returns the
+    settings hash."""
     digest = settings_hash(rule, params)
+    upstream = [lineage for lineage in map(input_lineage, dict.fromkeys(map(str, inputs))) if lineage is not None]
     _job.clear()
-    _job.update(rule=str(rule), settings_sha256=digest)
+    _job.update(rule=str(rule), settings_sha256=digest, lineage_sha256=lineage_hash(digest, wildcards or {}, upstream))
     return digest
+
+
+def _named(container) -> dict:
+    """A Snakemake Namedlist's named entries, or a stand-in namespace's attributes."""
+    return dict(container.items()) if hasattr(container, "items") else dict(vars(container))
+
+
+def _paths(container) -> list[str]:
+    """Every path in a job's ``input``: a Snakemake Namedlist (a list), or a stand-in
+    namespace whose attributes are paths or lists of them."""
+    if container is None:
+        return []
+    values = list(container) if isinstance(container, (list, tuple)) else list(vars(container).values())
+    paths: list[str] = []
+    for value in values:
+        paths.extend(_paths(value) if isinstance(value, (list, tuple)) else [str(value)])
+    return paths
 
 
 def record_job(job) -> str:
     """:func:`record_settings` for a workflow script's ``snakemake`` object: its rule
-    name (``rule``) and its named params. Call it at the top of every script."""
-    params = job.params
-    if hasattr(params, "items"):
-        named = dict(params.items())  # snakemake's Namedlist: its named params
-    else:
-        named = dict(vars(params))  # a SimpleNamespace standing in for one (tests)
-    return record_settings(getattr(job, "rule", None) or UNKNOWN, named)
+    name (``rule``), its named params, its wildcards and its input files. Call it at
+    the top of every script."""
+    wildcards = getattr(job, "wildcards", None)
+    return record_settings(getattr(job, "rule", None) or UNKNOWN, _named(job.params),
+                           _named(wildcards) if wildcards is not None else {}, _paths(getattr(job, "input", None)))
 
 
 def forget_job() -> None:
@@ -195,6 +252,7 @@ def stamp() -> dict[str, str]:
         "machine": machine(),
         "rule": _job.get("rule", NONE),
         "settings_sha256": _job.get("settings_sha256", NONE),
+        "lineage_sha256": _job.get("lineage_sha256", NONE),
     }
 
 
@@ -231,8 +289,9 @@ def table_header_lines(path: str | os.PathLike) -> dict[str, str]:
 
 def read(path: str | os.PathLike) -> dict[str, str]:
     """The stamp recorded in a file the library wrote: an HDF5 file (root attributes),
-    a torch file (its ``"provenance"`` entry) or a table (its leading lines); empty
-    for a file written before stamps existed."""
+    a torch file (its ``"provenance"`` entry, read memory-mapped: the weights stay on
+    disk) or a table (its leading lines); empty for a file written before stamps
+    existed and for any other file (raw data, a zip that is not torch's)."""
     import zipfile
 
     path = Path(path)
@@ -243,12 +302,17 @@ def read(path: str | os.PathLike) -> dict[str, str]:
 
         with h5py.File(path, "r") as f:
             return {key: _text(f.attrs[key]) for key in KEYS if key in f.attrs}
-    if zipfile.is_zipfile(path):
+    if magic.startswith(b"PK\x03\x04"):  # a zip archive (a damaged one raises here)
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return {}  # numpy's .npz, say
         from randlabels.io import load_torch
 
-        data = load_torch(path)
+        data = load_torch(path, mmap=True)
         recorded = data.get("provenance", {}) if isinstance(data, dict) else {}
         return {str(k): str(v) for k, v in recorded.items()}
+    if not magic.startswith(b"# "):
+        return {}  # not a stamped table: no need to read on through a binary file for a line end
     return table_header_lines(path)
 
 
@@ -257,6 +321,6 @@ def _text(value) -> str:
 
 
 __all__ = [
-    "KEYS", "LIBRARIES", "forget_job", "git_state", "libraries", "machine", "package_checkout", "read", "record_job", "record_settings",
-    "settings_hash", "stamp", "stamp_into", "table_header", "table_header_lines", "version",
+    "KEYS", "LIBRARIES", "UNREADABLE", "forget_job", "git_state", "input_lineage", "libraries", "lineage_hash", "machine",
+    "package_checkout", "read", "record_job", "record_settings", "settings_hash", "stamp", "stamp_into", "table_header", "table_header_lines", "version",
 ]

@@ -152,7 +152,7 @@ _LINES = {
 def experiment_lines(exp: str, results: str | os.PathLike = plan.RESULTS) -> tuple[list[str], set[tuple]]:
     """The headline lines of ``exp`` from its tables under ``results``, and the code
     stamps ((version, commit, dirty, libraries, machine)) those tables record."""
-    lines, code, settings = [], set(), []
+    lines, code, lineages = [], set(), []
     for name in TABLES:
         path = Path(results) / Path(plan.path("table", exp=exp, table=name)).relative_to(plan.RESULTS)
         if not path.exists():
@@ -161,11 +161,12 @@ def experiment_lines(exp: str, results: str | os.PathLike = plan.RESULTS) -> tup
         stamp = provenance.read(path)
         code.add((stamp.get("randlabels_version", "?"), stamp.get("git_commit", "?"), stamp.get("git_dirty", "?"),
                   stamp.get("libraries", "libraries not recorded"), stamp.get("machine", "machine not recorded")))
-        settings.append(f"{name}.tsv {stamp.get('settings_sha256', '?')[:12]}")
+        lineages.append(f"{name}.tsv {stamp.get('lineage_sha256', '?')[:12]}")
         if not table.empty:
             lines.extend(_LINES[name](table))
-    if settings:
-        lines.append(f"settings hashes (sha256, first 12 digits) of the tables: {', '.join(settings)}")
+    if lineages:
+        lines.append("settings hashes of the tables, their own and all upstream (provenance lineage_sha256, first 12 "
+                     f"digits): {', '.join(lineages)}")
     return lines, code
 
 
