@@ -363,6 +363,25 @@ def _problems(config) -> str:
     return ""
 
 
+def test_an_init_scale_experiment_is_warned_of_parameters_the_scale_does_not_reach():
+    from randlabels.workflow.config import config_warnings
+
+    config = _config(**own("layernorm_net"))  # a learned input scale outside the He rule
+    entry = config["experiments"]["digits_tiny"]
+    entry["stats"]["layers"] = ["first", "last"]
+    entry["finetune"]["variants"] = ["scratch", "pretrained", "gaussian"]
+    entry["init_scales"] = [0.5, 2.0]
+    assert _problems(config) == ""
+    assert config_warnings(config) == [
+        "experiments.digits_tiny: init_scales [0.5, 2.0] scale the conv and linear weights only; the own "
+        "model's other parameters (scale) keep the factory's initialization at every scale (README, Your own model)"]
+    entry["init_scales"] = [1.0]  # one scale: nothing is compared across scales
+    assert config_warnings(config) == []
+    covered = _config()  # tiny_convnet: every parameter is a conv's or a linear layer's
+    covered["experiments"]["digits_tiny"]["init_scales"] = [0.5, 2.0]
+    assert config_warnings(covered) == []
+
+
 def test_the_example_config_is_valid_and_plans_eigenfilters():
     config = _config()
     assert _problems(config) == ""

@@ -472,14 +472,40 @@ def yaml_errors(paths) -> list[str]:
 
 
 
+def _unscaled_parameters(config: dict, exp: str) -> list[str]:
+    """An own model's parameters that init_scale does not scale (randlabels.models.
+    networks.uncovered_parameters), where the model can be built from the config alone;
+    none otherwise (a model that fails to build is model_errors' to report)."""
+    spec = config["experiments"][exp]["model"]
+    shape = plan.input_shape(config, exp) if is_factory(spec.get("arch", "")) else None
+    if shape is None:
+        return []
+    from randlabels.models.networks import check_model, uncovered_parameters  # torch: only for own models
+
+    try:
+        model = check_model(spec, shape, plan.split_settings(config, exp)["upstream_classes"])
+    except Exception:  # noqa: BLE001
+        return []
+    return uncovered_parameters(model)
+
+
 def config_warnings(config: dict) -> list[str]:
     """What a valid config may mean other than intended, one line each: an init-scale
-    experiment (several init_scales) on a network that divides the scale out."""
+    experiment (several init_scales) on a network that divides the scale out, or on an
+    own model with parameters the scale does not reach."""
     warnings = []
     for name, entry in config.get("experiments", {}).items():
         model = entry.get("model", {})
+        several = len(entry.get("init_scales", [])) > 1
+        unscaled = _unscaled_parameters(config, name) if several else []
+        if unscaled:
+            warnings.append(
+                f"experiments.{name}: init_scales {entry['init_scales']} scale the conv and linear weights "
+                f"only; the own model's other parameters ({', '.join(unscaled)}) keep the factory's "
+                "initialization at every scale (README, Your own model)"
+            )
         note = scale_invariance(model)
-        if note and len(entry.get("init_scales", [])) > 1:
+        if note and several:
             plain = SCALE_INVARIANT[model["arch"]]
             instead = f"use arch {plain}, whose weight scale" if plain else "a network without batch norm's weight scale"
             warnings.append(
