@@ -256,6 +256,43 @@ def test_tables_with_the_same_settings_from_other_upstream_settings_have_other_l
     assert provenance.stamp()["lineage_sha256"] == "none"
 
 
+def test_a_prepared_dataset_lineage_folds_in_its_raw_data_checksum(tmp_path):
+    """The same dataset settings from other raw files give other lineages (and so does
+    all made from them); the same raw files the same one; data generated from its
+    settings (checksum "") adds nothing."""
+    images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2, 1)
+
+    def prepared(name: str, checksum: str) -> str:
+        attrs = {"name": "d", "kind": "image", "source": "arrays", "checksum": checksum, "num_classes": 2,
+                 "norm_mean": [0.5], "norm_std": [0.2]}
+
+        def write():
+            for _ in range(2):  # written twice in one job: the source counts once
+                write_dataset(tmp_path / name, images=images, labels=[0, 1, 0, 1], is_test=[False] * 4,
+                              class_names=["a", "b"], attrs=attrs)
+        lineage = _written_by("prepare_dataset", {"settings": {"path": "x.npz"}}, write, {"dataset": "d"})
+        assert provenance.read(tmp_path / name)["lineage_sha256"] == lineage
+        return lineage
+
+    one, again, other = (prepared(f"{i}.h5", checksum) for i, checksum in
+                         enumerate(["sha256:" + "1" * 64, "sha256:" + "1" * 64, "sha256:" + "2" * 64]))
+    generated = prepared("g.h5", "")
+    settings = provenance.settings_hash("prepare_dataset", {"settings": {"path": "x.npz"}})
+    assert one == again == provenance.lineage_hash(settings, {"dataset": "d"}, ["source sha256:" + "1" * 64])
+    assert other == provenance.lineage_hash(settings, {"dataset": "d"}, ["source sha256:" + "2" * 64])
+    assert generated == provenance.lineage_hash(settings, {"dataset": "d"}, [])
+    # Downstream: a split made from each dataset inherits the difference.
+    provenance.record_settings("make_split", {"n": 2}, {"seed": "0"}, [tmp_path / "0.h5"])
+    from_one = provenance.stamp()["lineage_sha256"]
+    assert from_one == provenance.lineage_hash(provenance.settings_hash("make_split", {"n": 2}), {"seed": "0"}, [one])
+    provenance.record_settings("make_split", {"n": 2}, {"seed": "0"}, [tmp_path / "2.h5"])
+    assert provenance.stamp()["lineage_sha256"] != from_one
+    # Outside a job there is no lineage to fold it into.
+    provenance.forget_job()
+    provenance.record_source("sha256:" + "3" * 64)
+    assert provenance.stamp()["lineage_sha256"] == "none"
+
+
 # --------------------------------------------------------------------------- writers
 
 

@@ -368,6 +368,11 @@ def test_outputs_record_the_commit_and_settings_that_made_them(tiny_run, tmp_pat
     assert len(read_by_table) == 5  # 2 seeds × random and real labels, and the training metrics
     assert table["lineage_sha256"] == provenance.lineage_hash(table["settings_sha256"], {"exp": "tiny"},
                                                               map(lineage, read_by_table))
+    # At the top, the prepared dataset: its settings and the checksum of its raw file.
+    with h5py.File(tiny_run / plan.path("dataset", dataset="digits"), "r") as f:
+        dataset, checksum = {key: str(f.attrs[key]) for key in provenance.KEYS}, str(f.attrs["checksum"])
+    assert checksum.startswith("sha256:") and dataset["lineage_sha256"] == provenance.lineage_hash(
+        dataset["settings_sha256"], {"dataset": "digits"}, [f"source {checksum}"])
 
     checkout = tmp_path / "checkout"
     shutil.copytree(tiny_run, checkout, symlinks=True)

@@ -26,9 +26,10 @@ attributes; checkpoint sets, initializations and packed bundles under the key
     params, as recorded by :func:`record_job`; "none" for library use outside a job.
 ``lineage_sha256``
     :func:`lineage_hash`: the settings of this file and of everything upstream of it
-    (its job's settings hash and wildcards, and the lineage hashes of the stamped
-    files the job read), so two files with equal lineage hashes were made with the
-    same settings all the way from the datasets. An aggregate table's own settings
+    (its job's settings hash and wildcards, the lineage hashes of the stamped
+    files the job read, and a prepared dataset's raw-data checksum:
+    :func:`record_source`), so two files with equal lineage hashes were made with the
+    same settings from the same raw data. An aggregate table's own settings
     are often none (every experiment's ``misalignment.tsv`` has the same
     ``settings_sha256``); its lineage tells the experiments and seeds apart. "none"
     for library use outside a job.
@@ -64,6 +65,7 @@ UNREADABLE = "unreadable"
 GIT_TIMEOUT_S = 10
 
 _job: dict[str, str] = {}  # {"rule": ..., "settings_sha256": ..., "lineage_sha256": ...} once a job is recorded
+_lineage_parts: dict[str, Any] = {}  # the job's wildcards and input lineages, for record_source
 
 
 def version() -> str:
@@ -207,7 +209,22 @@ def record_settings(rule: str, params: Mapping[str, Any], wildcards: Mapping[str
     upstream = [lineage for lineage in map(input_lineage, dict.fromkeys(map(str, inputs))) if lineage is not None]
     _job.clear()
     _job.update(rule=str(rule), settings_sha256=digest, lineage_sha256=lineage_hash(digest, wildcards or {}, upstream))
+    _lineage_parts.clear()
+    _lineage_parts.update(wildcards=dict(wildcards or {}), inputs=upstream)
     return digest
+
+
+def record_source(checksum: str) -> None:
+    """Record that this job read raw data whose checksum is ``checksum`` (a prepared
+    dataset's ``"sha256:..."``): the lineage of every file written from now on folds in
+    ``"source " + checksum``, so datasets prepared with the same settings from other
+    raw files, and all made from them, have other lineages. Nothing for an empty
+    checksum (data generated from its settings) or outside a job."""
+    source = f"source {checksum}"
+    if not checksum or not _job or source in _lineage_parts["inputs"]:  # a second write of the same data: no change
+        return
+    _lineage_parts["inputs"] = [*_lineage_parts["inputs"], source]
+    _job["lineage_sha256"] = lineage_hash(_job["settings_sha256"], _lineage_parts["wildcards"], _lineage_parts["inputs"])
 
 
 def _named(container) -> dict:
@@ -239,6 +256,7 @@ def record_job(job) -> str:
 def forget_job() -> None:
     """Back to library use: files written from now on carry settings "none"."""
     _job.clear()
+    _lineage_parts.clear()
 
 
 def stamp() -> dict[str, str]:
@@ -322,5 +340,5 @@ def _text(value) -> str:
 
 __all__ = [
     "KEYS", "LIBRARIES", "UNREADABLE", "forget_job", "git_state", "input_lineage", "libraries", "lineage_hash", "machine",
-    "package_checkout", "read", "record_job", "record_settings", "settings_hash", "stamp", "stamp_into", "table_header", "table_header_lines", "version",
+    "package_checkout", "read", "record_job", "record_settings", "record_source", "settings_hash", "stamp", "stamp_into", "table_header", "table_header_lines", "version",
 ]

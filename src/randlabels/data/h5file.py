@@ -134,6 +134,7 @@ def write_dataset(
             )
             for key, value in attrs.items():
                 h5.attrs[key] = value
+            provenance.record_source(str(attrs.get("checksum", "")))  # the raw data, into the lineage
             provenance.stamp_into(h5.attrs)  # last: a re-written file's old stamp is replaced
     log.info("wrote %s: %d samples, %d classes", out_path, len(labels), len(class_names))
 
