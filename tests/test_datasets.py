@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+from randlabels import provenance
 from randlabels.data import digits, gaussian, imagenet, sources
 from randlabels.data.h5file import DatasetFileError, read_dataset
 
@@ -358,6 +359,35 @@ def test_imagenet_pickle_flat(tmp_path, protocol):
     order = [paths[f"train_data_batch_{k}"] for k in range(1, 11)] + [paths["val_data"]]
     assert data.attrs["checksum"] == _expected_checksum(order)
     assert _entries(out.parent) == ["in16.h5"]
+
+
+@pytest.mark.parametrize("source", ["digits", "arrays", "imagenet", "gaussian"])
+def test_every_source_folds_its_raw_checksum_into_the_lineage(tmp_path, source):
+    """In a job, a prepared dataset's lineage covers the checksum of its raw files (so
+    other raw data under the same config gives other lineages downstream); data drawn
+    from its settings alone (gaussian: checksum "") adds nothing."""
+    if source == "arrays":
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8),
+                 labels=np.arange(12) % 3)
+        params = {"path": str(tmp_path / "a.npz")}
+    elif source == "imagenet":
+        _write_imagenet(tmp_path / "root")
+        params = {"root": str(tmp_path / "root"), "resolution": 16}
+    elif source == "gaussian":
+        params = {"dim": 2, "variances": [1, 1], "n_samples": 10, "seed": 0}
+    else:
+        params = {}
+    settings = provenance.record_settings("prepare_dataset", {"settings": params}, {"dataset": source})
+    try:
+        sources.prepare_dataset(tmp_path / "d.h5", source, **params)
+    finally:
+        provenance.forget_job()
+    data = read_dataset(tmp_path / "d.h5")
+    checksum = data.attrs["checksum"]
+    assert bool(checksum) == (source != "gaussian")
+    folded = [f"source {checksum}"] if checksum else []
+    assert data.attrs["lineage_sha256"] == provenance.lineage_hash(settings, {"dataset": source}, folded)
 
 
 def test_imagenet_npz_in_zip_folders_64(tmp_path):

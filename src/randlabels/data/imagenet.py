@@ -388,6 +388,7 @@ def prepare_imagenet32(
             }
             for key, value in attrs.items():
                 h5.attrs[key] = value
+            provenance.record_source(checksum)  # the raw data, into the lineage
             provenance.stamp_into(h5.attrs)
     log.info(
         "wrote %s: %d samples (%d train, %d val), %d classes",
