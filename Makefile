@@ -28,7 +28,7 @@ test-data:
 TEST_WORKERS ?= 2
 
 # The fast tier, for the inner loop: everything but the end-to-end workflow runs
-# (marker `slow`), under 2 minutes on 2 cores.
+# (marker `slow`), 1.7-4.2 minutes on 2 cores, by the speed of the machine that day.
 check: venv
 	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" -n $(TEST_WORKERS)
 
