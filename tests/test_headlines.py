@@ -109,7 +109,8 @@ def test_summary_and_front_page_from_the_tables_on_disk(tmp_path):
     assert f" ({stamp['libraries']}; {stamp['machine']})." in text  # the environment that ran
     digest = provenance.read(tables / "misalignment.tsv")["lineage_sha256"][:12]
     assert digest == provenance.lineage_hash(provenance.settings_hash("aggregate_statistics", {}), {"exp": "e"}, [])[:12]
-    assert f"- settings hashes of the tables, their own and all upstream (provenance lineage_sha256, first 12 digits): misalignment.tsv {digest}, " in text
+    assert ("- lineage hashes of the tables, over their settings, all upstream settings and the raw data "
+            f"(provenance lineage_sha256, first 12 digits): misalignment.tsv {digest}, ") in text
     front = (tmp_path / "results" / "report_front.rst").read_text()
     assert front.startswith("Description of the workflow.\n\nSummary\n-------\n")
     assert "**e**\n\n- misalignment of conv1 at epoch 4" in front

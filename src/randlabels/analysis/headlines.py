@@ -165,8 +165,8 @@ def experiment_lines(exp: str, results: str | os.PathLike = plan.RESULTS) -> tup
         if not table.empty:
             lines.extend(_LINES[name](table))
     if lineages:
-        lines.append("settings hashes of the tables, their own and all upstream (provenance lineage_sha256, first 12 "
-                     f"digits): {', '.join(lineages)}")
+        lines.append("lineage hashes of the tables, over their settings, all upstream settings and the raw data "
+                     f"(provenance lineage_sha256, first 12 digits): {', '.join(lineages)}")
     return lines, code
 
 
