@@ -64,8 +64,9 @@ NONE = "none"
 UNREADABLE = "unreadable"
 GIT_TIMEOUT_S = 10
 
-_job: dict[str, str] = {}  # {"rule": ..., "settings_sha256": ..., "lineage_sha256": ...} once a job is recorded
-_lineage_parts: dict[str, Any] = {}  # the job's wildcards and input lineages, for record_source
+# Once a job is recorded: its rule, settings hash, wildcards and the lineage parts of
+# what it read (input files' lineages, raw data's checksums), from which stamp() hashes.
+_job: dict[str, Any] = {}
 
 
 def version() -> str:
@@ -208,9 +209,7 @@ def record_settings(rule: str, params: Mapping[str, Any], wildcards: Mapping[str
     digest = settings_hash(rule, params)
     upstream = [lineage for lineage in map(input_lineage, dict.fromkeys(map(str, inputs))) if lineage is not None]
     _job.clear()
-    _job.update(rule=str(rule), settings_sha256=digest, lineage_sha256=lineage_hash(digest, wildcards or {}, upstream))
-    _lineage_parts.clear()
-    _lineage_parts.update(wildcards=dict(wildcards or {}), inputs=upstream)
+    _job.update(rule=str(rule), settings_sha256=digest, wildcards=dict(wildcards or {}), inputs=upstream)
     return digest
 
 
@@ -221,10 +220,8 @@ def record_source(checksum: str) -> None:
     raw files, and all made from them, have other lineages. Nothing for an empty
     checksum (data generated from its settings) or outside a job."""
     source = f"source {checksum}"
-    if not checksum or not _job or source in _lineage_parts["inputs"]:  # a second write of the same data: no change
-        return
-    _lineage_parts["inputs"] = [*_lineage_parts["inputs"], source]
-    _job["lineage_sha256"] = lineage_hash(_job["settings_sha256"], _lineage_parts["wildcards"], _lineage_parts["inputs"])
+    if checksum and _job and source not in _job["inputs"]:  # a second write of the same data changes nothing
+        _job["inputs"].append(source)
 
 
 def _named(container) -> dict:
@@ -256,7 +253,6 @@ def record_job(job) -> str:
 def forget_job() -> None:
     """Back to library use: files written from now on carry settings "none"."""
     _job.clear()
-    _lineage_parts.clear()
 
 
 def stamp() -> dict[str, str]:
@@ -270,7 +266,7 @@ def stamp() -> dict[str, str]:
         "machine": machine(),
         "rule": _job.get("rule", NONE),
         "settings_sha256": _job.get("settings_sha256", NONE),
-        "lineage_sha256": _job.get("lineage_sha256", NONE),
+        "lineage_sha256": lineage_hash(_job["settings_sha256"], _job["wildcards"], _job["inputs"]) if _job else NONE,
     }
 
 
