@@ -147,3 +147,52 @@ def test_fingerprint_follows_settings_and_file_contents(tmp_path):
     assert fingerprint({"lr": 0.2, "epochs": 3}, [a]) != base
     a.write_bytes(b"dat4")
     assert fingerprint({"lr": 0.1, "epochs": 3}, [a]) != base
+
+
+def test_checkpoints_go_to_side_files_written_once(tmp_path, uninterrupted):
+    """A periodic save writes the training state, not every checkpoint recorded so far."""
+    from randlabels.io import load_torch
+
+    store = ResumeStore(tmp_path / "state.pt", "run-a")
+    inodes, listed = [], []
+
+    def look(epoch):
+        listed.append(load_torch(store.path)["progress"]["checkpoints"] if store.path.exists() else None)
+        inodes.append({p.name: p.stat().st_ino for p in sorted(store.checkpoint_dir.glob("*.pt"))})
+
+    result = _trainer(_data()).fit(checkpoint_epochs=CHECKPOINTS, eval_every=3, resume=store, on_epoch_end=look)
+    _same_states(result.checkpoints, uninterrupted.checkpoints)
+    # on_epoch_end runs before that epoch's save: the state saved after epoch e is seen at e + 1
+    assert listed == [None, [[0]], [[0, 2]], [[0, 2]]]  # epochs, not tensors, in the state file
+    assert inodes[1:] == [{"replica0-epoch0.pt": inodes[1]["replica0-epoch0.pt"]}] + [
+        {"replica0-epoch0.pt": inodes[1]["replica0-epoch0.pt"], "replica0-epoch2.pt": inodes[2]["replica0-epoch2.pt"]}] * 2
+    assert torch.equal(load_torch(store.checkpoint_path(0, 2))["state"]["conv1.weight"],
+                       uninterrupted.checkpoints[2]["conv1.weight"])
+    store.clear()
+    assert not store.path.exists() and not store.checkpoint_dir.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "another run", "unreadable"])
+def test_a_state_whose_checkpoint_file_is_lost_starts_over(tmp_path, uninterrupted, caplog, damage):
+    from randlabels.io import load_torch, save_torch
+
+    store = ResumeStore(tmp_path / "state.pt", "run-a")
+    data = _data(SignalOnBatch, at=15, signum=signal.SIGUSR1)  # mid-epoch 3: checkpoints 0 and 2 saved
+    with StopSignals() as stop, pytest.raises(TrainingInterrupted):
+        _trainer(data).fit(checkpoint_epochs=CHECKPOINTS, eval_every=3, resume=store, stop=stop)
+    side = store.checkpoint_path(0, 2)
+    if damage == "missing":
+        side.unlink()
+    elif damage == "another run":
+        save_torch({"fingerprint": "run-b", "state": load_torch(side)["state"]}, side)
+    else:
+        side.write_bytes(b"not a checkpoint")
+    first = store.checkpoint_path(0, 0).stat().st_ino
+    fresh = ResumeStore(tmp_path / "state.pt", "run-a")
+    assert fresh.load() is None
+    assert str(side) in caplog.text
+    result = _trainer(_data()).fit(checkpoint_epochs=CHECKPOINTS, eval_every=3, resume=fresh)
+    _same(result.metrics, uninterrupted.metrics)  # started over, and every checkpoint rewritten
+    _same_states(result.checkpoints, uninterrupted.checkpoints)
+    assert fresh.load()["progress"]["checkpoints"][0].keys() == {0, 2}
+    assert store.checkpoint_path(0, 0).stat().st_ino != first  # not taken from the state it ignored

@@ -176,9 +176,10 @@ def settings_hash(rule: str, params: Mapping[str, Any]) -> str:
 
 def lineage_hash(settings: str, wildcards: Mapping[str, Any], inputs: Iterable[str]) -> str:
     """sha256 (hex) of canonical JSON of a job's settings hash, its wildcards (which
-    run: experiment, seed, ...) and the lineage hashes of its inputs, sorted: the same
-    inputs in any order give the same hash, and a table over four seeds another than
-    one over three."""
+    run: experiment, seed, ...) and its lineage parts, sorted: the lineage hashes of its
+    inputs and the ``"source sha256:..."`` entries of the raw data it read
+    (:func:`record_source`). The same parts in any order give the same hash, and a table
+    over four seeds another than one over three."""
     payload = {"settings": str(settings), "wildcards": _canonical(dict(wildcards), "wildcards"),
                "inputs": sorted(str(value) for value in inputs)}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

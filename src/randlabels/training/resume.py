@@ -4,7 +4,9 @@ Snakemake deletes a job's declared outputs before it reruns the job, so the stat
 rerun resumes from lives beside them, in ``results/_resume/`` (see ``plan.PATHS``).
 A :class:`ResumeStore` holds that state for one run, stamped with a fingerprint of
 everything the run's numbers depend on (settings, input files, library code): a
-state written for other settings or data is ignored, never resumed from.
+state written for other settings or data is ignored, never resumed from. The
+checkpoints a run has recorded so far go to side files, each written once, so that a
+periodic save writes the training state alone, not every checkpoint again.
 
 SLURM announces preemption with SIGTERM and an approaching time limit with the
 signal the profile asks for (SIGUSR1); Ctrl-C in a terminal sends SIGINT.
@@ -32,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -160,44 +163,91 @@ def hold_run(resume_path: str | os.PathLike) -> RunLock:
 
 
 class ResumeStore:
-    """The resume state of one training run, kept in one file outside the outputs.
+    """The resume state of one training run: one file outside the outputs, and a folder
+    beside it (``<path>.checkpoints``) of the checkpoints recorded so far.
 
-    :attr:`lock` is the run's :class:`RunLock`; :meth:`clear` releases it.
+    A state is the trainer's snapshot; its ``progress["checkpoints"]`` (one
+    ``{epoch: state dict}`` per replica, :func:`randlabels.training.fitloop.fit`) is
+    kept as one side file per replica and epoch, written at the first save that holds
+    it, and the state file lists their epochs. :attr:`lock` is the run's
+    :class:`RunLock`; :meth:`clear` releases it.
     """
 
     def __init__(self, path: str | os.PathLike, fingerprint: str):
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.lock = RunLock(self.path)
+        self.checkpoint_dir = self.path.with_name(self.path.name + ".checkpoints")
+        self._written: set[tuple[int, int]] = set()  # (replica, epoch) side files of this run
+
+    def checkpoint_path(self, replica: int, epoch: int) -> Path:
+        """The side file of replica ``replica``'s checkpoint at ``epoch``."""
+        return self.checkpoint_dir / f"replica{replica}-epoch{epoch}.pt"
 
     def load(self) -> dict | None:
-        """The saved state, or None when there is none or it belongs to another run.
+        """The saved state, its checkpoints read back, or None when there is none or it
+        belongs to another run.
 
         A state that cannot be read (a crash during an earlier save cannot cause this,
-        since saves are atomic, but a damaged disk can) is reported and ignored: the
-        run starts over rather than failing.
+        since saves are atomic, but a damaged disk can), or whose checkpoint files are
+        missing, unreadable or another run's, is reported and ignored: the run starts
+        over rather than failing.
         """
         if not self.path.exists():
             return None
         try:
             state = load_torch(self.path)
+            if state.get("fingerprint") != self.fingerprint:
+                log.warning("ignoring resume state %s: written for other settings, data or code", self.path)
+                return None
+            return self._with_checkpoints(state)
         except ValueError as err:
+            self._written.clear()  # the fresh run writes every checkpoint of its own
             log.warning("ignoring unreadable resume state: %s", err)
             return None
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning(
-                "ignoring resume state %s: written for other settings, data or code", self.path
-            )
-            return None
-        return state
+
+    def _with_checkpoints(self, state: dict) -> dict:
+        """``state`` with each listed checkpoint epoch replaced by its side file's tensors."""
+        progress = state.get("progress")
+        if not isinstance(progress, dict) or not progress.get("checkpoints"):
+            return state
+        checkpoints = []
+        for replica, epochs in enumerate(progress["checkpoints"]):
+            states = {}
+            for epoch in epochs:
+                path = self.checkpoint_path(replica, epoch)
+                if not path.is_file():
+                    raise ValueError(f"{path}: checkpoint file of {self.path} missing")
+                saved = load_torch(path)
+                if saved.get("fingerprint") != self.fingerprint:
+                    raise ValueError(f"{path}: checkpoint file of another run than {self.path}")
+                states[epoch] = saved["state"]
+                self._written.add((replica, epoch))
+            checkpoints.append(states)
+        return {**state, "progress": {**progress, "checkpoints": checkpoints}}
 
     def save(self, state: dict) -> None:
-        """Write ``state`` atomically (a kill during the write keeps the previous one)."""
+        """Write ``state`` atomically (a kill during the write keeps the previous one):
+        first the checkpoints no earlier save wrote, then the state file naming them."""
+        progress = state.get("progress")
+        if isinstance(progress, dict) and progress.get("checkpoints"):
+            checkpoints = progress["checkpoints"]
+            for replica, states in enumerate(checkpoints):
+                for epoch, weights in states.items():
+                    if (replica, epoch) not in self._written:
+                        save_torch({"fingerprint": self.fingerprint, "state": weights},
+                                   self.checkpoint_path(replica, epoch))
+                        self._written.add((replica, epoch))
+            listed = [sorted(states) for states in checkpoints]
+            state = {**state, "progress": {**progress, "checkpoints": listed}}
         save_torch({**state, "fingerprint": self.fingerprint}, self.path)
 
     def clear(self) -> None:
-        """Remove the state once the run's outputs are written, and give the run's lock back."""
+        """Remove the state and its checkpoint files once the run's outputs are written,
+        and give the run's lock back."""
         self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        self._written.clear()
         self.lock.release()
 
 
