@@ -9,7 +9,7 @@ import time
 
 from benchmarks import common
 
-BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data", "models", "host_memory", "startup")
+BENCHMARKS = ("engine", "packing", "covariance", "workflow", "data", "models", "host_memory", "startup", "resume")
 
 
 def main(argv=None) -> int:

@@ -56,6 +56,10 @@ class Sizes:
     host_memory_trials: int = 3
     # A small training job's start-up (benchmarks/startup.py): on the host, every device.
     startup_trials: int = 5
+    # Resume saves of a VGG16 run (benchmarks/resume.py): images per epoch, epochs, trials.
+    resume_images: int = 128
+    resume_epochs: int = 3
+    resume_trials: int = 2
 
 
 SIZES = {
@@ -85,6 +89,9 @@ SIZES = {
     "cuda": Sizes(
         engine_samples=50_000,
         engine_runs={"cnn2": (30, 5, 100), "vgg16": (20, 5, 50), "resnet18": (20, 5, 50)},
+        resume_images=20_000,  # the paper configs' VGG16 upstream set
+        resume_epochs=4,
+        resume_trials=3,
         baseline_workers=4,
         engine_compile=True,
         engine_batch_sweep=[256, 512, 1024],

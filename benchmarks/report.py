@@ -308,11 +308,25 @@ def _startup(result: dict) -> str:
             + _table(["optimizer", "process seconds", "script seconds", "imports torch._dynamo"], table))
 
 
+def _resume(result: dict) -> str:
+    rows = result["benchmarks"].get("resume")
+    if not rows:
+        return ""
+    r = rows[0]
+    table = [[name, f"{r[f'{arm}_epoch_seconds']:.2f}", f"{r[f'{arm}_saves']:g}"]
+             for arm, name in (("every_epoch", "a save after every epoch"),
+                               ("floor", f"saves at least {r['floor_seconds']:g} s apart (the default)"))]
+    return (f"### Resume saves\n\nVGG16 on {r['images']:,} random CIFAR-shaped images per epoch, {r['epochs']} epochs, "
+            f"batch 128; medians of {r['trials']} trials. One save of the weights and momentum: {r['save_mb']:.0f} MB "
+            f"in {r['save_seconds']:.2f} s. Every epoch / floor: {_ratio(r['ratio'])}.\n\n"
+            + _table(["resume saves", "seconds per epoch", "saves per run"], table))
+
+
 def render_section(result: dict) -> str:
     device = result["machine"]["device"]
     parts = [f"## {DEVICES[device]}", _machine(result), "### Targets", _targets_table(result)]
     parts += [p for p in (_engine(result), _packing(result), _covariance(result), _workflow(result), _data(result),
-                               _models(result), _host_memory(result), _startup(result)) if p]
+                               _models(result), _host_memory(result), _startup(result), _resume(result)) if p]
     notes = result.get("notes") or []
     if notes:
         parts.append("Notes:\n\n" + "\n".join(f"- {n}" for n in notes))

@@ -48,3 +48,15 @@ def test_the_startup_section_gives_both_optimizers_and_what_a_job_saves():
     assert "| randlabels SGD | 2.52 | 2.40 | no |" in text
     assert "**different**" in report._startup({"benchmarks": {"startup": [{**row, "same_numbers": False}]}})
     assert report._startup({"benchmarks": {}}) == ""
+
+
+def test_the_resume_section_gives_both_arms_the_cost_of_a_save_and_their_ratio():
+    row = {"images": 20000, "epochs": 4, "trials": 3, "floor_seconds": 60.0, "save_seconds": 0.31, "save_mb": 118.2,
+           "every_epoch_epoch_seconds": 1.25, "every_epoch_saves": 3.0, "floor_epoch_seconds": 0.94, "floor_saves": 0.0,
+           "ratio": 1.33}
+    text = report._resume({"benchmarks": {"resume": [row]}})
+    assert "VGG16 on 20,000 random CIFAR-shaped images per epoch, 4 epochs" in text
+    assert "One save of the weights and momentum: 118 MB in 0.31 s. Every epoch / floor: 1.33×." in text
+    assert "| a save after every epoch | 1.25 | 3 |" in text
+    assert "| saves at least 60 s apart (the default) | 0.94 | 0 |" in text
+    assert report._resume({"benchmarks": {}}) == ""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from randlabels.training.engine import TrainConfig
-from randlabels.training.job import RESUME_EVERY
+from randlabels.training.job import RESUME_EVERY, RESUME_MIN_SECONDS
 from randlabels.workflow import plan
 from randlabels.workflow.config import ConfigError, check_config, schema_errors, semantic_errors
 from workflow_helpers import ROOT
@@ -137,7 +137,8 @@ def _schema_default(*path):
 def test_schema_documents_the_defaults_the_code_uses():
     for key, value in {**plan.TRAINING_DEFAULTS, **plan.TRAINING_OPTIONAL}.items():
         assert _schema_default("training", "properties", key) == value, key
-    assert _schema_default("training", "properties", "resume_every") == RESUME_EVERY  # a job setting
+    assert _schema_default("training", "properties", "resume_every") == RESUME_EVERY  # job settings
+    assert _schema_default("training", "properties", "resume_min_seconds") == RESUME_MIN_SECONDS
     for key, value in plan.TRAINING_OPTIONAL.items():  # what a run without the key trains with
         assert getattr(TrainConfig(epochs=1), key) == value, key
     finetune = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]["finetune"]["properties"]

@@ -196,3 +196,29 @@ def test_a_state_whose_checkpoint_file_is_lost_starts_over(tmp_path, uninterrupt
     _same_states(result.checkpoints, uninterrupted.checkpoints)
     assert fresh.load()["progress"]["checkpoints"][0].keys() == {0, 2}
     assert store.checkpoint_path(0, 0).stat().st_ino != first  # not taken from the state it ignored
+
+
+def test_save_min_seconds_spaces_the_periodic_saves_by_training_time(tmp_path, monkeypatch):
+    """With a floor of 60 s and epochs of 25 s (a fake clock), the state is saved after
+    epoch 3 (75 s) and not after 1 or 2; a stop signal would still save at once."""
+    import dataclasses
+    import types
+
+    from randlabels.training import fitloop
+
+    clock = [0.0]
+    monkeypatch.setattr(fitloop, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    store = ResumeStore(tmp_path / "state.pt", "x")
+    seen = []
+
+    def epoch_end(epoch):
+        seen.append(store.load()["progress"]["epoch"] if store.path.exists() else None)
+        clock[0] += 25.0
+
+    config = dataclasses.replace(CONFIG, epochs=6)
+    model = build_model({"arch": "cnn2", "filters": 4, "kernel_size": 3, "hidden": 8}, (1, 6, 6), 3)
+    Trainer(initialize(model, 1.0, 7), _data(), config, seed=11).fit(
+        resume=store, save_min_seconds=60.0, on_epoch_end=epoch_end)
+    # saved after epoch 3 (75 s since the start; the state then names epoch 4 as next), and
+    # not again until 60 s later: after epoch 6, the last, nothing is saved
+    assert seen == [None, None, None, 4, 4, 4]

@@ -289,20 +289,22 @@ def test_a_new_variant_trains_only_its_own_runs(tiny_run):
 
 
 @pytest.mark.slow
-def test_resume_every_reruns_nothing_and_the_job_saves_at_that_interval(tiny_run, tmp_path):
+def test_resume_keys_rerun_nothing_and_the_job_saves_at_that_interval(tiny_run, tmp_path):
     """How often a job saves its state does not change what it computes: not a param."""
     project = tmp_path / "project"  # its own copy: a job is run again below
     shutil.copytree(tiny_run, project, symlinks=True)
     config = yaml.safe_load((project / "config.yaml").read_text())
     for stage in ("pretrain", "finetune"):
-        config["experiments"]["tiny"][stage]["resume_every"] = 2
-        assert "resume_every" not in getattr(plan, f"{stage}_settings")(config, "tiny")
+        config["experiments"]["tiny"][stage].update(resume_every=2, resume_min_seconds=0)
+        settings = getattr(plan, f"{stage}_settings")(config, "tiny")
+        assert {"resume_every", "resume_min_seconds"}.isdisjoint(settings), settings
     (project / "changed.yaml").write_text(yaml.safe_dump(config))
     assert job_counts(snakemake(project, "-n", "--configfile", "changed.yaml").stdout) == {}
     checkpoints = plan.path("checkpoints", exp="tiny", labels="random", scale="0.5", seed=0)
     snakemake(project, checkpoints, "--cores", "1", "--forcerun", "pretrain", "--configfile", "changed.yaml")
     log = (project / "results/logs/pretrain/tiny/random/scale0.5/seed0.log").read_text()
-    assert "its resumable state is saved every 2 epochs (experiments.tiny.pretrain.resume_every)" in log, log[-2000:]
+    assert ("its resumable state is saved every 2 epochs, at least 0 s apart (experiments.tiny.pretrain.resume_every, "
+            "resume_min_seconds)") in log, log[-2000:]
 
 
 def _changed_config(project, section, key, value) -> str:

@@ -23,7 +23,7 @@ from randlabels.inits.pretrained import fresh_model, load_into
 from randlabels.io import write_table
 from randlabels.seeding import stream_seed
 from randlabels.training.engine import Trainer, TrainConfig, job_device
-from randlabels.training.job import resume_every, run_training
+from randlabels.training.job import resume_policy, run_training
 from randlabels.training.packed import PackedTrainer
 from randlabels.training.progress import job_monitor
 from randlabels.training.resume import hold_run
@@ -96,7 +96,7 @@ result, store = run_training(
     run_settings=run_settings,
     inputs=snakemake.input,
     where=f"experiments.{params.experiment}.finetune",
-    save_every=resume_every(snakemake.config, params.experiment, "finetune"),
+    **resume_policy(snakemake.config, params.experiment, "finetune"),
     on_divergence=params.on_divergence,
     log=log,
     replicas=[f"variant {variant}" for variant in chosen] if packed else None,

@@ -11,7 +11,7 @@ from randlabels.io import write_table
 from randlabels.seeding import stream_seed
 from randlabels.training.checkpoints import save_checkpoints
 from randlabels.training.engine import Trainer, TrainConfig, job_device
-from randlabels.training.job import resume_every, run_training
+from randlabels.training.job import resume_policy, run_training
 from randlabels.training.progress import job_monitor
 from randlabels.training.resume import hold_run
 
@@ -46,7 +46,7 @@ result, store = run_training(
     run_settings=run_settings,
     inputs=snakemake.input,
     where=f"experiments.{snakemake.wildcards.exp}.pretrain",
-    save_every=resume_every(snakemake.config, snakemake.wildcards.exp, "pretrain"),
+    **resume_policy(snakemake.config, snakemake.wildcards.exp, "pretrain"),
     on_divergence=params.on_divergence,
     log=log,
     checkpoint_epochs=params.training["checkpoints"],

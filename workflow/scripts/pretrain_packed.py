@@ -15,7 +15,7 @@ from randlabels.data.splits import read_split
 from randlabels.inits.pretrained import fresh_model
 from randlabels.seeding import stream_seed
 from randlabels.training.engine import TrainConfig, job_device
-from randlabels.training.job import resume_every
+from randlabels.training.job import resume_policy
 from randlabels.training.packed import PackedTrainer
 from randlabels.training.packed_job import run_packed_training, save_bundle
 from randlabels.training.progress import job_monitor
@@ -69,7 +69,7 @@ results, store = run_packed_training(
     run_settings=run_settings,
     inputs=snakemake.input,
     where=f"experiments.{snakemake.wildcards.exp}.pretrain",
-    save_every=resume_every(snakemake.config, snakemake.wildcards.exp, "pretrain"),
+    **resume_policy(snakemake.config, snakemake.wildcards.exp, "pretrain"),
     on_divergence=params.on_divergence,
     log=log,
     checkpoint_epochs=params.training["checkpoints"],

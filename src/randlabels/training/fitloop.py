@@ -76,6 +76,7 @@ def fit(
     resume: ResumeStore | None = None,
     stop: StopSignals | None = None,
     save_every: int = 1,
+    save_min_seconds: float = 0.0,
 ) -> list[FitResult]:
     """Train every replica for ``epochs`` epochs; one FitResult per replica.
 
@@ -86,7 +87,8 @@ def fit(
     there and stops; the others go on, and the run ends when all have stopped.
 
     With ``resume``, the run continues from the state saved there (if it belongs to
-    this run) and saves its state every ``save_every`` epochs; with ``stop``, a stop
+    this run) and saves its state at the end of every ``save_every``-th epoch that
+    ends at least ``save_min_seconds`` after the last save (or the start); with ``stop``, a stop
     signal saves the state after the current step and raises
     :class:`TrainingInterrupted`. A resumed run gives the same numbers as an
     uninterrupted one (on CPU, bit for bit). ``monitor`` reports each epoch.
@@ -118,12 +120,15 @@ def fit(
     # them again instead of evaluating the same weights twice.
     curve_point: tuple[int, Any] | None = None
     start = time.perf_counter() - progress["seconds"]
+    last_save = time.perf_counter()
     monitor.start(epochs, metrics)
 
     def save(**position) -> None:
+        nonlocal last_save
         if resume is not None:
             progress.update(position, seconds=time.perf_counter() - start)
             resume.save(trainer.snapshot(progress))
+            last_save = time.perf_counter()
 
     def interrupted(epoch: int) -> TrainingInterrupted:
         return TrainingInterrupted(stop.received, epoch, trainer.step_count, str(resume.path) if resume else None)
@@ -189,7 +194,7 @@ def fit(
             if not any(active) or epoch == epochs:
                 break
             stopping = stop is not None and stop.received
-            if stopping or epoch % save_every == 0:
+            if stopping or (epoch % save_every == 0 and time.perf_counter() - last_save >= save_min_seconds):
                 save(epoch=epoch + 1, batch=0, order=None, loss_sum=[0.0] * R)
             if stopping:
                 raise interrupted(epoch + 1)

@@ -20,14 +20,21 @@ from randlabels.training.resume import ResumeStore, StopSignals, TrainingInterru
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again
 DIVERGENCE_POLICIES = ("continue", "stop")
-RESUME_EVERY = 1  # epochs between saves of the resumable state, unless the config says
+# When a job saves its resumable state, unless the config says: at the end of an epoch
+# (every RESUME_EVERY-th) once RESUME_MIN_SECONDS of training have passed since the last
+# save. The time floor keeps a fast GPU's short epochs from waiting on saves.
+RESUME_EVERY = 1
+RESUME_MIN_SECONDS = 60.0
 
 
-def resume_every(config: dict, exp: str, stage: str) -> int:
-    """``experiments.EXP.STAGE.resume_every`` (stage: pretrain or finetune). Read from
-    the config by the job, not passed as a rule param: how often a job saves does not
-    change what it computes, so changing it must rerun nothing."""
-    return int(config["experiments"][exp][stage].get("resume_every", RESUME_EVERY))
+def resume_policy(config: dict, exp: str, stage: str) -> dict:
+    """``save_every`` and ``save_min_seconds`` of :func:`run_training`, from
+    ``experiments.EXP.STAGE.resume_every`` and ``resume_min_seconds`` (stage: pretrain or
+    finetune). Read from the config by the job, not passed as rule params: how often a
+    job saves does not change what it computes, so changing it must rerun nothing."""
+    section = config["experiments"][exp][stage]
+    return {"save_every": int(section.get("resume_every", RESUME_EVERY)),
+            "save_min_seconds": float(section.get("resume_min_seconds", RESUME_MIN_SECONDS))}
 
 
 def run_training(
@@ -38,6 +45,7 @@ def run_training(
     inputs: Iterable[str],
     where: str,
     save_every: int = 1,
+    save_min_seconds: float = 0.0,
     on_divergence: str = "continue",
     log: logging.Logger,
     replicas: Sequence[str] | None = None,
@@ -49,7 +57,8 @@ def run_training(
     ``run_settings`` and the files ``inputs`` fingerprint the run (a state saved for
     other settings is not resumed); ``where`` is the config section of the training
     settings, named in messages (e.g. ``experiments.digits_cnn.pretrain``); the
-    state is saved every ``save_every`` epochs. For a
+    state is saved at the end of every ``save_every``-th epoch that ends at least
+    ``save_min_seconds`` after the last save (:func:`resume_policy`). For a
     :class:`~randlabels.training.packed.PackedTrainer`, ``replicas`` names its replicas
     (``"seed 3"``, ``"variant gaussian"``), ``pack_setting`` the key of ``where`` that
     packed them (named when memory runs out), and the result is one
@@ -67,8 +76,9 @@ def run_training(
     config = trainer.config
     store = ResumeStore(resume_path, fingerprint(run_settings, inputs))
     store.lock.acquire()  # before the state is read or written: one process per run
-    log.info("its resumable state is saved every %d epoch%s (%s.resume_every) to %s",
-             save_every, "" if save_every == 1 else "s", where, resume_path)
+    log.info("its resumable state is saved every %d epoch%s, at least %g s apart (%s.resume_every, "
+             "resume_min_seconds), to %s", save_every, "" if save_every == 1 else "s", save_min_seconds,
+             where, resume_path)
     eval_every = fit_options.get("eval_every")
     total_steps = getattr(trainer, "total_steps", None)
     if eval_every and total_steps is not None and eval_every > total_steps:
@@ -79,7 +89,8 @@ def run_training(
         )
     with StopSignals() as stop:
         try:
-            outcome = trainer.fit(resume=store, stop=stop, save_every=save_every, **fit_options)
+            outcome = trainer.fit(resume=store, stop=stop, save_every=save_every,
+                                  save_min_seconds=save_min_seconds, **fit_options)
         except TrainingInterrupted as stopped:
             store.lock.release()
             log.error("%s", stopped)

@@ -29,8 +29,8 @@ TRAINING_DEFAULTS = {
 }
 # Keys of a pretrain or finetune section that say how a training job runs, not what it
 # computes: left out of the training settings (the rules' params), so that changing them
-# reruns nothing; the job reads them from the config (randlabels.training.job.resume_every).
-JOB_KEYS = ("resume_every",)
+# reruns nothing; the job reads them from the config (randlabels.training.job.resume_policy).
+JOB_KEYS = ("resume_every", "resume_min_seconds")
 # Training keys added after results existed, off unless given (TrainConfig holds their
 # neutral defaults): left out of the settings when absent, so that a run made before
 # they existed keeps its params and is not rerun.
